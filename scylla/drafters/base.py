@@ -1,0 +1,76 @@
+"""The drafter interface: one small contract between the engine and every way of proposing tokens.
+
+Call order for one ``generate`` call: ``bind`` (once, when the decoder is built), then ``start`` after the
+target's prefill, then per step ``propose`` -> (target verifies) -> ``update``; ``select`` whenever finished rows
+leave the batch; ``finish`` at the end. A drafter may keep state across requests (``finish`` does not have to
+forget). Drafters that read the target's hidden states set ``needs_hidden_states``; the engine then passes the
+target's last-layer hidden states of the tokens it just committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from scylla.sampling import SamplingConfig
+
+
+@dataclass
+class DraftContext:
+    """What the engine shows a drafter.
+
+    tokens (B, T): each row's prompt and generated tokens, right-aligned (left padding); the last column is the
+    newest token, which the target has not yet processed. lengths (B,): valid tokens per row. budget (B,): the
+    most tokens a row may draft this step. hidden_states (B, n, H) or None: target features of the tokens
+    committed by the last target call (only for drafters with needs_hidden_states; at ``start``, the prompt).
+    """
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    budget: torch.Tensor
+    sampling: SamplingConfig
+    generator: torch.Generator | None = None
+    hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class Draft:
+    """A chain draft per row. tokens (B, g): row b uses its first lengths[b] slots (the rest is padding).
+    probs (B, g, V) or None: the processed distribution each token was sampled from (None: deterministic, one-hot).
+    """
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    probs: torch.Tensor | None = None
+
+    @classmethod
+    def empty(cls, batch: int, device: torch.device) -> "Draft":
+        return cls(
+            torch.zeros(batch, 0, dtype=torch.long, device=device), torch.zeros(batch, dtype=torch.long, device=device)
+        )
+
+
+class Drafter:
+    """Base class: override ``propose``; the other hooks default to doing nothing."""
+
+    needs_hidden_states: bool = False
+    name: str = "drafter"
+
+    def bind(self, target: torch.nn.Module) -> None:
+        """Check that this drafter can serve ``target``; raise ScyllaError if not."""
+
+    def start(self, ctx: DraftContext) -> None:
+        """A new batch of requests begins; ctx holds the prompts plus the first token."""
+
+    def propose(self, ctx: DraftContext) -> Draft:
+        raise NotImplementedError
+
+    def update(self, accepted: torch.Tensor, ctx: DraftContext) -> None:
+        """The target accepted accepted[b] draft tokens of row b; ctx shows the updated sequences."""
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Only these rows (indices into the current batch) go on."""
+
+    def finish(self) -> None:
+        """The generate call ended."""

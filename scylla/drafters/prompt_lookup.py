@@ -1,0 +1,54 @@
+"""Prompt lookup decoding (n-gram matching, PLD): copy what followed an earlier occurrence of the last n tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from scylla.drafters.base import Draft, DraftContext, Drafter
+from scylla.errors import ScyllaError
+
+
+def lookup(seq: np.ndarray, max_ngram: int, min_ngram: int, num_tokens: int) -> np.ndarray:
+    """Draft for one row's tokens seq (L,): the longest suffix n-gram (max_ngram down to min_ngram) that occurred
+    earlier; of its earlier occurrences, the most recent one followed by num_tokens tokens, else the one followed by
+    the most. Returns up to num_tokens tokens (possibly none)."""
+    L = len(seq)
+    for n in range(min(max_ngram, L - 1), min_ngram - 1, -1):
+        windows = np.lib.stride_tricks.sliding_window_view(seq[: L - 1], n)  # starts 0..L-1-n: all have a follower
+        starts = np.flatnonzero((windows == seq[L - n :]).all(axis=1))
+        if starts.size:
+            full = starts[starts + n + num_tokens <= L]
+            s = int(full[-1]) if full.size else int(starts[0])
+            return seq[s + n : s + n + num_tokens]
+    return seq[:0]
+
+
+class PromptLookup(Drafter):
+    """Per row, match the last max_ngram..min_ngram tokens against the prompt and the text generated so far.
+
+    A deterministic drafter: the verifier treats its q as one-hot, which keeps sampling lossless.
+    """
+
+    name = "prompt-lookup"
+
+    def __init__(self, max_ngram: int = 3, num_draft_tokens: int = 10, min_ngram: int = 1):
+        if not 1 <= min_ngram <= max_ngram:
+            raise ScyllaError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram} and {max_ngram}")
+        if num_draft_tokens < 1:
+            raise ScyllaError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+        self.max_ngram, self.min_ngram, self.num_draft_tokens = max_ngram, min_ngram, num_draft_tokens
+
+    def propose(self, ctx: DraftContext) -> Draft:
+        tokens = ctx.tokens.cpu().numpy()
+        T = tokens.shape[1]
+        drafts = []
+        for row, length, budget in zip(tokens, ctx.lengths.tolist(), ctx.budget.tolist()):
+            limit = min(self.num_draft_tokens, budget)
+            drafts.append(lookup(row[T - length :], self.max_ngram, self.min_ngram, limit) if limit > 0 else row[:0])
+        g = max(len(d) for d in drafts)
+        out = np.zeros((len(drafts), g), dtype=np.int64)
+        for i, d in enumerate(drafts):
+            out[i, : len(d)] = d
+        device = ctx.tokens.device
+        return Draft(torch.from_numpy(out).to(device), torch.tensor([len(d) for d in drafts], device=device))

@@ -1,0 +1,47 @@
+"""The one dispatcher from a drafter spec string (CLI, configs) to a Drafter."""
+
+from __future__ import annotations
+
+import torch
+
+from scylla.drafters.base import Drafter
+from scylla.drafters.draft_model import DraftModel
+from scylla.drafters.prompt_lookup import PromptLookup
+from scylla.errors import ScyllaError
+
+SPECS = "none, truncated:K, prompt-lookup, draft:PATH"
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split and check a spec without loading anything: (kind, argument)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "truncated" and not arg.isdigit():
+        raise ScyllaError(f"bad drafter {spec!r}: truncated:K needs a layer count, e.g. truncated:4")
+    valid = {"none": not arg, "prompt-lookup": not arg, "truncated": True, "draft": bool(arg)}
+    if not valid.get(kind, False):
+        raise ScyllaError(f"unknown drafter {spec!r}: use one of {SPECS}")
+    return kind, arg
+
+
+def drafter_from_spec(
+    spec: str,
+    target: torch.nn.Module,
+    num_draft_tokens: int | None = None,
+    max_ngram: int = 3,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> Drafter | None:
+    """``none`` -> None (plain decoding); ``truncated:K`` -> the target's first K layers; ``prompt-lookup``;
+    ``draft:PATH`` -> a draft LM from a folder or hub id. num_draft_tokens=None takes each drafter's default."""
+    from scylla.models import load_model, truncated_draft
+
+    kind, arg = parse_spec(spec)
+    n = {} if num_draft_tokens is None else {"num_draft_tokens": num_draft_tokens}
+    if kind == "none":
+        return None
+    if kind == "truncated":
+        return DraftModel(truncated_draft(target, int(arg)), **n)
+    if kind == "prompt-lookup":
+        return PromptLookup(max_ngram=max_ngram, **n)
+    model, _ = load_model(arg, device=device, dtype=dtype)
+    return DraftModel(model, **n)

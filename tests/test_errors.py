@@ -1,0 +1,80 @@
+"""Bad input fails with one clear ScyllaError line (library) or exit code 2 (CLI)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_llama
+from scylla import DraftModel, PromptLookup, ScyllaError, SpeculativeDecoder
+from scylla.cli import main
+
+
+def test_mismatched_vocabulary(target):
+    with pytest.raises(ScyllaError, match="vocabulary"):
+        SpeculativeDecoder(target, DraftModel(tiny_llama(vocab_size=32, layers=1)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": -0.5}, "temperature"),
+        ({"temperature": 1.0, "top_p": 0.0}, "top_p"),
+        ({"temperature": 1.0, "top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+    ],
+)
+def test_bad_sampling_settings(target, kwargs, message):
+    with pytest.raises(ScyllaError, match=message):
+        SpeculativeDecoder(target).generate(torch.tensor([[1, 2, 3]]), **kwargs)
+
+
+def test_bad_prompts(target):
+    decoder = SpeculativeDecoder(target, PromptLookup())
+    with pytest.raises(ScyllaError, match="non-empty"):
+        decoder.generate(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ScyllaError, match="empty prompt"):
+        decoder.generate(torch.tensor([[1, 2], [3, 4]]), torch.tensor([[1, 1], [0, 0]]))
+    with pytest.raises(ScyllaError, match="shape"):
+        decoder.generate(torch.tensor([[1, 2, 3]]), torch.ones(1, 2, dtype=torch.long))
+    with pytest.raises(ScyllaError, match="left-padded"):
+        decoder.generate(torch.tensor([[1, 2, 3]]), torch.tensor([[1, 1, 0]]))
+
+
+def test_bad_drafter_settings():
+    with pytest.raises(ScyllaError):
+        PromptLookup(max_ngram=0)
+    with pytest.raises(ScyllaError):
+        PromptLookup(num_draft_tokens=0)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--prompt", "hi", "--drafter", "eagle"], "unknown drafter"),
+        (["generate", "--prompt", "hi", "--drafter", "truncated:x"], "layer count"),
+        (["generate", "--prompts", "/nonexistent.jsonl"], "does not exist"),
+        (["generate", "--prompt", "hi", "--temperature", "-1"], "temperature"),
+        (["generate", "--prompt", "hi", "--target", "./no/such/folder"], "does not exist"),
+    ],
+)
+def test_cli_errors_exit_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scylla: error:") and message in err and "\n" not in err
+
+
+def test_cli_bad_jsonl(tmp_path, capsys):
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": 3}\n')
+    assert main(["generate", "--prompts", str(bad)]) == 2
+    assert "p.jsonl:2" in capsys.readouterr().err
+
+
+def test_cli_usage_error_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "scylla.cli", "generate"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--prompt" in proc.stderr
