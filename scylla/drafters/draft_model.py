@@ -43,7 +43,7 @@ class DraftModel(Drafter):
         T = ctx.tokens.shape[1] - 1
         prompt = ctx.tokens[:, :T]  # everything but the newest token
         mask = (torch.arange(T, device=prompt.device)[None, :] >= T - (ctx.lengths - 1)[:, None]).long()
-        self.kv.forward(prompt, mask)
+        self.kv.forward(prompt, mask, logits_to_keep=1)
 
     def propose(self, ctx: DraftContext) -> Draft:
         lengths = ctx.budget.clamp(min=0, max=self.num_draft_tokens)
@@ -56,7 +56,7 @@ class DraftModel(Drafter):
         feed = ctx.tokens[:, -n:]
         tokens, probs = [], []
         for _ in range(g):
-            logits = self.kv.forward(feed).logits[:, -1]
+            logits = self.kv.forward(feed, logits_to_keep=1).logits[:, -1]
             if ctx.sampling.greedy:
                 token = logits.argmax(-1)
             else:
