@@ -109,10 +109,15 @@ class SpeculativeDecoder:
         generated: list[list[int]] = [[] for _ in range(B)]
         rows = list(range(B))  # original index of each active row
         kv = RaggedKV(self.target)
-        hidden = self.drafter is not None and self.drafter.needs_hidden_states
+        layers = self.drafter.feature_layers if self.drafter is not None else ()
+        hidden = bool(layers)
+
+        def features(out) -> torch.Tensor | None:
+            return torch.cat([out.hidden_states[i] for i in layers], dim=-1) if hidden else None
+
         t_start = self._clock(device)
 
-        out = kv.forward(input_ids, mask, output_hidden_states=hidden, logits_to_keep=1)
+        out = kv.forward(input_ids, mask, output_hidden_states=hidden, logits_to_keep=1)  # hidden states: all P
         first = sampling.pick(out.logits[:, -1], generator)
         seq = torch.cat([input_ids, first[:, None]], dim=1)
         seq_len = mask.sum(1) + 1
@@ -126,7 +131,7 @@ class SpeculativeDecoder:
             return DraftContext(seq, seq_len, budget, sampling, generator, hidden_states)
 
         if self.drafter is not None:
-            self.drafter.start(context(torch.zeros_like(seq_len), out.hidden_states[-1] if hidden else None))
+            self.drafter.start(context(torch.zeros_like(seq_len), features(out)))
             stats.draft_seconds += self._clock(device) - t_now
 
         while True:
@@ -166,8 +171,7 @@ class SpeculativeDecoder:
             done = self._commit(new, draft, accepted, rows, generated, stats, eos_t, max_new_tokens)
             t2 = self._clock(device)
             if self.drafter is not None:
-                features = out.hidden_states[-1] if hidden else None
-                self.drafter.update(accepted, context(torch.zeros_like(seq_len), features))
+                self.drafter.update(accepted, context(torch.zeros_like(seq_len), features(out)))
             t3 = self._clock(device)
             stats.draft_seconds += (t1 - t0) + (t3 - t2)
             stats.verify_seconds += t2 - t1

@@ -51,7 +51,8 @@ class RaggedKV:
     def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor | None = None, **kwargs):
         """Run the model on input_ids (B, n) appended to every row; returns the model output.
 
-        input_mask (B, n) is allowed only on an empty cache (the prefill of a left-padded prompt).
+        input_mask (B, n) left-pads the new tokens of rows whose cache is empty (a prompt prefill), which keeps
+        every row's valid tokens contiguous.
         """
         B, n = input_ids.shape
         device = input_ids.device
@@ -59,8 +60,8 @@ class RaggedKV:
             self.lengths = torch.zeros(B, dtype=torch.long, device=device)
         if input_mask is None:
             input_mask = torch.ones(B, n, dtype=torch.long, device=device)
-        elif self.columns:
-            raise ValueError("input_mask is only for the first forward of a RaggedKV")
+        elif bool(((input_mask == 0).any(1) & (self.lengths > 0)).any()):
+            raise ValueError("input_mask may only pad rows whose cache is empty")
         C = self.columns
         past = torch.arange(C, device=device)[None, :] >= (C - self.lengths)[:, None]
         attention_mask = torch.cat([past.long(), input_mask.long()], dim=1)
@@ -79,12 +80,15 @@ class RaggedKV:
     def trim(self, keep: torch.Tensor) -> None:
         """Keep the first keep[b] (<= lengths[b]) valid tokens of each row: a rollback after verification."""
         for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is None:  # nothing cached yet
+                continue
             layer.keys = realign(layer.keys, 2, self.lengths, keep)
             layer.values = realign(layer.values, 2, self.lengths, keep)
         self.lengths = keep.clone()
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only these rows (finished rows stop costing work), then drop all-padding columns."""
-        self.cache.batch_select_indices(rows)
         self.lengths = self.lengths[rows]
-        self.trim(self.lengths)
+        if self.columns:
+            self.cache.batch_select_indices(rows)
+            self.trim(self.lengths)

@@ -12,6 +12,7 @@ from scipy.stats import chisquare
 import scylla.engine
 from conftest import tiny_llama
 from scylla import DraftModel, PromptLookup, SpeculativeDecoder, truncated_draft
+from scylla.drafters.eagle import EagleConfig, EagleDrafter, EagleHead
 from scylla.verify import verify_sampled
 
 V = 8
@@ -77,7 +78,19 @@ def drafters(target):
         "unrelated": DraftModel(tiny_llama(vocab_size=V, layers=1, seed=12, peak=4.0), num_draft_tokens=2),
         "truncated": DraftModel(truncated_draft(target, 1), num_draft_tokens=2),
         "prompt_lookup": PromptLookup(max_ngram=2, num_draft_tokens=2),
+        "eagle": EagleDrafter(random_head(target), num_draft_tokens=2),
     }
+
+
+def random_head(target):
+    """An untrained head over a reduced draft vocabulary (6 of 8 tokens: q is 0 on the others), sharp enough
+    that it is accepted sometimes."""
+    torch.manual_seed(13)
+    head = EagleHead(EagleConfig.for_target(target, num_layers=1, draft_vocab_size=6), target.get_input_embeddings())
+    head.draft_to_target.copy_(torch.tensor([0, 2, 3, 4, 6, 7]))
+    with torch.no_grad():
+        head.lm_head.weight.mul_(4.0)
+    return head.eval()
 
 
 def sample(target, drafter, temperature, top_k, top_p, seed=0):
@@ -91,7 +104,7 @@ SETTINGS = [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.0, 0, 0.8)]
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=["T1", "T0.7-topk5", "topp0.8"])
-@pytest.mark.parametrize("name", ["unrelated", "truncated", "prompt_lookup"])
+@pytest.mark.parametrize("name", ["unrelated", "truncated", "prompt_lookup", "eagle"])
 def test_sampling_matches_target_distribution(small_target, name, settings):
     joint = exact_joint(small_target, *settings)
     samples, stats = sample(small_target, drafters(small_target)[name], *settings)

@@ -2,6 +2,7 @@
 
 from scylla.drafters.base import Draft, DraftContext, Drafter
 from scylla.drafters.draft_model import DraftModel
+from scylla.drafters.eagle import EagleConfig, EagleDrafter, EagleHead
 from scylla.drafters.prompt_lookup import PromptLookup
 
-__all__ = ["Draft", "DraftContext", "Drafter", "DraftModel", "PromptLookup"]
+__all__ = ["Draft", "DraftContext", "Drafter", "DraftModel", "EagleConfig", "EagleDrafter", "EagleHead", "PromptLookup"]

@@ -3,8 +3,8 @@
 Call order for one ``generate`` call: ``bind`` (once, when the decoder is built), then ``start`` after the
 target's prefill, then per step ``propose`` -> (target verifies) -> ``update``; ``select`` whenever finished rows
 leave the batch; ``finish`` at the end. A drafter may keep state across requests (``finish`` does not have to
-forget). Drafters that read the target's hidden states set ``needs_hidden_states``; the engine then passes the
-target's last-layer hidden states of the tokens it just committed.
+forget). Drafters that read the target's hidden states name the layers in ``feature_layers`` (indices into HF's
+``hidden_states`` tuple); the engine then passes those states, concatenated, in ``DraftContext.hidden_states``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ class DraftContext:
 
     tokens (B, T): each row's prompt and generated tokens, right-aligned (left padding); the last column is the
     newest token, which the target has not yet processed. lengths (B,): valid tokens per row. budget (B,): the
-    most tokens a row may draft this step. hidden_states (B, n, H) or None: target features of the tokens
-    committed by the last target call (only for drafters with needs_hidden_states; at ``start``, the prompt).
+    most tokens a row may draft this step. hidden_states (B, n, F) or None (drafters without feature_layers):
+    at ``start`` the prompt's features (B, P, F); at ``update`` those of the verify input [x, d_1..d_g], of which
+    the first accepted[b] + 1 are committed.
     """
 
     tokens: torch.Tensor
@@ -54,7 +55,7 @@ class Draft:
 class Drafter:
     """Base class: override ``propose``; the other hooks default to doing nothing."""
 
-    needs_hidden_states: bool = False
+    feature_layers: tuple[int, ...] = ()
     name: str = "drafter"
 
     def bind(self, target: torch.nn.Module) -> None:

@@ -1,0 +1,286 @@
+"""EAGLE-style draft heads: decoder layers on top of the target's hidden states, drafting in feature space.
+
+A head reads pairs (f_t, x_{t+1}): the target's features at position t (one layer, or several fused as in EAGLE-3)
+and the embedding of the next token. ``fuse`` maps the features to the head's width, ``in_proj`` joins them with
+the embedding, D Llama decoder layers and a norm give h_{t+1} (a prediction of the next feature), and the LM head
+scores a draft vocabulary: the target's V_d most frequent tokens, mapped back by ``draft_to_target`` (V_d may be
+the whole vocabulary). Drafting past the accepted text feeds h back in place of the target's features.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import LlamaConfig, LlamaModel
+
+from scylla.drafters.base import Draft, DraftContext, Drafter
+from scylla.errors import ScyllaError
+from scylla.kv import RaggedKV, realign
+
+
+@dataclass
+class EagleConfig:
+    """Shape of a head. feature_layers index the target's ``hidden_states`` tuple (0 = embeddings, -1 = the final,
+    normed layer); several indices are fused (EAGLE-3 uses a low, a middle and a high layer)."""
+
+    target_hidden_size: int
+    target_vocab_size: int
+    num_layers: int = 1
+    width: int = 0  # 0: the target's hidden size
+    intermediate_size: int = 0  # 0: the target's, scaled by width
+    num_attention_heads: int = 0  # 0: the target's
+    num_key_value_heads: int = 0
+    feature_layers: list[int] = field(default_factory=lambda: [-1])
+    draft_vocab_size: int = 0  # 0: the whole target vocabulary
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 8192
+
+    @classmethod
+    def for_target(cls, target: nn.Module, **overrides) -> "EagleConfig":
+        """Defaults taken from a HF target's config (width, heads, rope), then ``overrides``."""
+        c = target.config
+        rope = getattr(c, "rope_parameters", None) or {}
+        base = dict(
+            target_hidden_size=c.hidden_size,
+            target_vocab_size=int(target.get_output_embeddings().weight.shape[0]),
+            num_attention_heads=c.num_attention_heads,
+            num_key_value_heads=getattr(c, "num_key_value_heads", c.num_attention_heads),
+            intermediate_size=c.intermediate_size,
+            rope_theta=float(rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))),
+            rms_norm_eps=float(getattr(c, "rms_norm_eps", 1e-5)),
+            max_position_embeddings=c.max_position_embeddings,
+        )
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base).resolved()
+
+    def resolved(self) -> "EagleConfig":
+        """Fill the 0 = default fields and check the shape."""
+        width = self.width or self.target_hidden_size
+        heads = self.num_attention_heads or 1
+        if width % heads:
+            raise ScyllaError(f"head width {width} is not divisible by its {heads} attention heads")
+        if self.num_layers < 1:
+            raise ScyllaError(f"a head needs at least 1 decoder layer, got {self.num_layers}")
+        scale = width / self.target_hidden_size
+        return EagleConfig(
+            **{
+                **asdict(self),
+                "width": width,
+                "num_attention_heads": heads,
+                "num_key_value_heads": self.num_key_value_heads or heads,
+                "intermediate_size": self.intermediate_size and round(self.intermediate_size * scale) or 4 * width,
+                "draft_vocab_size": self.draft_vocab_size or self.target_vocab_size,
+            }
+        )
+
+    def decoder_config(self) -> LlamaConfig:
+        return LlamaConfig(
+            vocab_size=1,  # the decoder's own embedding is unused: inputs come as embeddings
+            hidden_size=self.width,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            rope_theta=self.rope_theta,
+            rms_norm_eps=self.rms_norm_eps,
+            max_position_embeddings=self.max_position_embeddings,
+            tie_word_embeddings=False,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=None,
+        )
+
+
+class EagleHead(nn.Module):
+    """The trainable head. The token embedding is the target's (frozen, not saved with the head)."""
+
+    def __init__(self, config: EagleConfig, embed_tokens: nn.Module):
+        super().__init__()
+        self.head_config = config
+        self.embed_tokens = embed_tokens
+        for p in self.embed_tokens.parameters():
+            p.requires_grad_(False)
+        n_features = len(config.feature_layers) * config.target_hidden_size
+        self.fuse = nn.Linear(n_features, config.width, bias=False)
+        self.in_proj = nn.Linear(config.width + config.target_hidden_size, config.width, bias=False)
+        self.decoder = LlamaModel(config.decoder_config())
+        self.config = self.decoder.config  # what HF caches and masks read
+        self.lm_head = nn.Linear(config.width, config.draft_vocab_size, bias=False)
+        self.register_buffer("draft_to_target", torch.arange(config.draft_vocab_size), persistent=True)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        features: torch.Tensor | None = None,
+        own_features: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+        **_: object,
+    ):
+        """input_ids (B, n): target ids of x_{t+1}; features (B, n, k*H_target): the target's f_t, or
+        own_features (B, n, width): the head's own h_t. Returns .logits (B, n', V_d) over the draft vocabulary
+        and .hidden_states (B, n, width): h_{t+1}."""
+        u = self.fuse(features) if own_features is None else own_features
+        x = self.in_proj(torch.cat([u, self.embed_tokens(input_ids).to(u.dtype)], dim=-1))
+        h = self.decoder(
+            inputs_embeds=x,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        ).last_hidden_state
+        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        return SimpleNamespace(logits=logits, hidden_states=h)
+
+    def trainable_parameters(self, with_embeddings: bool = False) -> int:
+        """Parameter count of the head (the shared, frozen target embedding only if asked)."""
+        own = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("embed_tokens."))
+        return own + (self.embed_tokens.weight.numel() if with_embeddings else 0)
+
+    def save(self, folder: str | os.PathLike, card: dict | None = None) -> None:
+        """config.json, model.safetensors (no target embedding) and card.json, written atomically as a folder."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("embed_tokens.")}
+        save_file(state, tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps({"scylla_type": "eagle_head", **asdict(self.head_config)}, indent=2))
+        (tmp / "card.json").write_text(json.dumps(card or {}, indent=2, default=str))
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, target: nn.Module) -> "EagleHead":
+        """A saved head, attached to the target's embedding; device and dtype follow the target."""
+        folder = Path(folder)
+        try:
+            raw = json.loads((folder / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ScyllaError(f"{folder} is not a draft head folder (no readable config.json)") from None
+        if raw.pop("scylla_type", None) != "eagle_head":
+            raise ScyllaError(f"{folder} is not an EAGLE head (config.json has no scylla_type eagle_head)")
+        config = EagleConfig(**raw)
+        vocab = int(target.get_output_embeddings().weight.shape[0])
+        if config.target_vocab_size != vocab or config.target_hidden_size != target.config.hidden_size:
+            raise ScyllaError(f"head {folder} was trained for another target (vocabulary or hidden size differs)")
+        head = cls(config, target.get_input_embeddings())
+        missing, unexpected = head.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
+        if unexpected or [k for k in missing if not k.startswith("embed_tokens.")]:
+            raise ScyllaError(f"{folder}/model.safetensors does not match its config.json")
+        param = next(target.parameters())
+        return head.to(device=param.device, dtype=param.dtype).eval()
+
+
+def is_head_folder(path: str | os.PathLike) -> bool:
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("scylla_type") == "eagle_head"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+class EagleDrafter(Drafter):
+    """Drafts ``num_draft_tokens`` tokens with an EagleHead, reading the target's features at accepted positions.
+
+    Bookkeeping per row: ``known`` = tokens whose target features we hold (all but the newest token), so pairs
+    (f_t, x_{t+1}) exist for t < known. The head's cache holds the first kv.lengths of them, built from real target
+    features only; pairs built from the head's own h while drafting are rolled back after each verification.
+    ``feats`` keeps the newest target features, right-aligned with the context, so the pairs not yet cached can be
+    fed in one forward.
+    """
+
+    name = "eagle"
+
+    def __init__(self, head: EagleHead, num_draft_tokens: int = 4):
+        if num_draft_tokens < 1:
+            raise ScyllaError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+        self.head = head
+        self.num_draft_tokens = num_draft_tokens
+        self.feature_layers = tuple(head.head_config.feature_layers)
+        self.kv: RaggedKV | None = None
+        self.feats: torch.Tensor | None = None  # (B, W, F)
+        self.known: torch.Tensor | None = None  # (B,)
+
+    def bind(self, target: nn.Module) -> None:
+        vocab = int(target.get_output_embeddings().weight.shape[0])
+        if self.head.head_config.target_vocab_size != vocab:
+            raise ScyllaError(
+                f"draft head was built for a {self.head.head_config.target_vocab_size}-token vocabulary; "
+                f"the target has {vocab}"
+            )
+
+    def start(self, ctx: DraftContext) -> None:
+        self.kv = RaggedKV(self.head)
+        self.kv.lengths = torch.zeros_like(ctx.lengths)
+        self.feats = ctx.hidden_states  # (B, P, F): the prompt's features, left-padded like the prompt
+        self.known = ctx.lengths - 1
+
+    def _to_target(self, logits: torch.Tensor, ctx: DraftContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draft-vocabulary logits (B, V_d) -> target ids (B,) and q over the target vocabulary (B, V) or None."""
+        d2t = self.head.draft_to_target
+        if ctx.sampling.greedy:
+            return d2t[logits.argmax(-1)], None
+        q_draft = ctx.sampling.probs(logits)
+        choice = torch.multinomial(q_draft, 1, generator=ctx.generator).squeeze(1)
+        q = q_draft.new_zeros(logits.shape[0], self.head.head_config.target_vocab_size)
+        q[:, d2t] = q_draft
+        return d2t[choice], q
+
+    def propose(self, ctx: DraftContext) -> Draft:
+        lengths = ctx.budget.clamp(min=0, max=self.num_draft_tokens)
+        g = int(lengths.max())
+        if g == 0:
+            return Draft.empty(ctx.tokens.shape[0], ctx.tokens.device)
+        todo = self.known - self.kv.lengths  # pairs to feed per row (rows with an empty cache may have fewer)
+        n = int(todo.max())
+        mask = torch.arange(n, device=todo.device)[None, :] >= (n - todo)[:, None]
+        out = self.kv.forward(ctx.tokens[:, -n:], mask, features=self.feats[:, -n:], logits_to_keep=1)
+        tokens, probs = [], []
+        for step in range(g):
+            token, q = self._to_target(out.logits[:, -1], ctx)
+            tokens.append(token)
+            if q is not None:
+                probs.append(q)
+            if step + 1 < g:
+                out = self.kv.forward(token[:, None], own_features=out.hidden_states[:, -1:], logits_to_keep=1)
+        return Draft(torch.stack(tokens, 1), lengths, torch.stack(probs, 1) if probs else None)
+
+    def update(self, accepted: torch.Tensor, ctx: DraftContext) -> None:
+        # ctx.hidden_states (B, g+1, F): features of the verify input [x, d_1..d_g]; the first accepted+1 are real.
+        new = ctx.hidden_states
+        width = self.feats.shape[1] + new.shape[1]
+        self.feats = realign(torch.cat([self.feats, new], 1), 1, torch.full_like(accepted, width),
+                             width - new.shape[1] + accepted + 1)
+        real = torch.minimum(self.kv.lengths, self.known)  # drop pairs built from drafted features
+        self.known = self.known + accepted + 1
+        # Every row feeds the same number of pairs next time, except rows whose cache becomes empty.
+        tail = int((self.known - real).max())
+        self.kv.trim((self.known - tail).clamp(min=0))
+        keep = max(tail, self.num_draft_tokens + 2)
+        if self.feats.shape[1] > keep:
+            self.feats = self.feats[:, -keep:]
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.kv.select(rows)
+        self.feats = self.feats[rows]
+        self.known = self.known[rows]
+
+    def finish(self) -> None:
+        self.kv = self.feats = self.known = None
