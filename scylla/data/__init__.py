@@ -1,0 +1,14 @@
+"""Offline corpora for draft training: load and split (prompt, response) pairs, tokenize and pack them."""
+
+from scylla.data.corpus import load_corpus, split_heldout
+from scylla.data.packing import draft_vocabulary, heldout_prompts, pack_blocks, token_frequencies, tokenize_examples
+
+__all__ = [
+    "draft_vocabulary",
+    "heldout_prompts",
+    "load_corpus",
+    "pack_blocks",
+    "split_heldout",
+    "token_frequencies",
+    "tokenize_examples",
+]
