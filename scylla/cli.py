@@ -94,6 +94,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from scylla.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.grid, args.run_dir)
+    for line in run_sweep(sweep, dry_run=args.dry_run):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from scylla.drafters.spec import SPECS
 
@@ -120,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", help="also write texts and statistics to this JSON file")
     gen.add_argument("--quiet", action="store_true", help="statistics only, no texts")
     gen.set_defaults(func=cmd_generate)
+
+    sweep = sub.add_parser("sweep", help="train the drafts of a grid (experiments/*.yaml) through DeepSpeed")
+    sweep.add_argument("grid", help="grid YAML, e.g. experiments/smoke.yaml")
+    sweep.add_argument("--run-dir", help="where records, drafts and features go (default runs/SWEEP)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the jobs and launch commands, run nothing")
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 

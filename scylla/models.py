@@ -14,8 +14,13 @@ import torch
 from scylla.errors import ScyllaError
 
 SMOLLM2 = "smollm2-135m"
+TINY = "tiny-random-llama"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ALIASES = (SMOLLM2,)
+ALIASES = (SMOLLM2, TINY)
+_TINY_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def cache_dir() -> Path:
@@ -57,15 +62,60 @@ def smollm2_folder() -> Path:
     model.generation_config = quantized.generation_config
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    _publish(tmp, target)  # a killed conversion leaves no half-written model
+    return target
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename a finished temp folder into place (atomic); a concurrent winner is kept."""
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a killed conversion leaves no half-written model
+        os.replace(tmp, target)
     except OSError:
         if not (target / "config.json").exists():
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tiny_random_folder() -> Path:
+    """A seeded random 2-layer Llama with a byte-level BPE tokenizer (vocab 512) and a chat template, built here:
+    a real HF folder for smoke tests and CI, with no download. Its outputs are meaningless; its shapes are real."""
+    target = cache_dir() / TINY
+    if (target / "config.json").exists():
+        return target
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    text = [
+        "Natalia sold 48 clips in April and half as many in May. How many clips did she sell? 48 / 2 = 24. "
+        "48 + 24 = 72. The answer is 72.",
+        "def add(a, b):\n    return a + b\n",
+        "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9 + - * / = ( ) , . ?",
+    ] * 4
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(text, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|pad|>", eos_token="<|end|>")
+    tokenizer.chat_template = _TINY_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    _publish(tmp, target)
     return target
 
 
@@ -80,6 +130,8 @@ def load_model(name_or_path: str | os.PathLike, device: str = "cpu", dtype: str 
     name = str(name_or_path)
     if name == SMOLLM2:
         source = smollm2_folder()
+    elif name == TINY:
+        source = tiny_random_folder()
     elif Path(name).exists():
         source = Path(name)
         if not (source / "config.json").exists():

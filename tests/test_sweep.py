@@ -1,0 +1,144 @@
+"""The smoke sweep through the real DeepSpeed launcher (one process, gloo), records, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from scylla import SpeculativeDecoder, load_model
+from scylla.cli import main
+from scylla.drafters.eagle import EagleDrafter, EagleHead
+from scylla.records import read_records, record_key
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+EXPECTED = {("train", f"eagle-layers{d}", m) for d in (1, 2) for m in (1024, 2048, 4096)}
+
+
+def sweep(run_dir: Path, **popen) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "scylla.cli", "sweep", str(SMOKE), "--run-dir", str(run_dir)]
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def keys(run_dir: Path) -> set:
+    return {record_key(r)[:3] for r in read_records(run_dir)}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("smoke")
+    proc = sweep(run_dir)
+    out, _ = proc.communicate(timeout=480)
+    assert proc.returncode == 0, out[-3000:]
+    return run_dir
+
+
+def test_smoke_sweep_records(smoke_run):
+    records = read_records(smoke_run, kind="train")
+    assert {record_key(r)[:3] for r in records} == EXPECTED
+    for r in records:
+        assert r["sweep"] == "smoke" and r["drafter_type"] == "eagle" and r["target"] == "tiny-random-llama"
+        assert 0 < r["draft_params"] < r["draft_params_with_embeddings"]
+        assert r["mean_accepted_length"] >= 1.0 and len(r["per_position_acceptance"]) == 3
+        assert r["heldout_loss"] > 0 and 0 <= r["heldout_accuracy"] <= 1
+        assert Path(r["checkpoint"], "model.safetensors").is_file()
+    depth2 = sorted((r for r in records if r["draft_layers"] == 2), key=lambda r: r["train_tokens"])
+    assert depth2[0]["draft_params"] > min(r["draft_params"] for r in records)  # capacity axis is recorded
+    assert all((smoke_run / "jobs" / f"eagle-layers{d}" / "DONE").exists() for d in (1, 2))
+    assert list((smoke_run / "jobs" / "eagle-layers1" / "wandb").glob("offline-run-*"))
+
+
+def test_trained_head_drafts_losslessly(smoke_run):
+    target, tokenizer = load_model("tiny-random-llama")
+    head = EagleHead.load(smoke_run / "jobs" / "eagle-layers2" / "tokens-4096", target)
+    ids, mask = tokenizer(["What is 2 + 3?", "Natalia sold 48 clips"], return_tensors="pt", padding=True).values()
+    ref = target.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=16,
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    out = SpeculativeDecoder(target, EagleDrafter(head, 3)).generate(
+        ids, mask, max_new_tokens=16, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    assert torch.equal(out.sequences, ref)
+
+
+def test_rerun_skips_finished_jobs(smoke_run, capsys):
+    assert main(["sweep", str(SMOKE), "--run-dir", str(smoke_run)]) == 0
+    assert "2 jobs, 2 finished, 0 to run" in capsys.readouterr().out
+    assert keys(smoke_run) == EXPECTED
+
+
+def test_sigkill_mid_sweep_then_rerun_loses_and_doubles_nothing(smoke_run, tmp_path):
+    run_dir = tmp_path / "killed"
+    proc = sweep(run_dir, start_new_session=True)
+    records = run_dir / "records.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if records.exists() and len(records.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(keys(run_dir)) < len(EXPECTED)
+    again = sweep(run_dir)
+    out, _ = again.communicate(timeout=480)
+    assert again.returncode == 0, out[-3000:]
+    assert keys(run_dir) == keys(smoke_run) == EXPECTED
+    assert len(read_records(run_dir)) == len(EXPECTED)  # read_records also rejects duplicate keys
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"grid": {"layers": []}}, "non-empty list"),
+        ({"base": {"target": "/no/such/model"}}, "target"),
+        ({"grid": {"widht": [1]}}, "unknown key 'widht'"),
+        ({"base": {"optim": {"lr": 0.1, "los": "ce"}}}, "unknown key 'los'"),
+        ({"launcher": "kubernetes"}, "launcher"),
+    ],
+)
+def test_bad_grids_fail_before_launch(tmp_path, capsys, change, message):
+    grid = yaml.safe_load(SMOKE.read_text())
+    for key, value in change.items():
+        if isinstance(value, dict) and key == "base":
+            grid["base"] = {**grid["base"], **value}
+        else:
+            grid[key] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    assert main(["sweep", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scylla: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_milestone_not_reachable_is_refused(tmp_path, capsys):
+    grid = yaml.safe_load(SMOKE.read_text())
+    grid["base"]["milestones"] = [1000]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    assert main(["sweep", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "not a multiple of the tokens per step" in capsys.readouterr().err
+
+
+def test_multi_node_scripts_are_written_not_run(tmp_path):
+    grid = yaml.safe_load(SMOKE.read_text())
+    for launcher, extra, script in (("slurm", {"slurm": {"partition": "gpu", "time": "04:00:00"}}, "sweep.sbatch"),
+                                    ("hostfile", {"hosts": ["node1 slots=8", "node2 slots=8"]}, "launch.sh")):
+        path = tmp_path / f"{launcher}.yaml"
+        path.write_text(yaml.safe_dump({**grid, "launcher": launcher, **extra}))
+        run_dir = tmp_path / launcher
+        assert main(["sweep", str(path), "--run-dir", str(run_dir)]) == 0
+        text = (run_dir / script).read_text()
+        assert "deepspeed.launcher.runner" in text and "train.pretrain_draft" in text
+        assert not (run_dir / "records.jsonl").exists()
+    assert "--hostfile" in (tmp_path / "hostfile" / "launch.sh").read_text()
+    assert "#SBATCH --partition=gpu" in (tmp_path / "slurm" / "sweep.sbatch").read_text()

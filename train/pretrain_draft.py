@@ -1,0 +1,422 @@
+"""Train one draft (an EAGLE-style head or a small draft LM) with DeepSpeed, checkpointing at token milestones.
+
+    deepspeed --module train.pretrain_draft --config JOB.yaml   # through the launcher (any number of processes)
+    python -m train.pretrain_draft --config JOB.yaml            # one process, no launcher (sets the env itself)
+
+Each milestone N yields a self-contained draft folder RUN_DIR/jobs/RUN_ID/tokens-N (weights, config, card), a
+quick held-out acceptance measurement with the engine, and one "train" record in RUN_DIR/records.jsonl. The LR plan
+(train/schedule.py) makes each checkpoint a fair "trained on N tokens" point. A killed run resumes from its last
+stable checkpoint; finished milestones (record written and folder present) are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from scylla.errors import ScyllaError
+from train.config import TrainConfig, load_config
+from train.schedule import branch_start, lr_at
+
+DS_CONFIGS = Path(__file__).parent / "ds_configs"
+
+
+def ensure_distributed_env() -> None:
+    """Without a launcher, run as a world of one (deepspeed otherwise looks for MPI)."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+@dataclass
+class Data:
+    """Packed training blocks (N, T), held-out blocks (M, T), held-out prompt texts and the draft vocabulary."""
+
+    train: torch.Tensor
+    heldout: torch.Tensor
+    prompts: list[str]
+    draft_vocab: torch.Tensor
+
+
+def prepare_data(cfg: TrainConfig, tokenizer, vocab_size: int) -> Data:
+    """Deterministic data: the corpus, its held-out split and packing do not depend on the job's seed, so every
+    draft of a sweep sees the same blocks (and can share one feature store)."""
+    from scylla.data import draft_vocabulary, heldout_prompts, load_corpus, pack_blocks, split_heldout
+    from scylla.data import tokenize_examples
+
+    corpus = load_corpus(cfg.data.source, cfg.data.examples, seed=0)
+    train_ds, held_ds = split_heldout(corpus, cfg.data.heldout, seed=0)
+    train = pack_blocks(tokenize_examples(train_ds, tokenizer, cfg.data.chat), cfg.data.block_size, seed=0)
+    heldout = pack_blocks(tokenize_examples(held_ds, tokenizer, cfg.data.chat), cfg.data.block_size, seed=0)[:16]
+    if len(train) == 0 or len(heldout) == 0:
+        raise ScyllaError(f"data.examples={cfg.data.examples} is too small for blocks of {cfg.data.block_size} tokens")
+    size = cfg.draft_vocab or vocab_size
+    vocab = draft_vocabulary(train, vocab_size, min(size, vocab_size))
+    return Data(train, heldout, heldout_prompts(held_ds, tokenizer, cfg.eval.prompts), vocab)
+
+
+def block_order(n_blocks: int, position: int, count: int, seed: int) -> list[int]:
+    """Blocks for stream positions [position, position + count): a fresh seeded permutation per epoch."""
+    out, cache = [], {}
+    for p in range(position, position + count):
+        epoch = p // n_blocks
+        if epoch not in cache:
+            cache[epoch] = torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out.append(int(cache[epoch][p % n_blocks]))
+    return out
+
+
+def build_draft(cfg: TrainConfig, target, data: Data) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)
+    if cfg.drafter == "eagle":
+        from scylla.drafters.eagle import EagleConfig, EagleHead
+
+        config = EagleConfig.for_target(target, num_layers=cfg.layers, width=cfg.width,
+                                        feature_layers=list(cfg.feature_layers), draft_vocab_size=len(data.draft_vocab))
+        head = EagleHead(config, target.get_input_embeddings())
+        head.draft_to_target.copy_(data.draft_vocab)
+        if config.width == config.target_hidden_size:  # start from the target's own LM head rows
+            with torch.no_grad():
+                head.lm_head.weight.copy_(target.get_output_embeddings().weight[data.draft_vocab])
+        return head
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    heads = max(1, cfg.width // 64)
+    config = LlamaConfig(
+        vocab_size=int(target.get_output_embeddings().weight.shape[0]), hidden_size=cfg.width,
+        intermediate_size=4 * cfg.width, num_hidden_layers=cfg.layers, num_attention_heads=heads,
+        num_key_value_heads=heads, max_position_embeddings=target.config.max_position_embeddings,
+        tie_word_embeddings=True, bos_token_id=target.config.bos_token_id, eos_token_id=target.config.eos_token_id,
+        pad_token_id=target.config.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(without embeddings, with embeddings): the capacity axis of the study."""
+    if hasattr(model, "trainable_parameters"):
+        return model.trainable_parameters(), model.trainable_parameters(with_embeddings=True)
+    total = sum(p.numel() for p in model.parameters())
+    return total - model.get_input_embeddings().weight.numel(), total
+
+
+class Objective:
+    """The training loss of a draft on a batch of blocks; returns (loss, metrics)."""
+
+    def __init__(self, cfg: TrainConfig, target, data: Data, store=None):
+        self.cfg = cfg
+        self.store = store
+        vocab = int(target.get_output_embeddings().weight.shape[0])
+        self.to_draft = torch.full((vocab,), -100, dtype=torch.long)
+        self.to_draft[data.draft_vocab] = torch.arange(len(data.draft_vocab))
+        self.target_rows = target.get_output_embeddings().weight[data.draft_vocab].detach().float()
+        self.layers = list(cfg.feature_layers)
+
+    def batch(self, indices: list[int], blocks: torch.Tensor | None = None, feats: torch.Tensor | None = None):
+        if self.cfg.drafter == "eagle" and feats is None:
+            layers = self.layers + ([-1] if self.cfg.optim.loss == "kl" else [])
+            return self.store.get(indices, layers)
+        return (blocks[indices] if blocks is not None else self.store.get(indices, [])[0]), feats
+
+    def __call__(self, model, tokens: torch.Tensor, feats: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        device = next(model.parameters()).device
+        tokens = tokens.to(device)
+        if self.cfg.drafter == "draft-lm":
+            logits = model(input_ids=tokens[:, :-1]).logits.float()
+            labels = tokens[:, 1:]
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+            acc = (logits.argmax(-1) == labels).float().mean()
+            return loss, {"loss": float(loss), "accuracy": float(acc)}
+        head = getattr(model, "module", model)  # the DeepSpeed engine wraps the head
+        n_feat = len(self.layers) * head.head_config.target_hidden_size
+        feats = feats.to(device, next(model.parameters()).dtype)
+        fused, last = feats[..., :n_feat], feats[..., n_feat:]
+        # Pair t = (f_t, x_{t+1}) predicts x_{t+2} and (in feature space) the next fused feature.
+        out = model(input_ids=tokens[:, 1:], features=fused[:, :-1])
+        logits = out.logits[:, :-1].float()  # (b, T-2, V_d)
+        labels = self.to_draft.to(device)[tokens[:, 2:]]
+        if self.cfg.optim.loss == "ce":
+            token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        else:
+            p_logits = last[:, 1:-1].float() @ self.target_rows.to(device).T  # target's next-token logits on V_d
+            token_loss = F.kl_div(logits.log_softmax(-1), p_logits.log_softmax(-1), log_target=True,
+                                  reduction="batchmean") / logits.shape[1]
+        with torch.no_grad():
+            goal = head.fuse(fused[:, 1:])
+        feature_loss = F.smooth_l1_loss(out.hidden_states.float(), goal.float())
+        loss = token_loss + self.cfg.optim.feature_weight * feature_loss
+        valid = labels >= 0
+        acc = ((logits.argmax(-1) == labels) & valid).float().sum() / valid.float().sum().clamp(min=1)
+        return loss, {"loss": float(token_loss), "feature_loss": float(feature_loss), "accuracy": float(acc)}
+
+
+def make_drafter(cfg: TrainConfig, model):
+    from scylla.drafters import DraftModel, EagleDrafter
+
+    if cfg.drafter == "eagle":
+        return EagleDrafter(model, num_draft_tokens=cfg.eval.num_draft_tokens)
+    return DraftModel(model, num_draft_tokens=cfg.eval.num_draft_tokens)
+
+
+@torch.no_grad()
+def measure(cfg: TrainConfig, target, tokenizer, model, objective: Objective, data: Data, heldout_feats) -> dict:
+    """Held-out loss/accuracy and a quick greedy acceptance measurement with the engine."""
+    from scylla.engine import SpeculativeDecoder
+    from scylla.prompts import encode_prompts
+
+    model.eval()
+    _, held = objective(model, data.heldout, heldout_feats)
+    ids, mask = encode_prompts(tokenizer, data.prompts, chat=cfg.data.chat, device=cfg.device)
+    out = SpeculativeDecoder(target, make_drafter(cfg, model)).generate(
+        ids, mask, max_new_tokens=cfg.eval.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.train()
+    s = out.stats
+    return {
+        "heldout_loss": held["loss"], "heldout_accuracy": held["accuracy"],
+        "mean_accepted_length": s.mean_accepted_length, "acceptance_rate": s.acceptance_rate,
+        "per_position_acceptance": s.per_position_acceptance, "eval_prompts": len(data.prompts),
+        "eval_new_tokens": s.new_tokens,
+    }
+
+
+def save_draft(cfg: TrainConfig, model, tokenizer, folder: Path, card: dict) -> None:
+    """A self-contained draft folder, published atomically."""
+    if cfg.drafter == "eagle":
+        model.save(folder, card)
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def feature_store_for(cfg: TrainConfig, target, data: Data, rank: int):
+    """The shared target-feature store for this job's target, data and layers (built once, by rank 0)."""
+    import deepspeed
+
+    from scylla.features import FeatureStore, build_feature_store
+
+    layers = sorted(set(cfg.feature_layers) | ({-1} if cfg.optim.loss == "kl" else set()))
+    key = json.dumps([cfg.target, cfg.data.source, cfg.data.examples, cfg.data.heldout, cfg.data.block_size,
+                      cfg.data.chat, layers])
+    folder = Path(cfg.feature_cache or cfg.run_path / "features") / hashlib.sha1(key.encode()).hexdigest()[:12]
+    if rank == 0:
+        build_feature_store(folder, target, data.train, layers)
+    deepspeed.comm.barrier()
+    return FeatureStore(folder)
+
+
+def done_milestones(cfg: TrainConfig) -> set[int]:
+    """Milestones whose record is written and whose draft folder exists."""
+    from scylla.records import read_records
+
+    if not (cfg.run_path / "records.jsonl").exists():
+        return set()
+    done = set()
+    for record in read_records(cfg.run_path, kind="train", where={"run_id": cfg.run_id}):
+        if (cfg.job_dir / f"tokens-{record['train_tokens']}").is_dir():
+            done.add(int(record["train_tokens"]))
+    return done
+
+
+def start_tracking(cfg: TrainConfig):
+    """wandb, offline unless asked otherwise; the records file stays the source of truth."""
+    if cfg.wandb == "disabled":
+        return None
+    if cfg.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
+        raise ScyllaError("wandb: online needs WANDB_API_KEY set; use wandb: offline (the default)")
+    import wandb
+
+    cfg.job_dir.mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=cfg.sweep or "scylla", name=cfg.run_id, dir=str(cfg.job_dir), mode=cfg.wandb,
+                      config=cfg.to_dict())
+
+
+class Trainer:
+    """The DeepSpeed engine plus the stream position; stable checkpoints make the run resumable."""
+
+    def __init__(self, cfg: TrainConfig, model: torch.nn.Module, world: int, rank: int):
+        import deepspeed
+
+        self.cfg, self.world, self.rank = cfg, world, rank
+        ds_config = json.loads((DS_CONFIGS / f"zero{cfg.zero_stage}.json").read_text())
+        ds_config["train_micro_batch_size_per_gpu"] = cfg.optim.batch_blocks
+        ds_config["gradient_clipping"] = cfg.optim.grad_clip
+        ds_config["bf16"] = {"enabled": cfg.dtype == "bfloat16"}
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.step = 0
+        self.tokens_per_step = cfg.optim.batch_blocks * cfg.data.block_size * world
+        self.stable_dir = cfg.job_dir / "stable"
+
+    def steps_for(self, milestone: int) -> int:
+        if milestone % self.tokens_per_step:
+            raise ScyllaError(
+                f"milestone {milestone} is not a multiple of the tokens per step ({self.tokens_per_step} = "
+                "batch_blocks x block_size x processes): change the milestones or optim.batch_blocks"
+            )
+        return milestone // self.tokens_per_step
+
+    def save_stable(self) -> None:
+        self.engine.save_checkpoint(str(self.stable_dir), tag="stable", client_state={"step": self.step})
+
+    def load_stable(self) -> bool:
+        if not (self.stable_dir / "stable").is_dir():
+            return False
+        _, client = self.engine.load_checkpoint(str(self.stable_dir), tag="stable")
+        self.step = int(client["step"])
+        return True
+
+    def train_until(self, end: int, milestone_steps: int, objective: Objective, data: Data, desc: str, log) -> dict:
+        """Optimizer steps up to ``end`` on the LR plan of the milestone; returns the last steps' mean metrics."""
+        cfg = self.cfg
+        warmup = max(1, cfg.optim.warmup_tokens // self.tokens_per_step)
+        recent: list[dict] = []
+        start_time, start_step = time.perf_counter(), self.step
+        for _ in tqdm(range(self.step, end), desc=desc, unit="step", disable=self.rank != 0 or end <= self.step):
+            lr = lr_at(self.step, milestone_steps, cfg.optim.lr, warmup, cfg.optim.cooldown)
+            for group in self.engine.optimizer.param_groups:
+                group["lr"] = lr
+            first = (self.step * self.world + self.rank) * cfg.optim.batch_blocks
+            tokens, feats = objective.batch(block_order(len(data.train), first, cfg.optim.batch_blocks, cfg.seed),
+                                            blocks=data.train if cfg.drafter == "draft-lm" else None)
+            loss, metrics = objective(self.engine, tokens, feats)
+            self.engine.backward(loss)
+            self.engine.step()
+            self.step += 1
+            recent = (recent + [metrics])[-20:]
+            if log is not None and self.step % 10 == 0:
+                log.log({"train/lr": lr, **{f"train/{k}": v for k, v in metrics.items()}}, step=self.step)
+        elapsed = time.perf_counter() - start_time
+        summary = {k: sum(m[k] for m in recent) / len(recent) for k in recent[0]} if recent else {}
+        if self.step > start_step:
+            summary["train_tokens_per_second"] = (self.step - start_step) * self.tokens_per_step / elapsed
+        return summary
+
+
+def run(cfg: TrainConfig) -> None:
+    import deepspeed
+
+    from scylla.models import load_model
+    from scylla.records import append_record, new_record
+
+    ensure_distributed_env()
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.device.startswith("cuda") else "gloo")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if cfg.device.startswith("cuda"):
+        cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    cfg.dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
+    if cfg.drafter == "draft-lm" and cfg.optim.loss == "kl":
+        raise ScyllaError("optim.loss kl is for eagle heads; draft LMs train with ce")
+    target, tokenizer = load_model(cfg.target, device=cfg.device, dtype=cfg.dtype)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    vocab = int(target.get_output_embeddings().weight.shape[0])
+    data = prepare_data(cfg, tokenizer, vocab)
+    store = feature_store_for(cfg, target, data, rank) if cfg.drafter == "eagle" else None
+    heldout_feats = None
+    if cfg.drafter == "eagle":
+        layers = list(cfg.feature_layers) + ([-1] if cfg.optim.loss == "kl" else [])
+        with torch.no_grad():
+            hs = target(data.heldout.to(cfg.device), output_hidden_states=True).hidden_states
+        heldout_feats = torch.cat([hs[i] for i in layers], dim=-1).float()
+    model = build_draft(cfg, target, data).to(cfg.device)
+    objective = Objective(cfg, target, data, store)
+    params, params_embed = count_params(model)
+    done = done_milestones(cfg)
+    todo = [m for m in cfg.milestones if m not in done]
+    if rank == 0:
+        print(f"[{cfg.run_id}] {params:,} parameters ({params_embed:,} with embeddings); "
+              f"milestones done {sorted(done)}, to do {todo}", file=sys.stderr)
+    if not todo:
+        return
+    trainer = Trainer(cfg, model, world, rank)
+    log = start_tracking(cfg) if rank == 0 else None
+    for m in cfg.milestones:
+        trainer.steps_for(m)  # every milestone must be reachable before any work starts
+    resumed = cfg.schedule == "wsd" and trainer.load_stable()
+    if rank == 0 and resumed:
+        print(f"[{cfg.run_id}] resumed at step {trainer.step}", file=sys.stderr)
+    for milestone in todo:
+        steps = trainer.steps_for(milestone)
+        if cfg.schedule == "wsd" and trainer.step > branch_start(steps, cfg.optim.cooldown):
+            raise ScyllaError(f"{trainer.stable_dir} is past milestone {milestone}'s branch point: delete it to retrain")
+        if cfg.schedule == "separate":
+            trainer = Trainer(cfg, build_draft(cfg, target, data).to(cfg.device), world, rank)
+            train_metrics = trainer.train_until(steps, steps, objective, data, f"{cfg.run_id} to {milestone}", log)
+        else:
+            start = branch_start(steps, cfg.optim.cooldown)
+            trainer.train_until(start, steps, objective, data, f"{cfg.run_id} stable", log)
+            trainer.save_stable()  # the branch point: a killed branch restarts here
+            train_metrics = trainer.train_until(steps, steps, objective, data, f"{cfg.run_id} to {milestone}", log)
+        if rank == 0:
+            model = trainer.engine.module
+            metrics = measure(cfg, target, tokenizer, model, objective, data, heldout_feats)
+            card = {"target": cfg.target, "drafter": cfg.drafter, "train_tokens": milestone, "layers": cfg.layers,
+                    "width": cfg.width or target.config.hidden_size, "draft_params": params, "data": cfg.data.source,
+                    "seed": cfg.seed, "run_id": cfg.run_id, "schedule": cfg.schedule, "loss": cfg.optim.loss}
+            folder = cfg.job_dir / f"tokens-{milestone}"
+            save_draft(cfg, model, tokenizer, folder, card)
+            record = new_record(
+                "train", run_id=cfg.run_id, sweep=cfg.sweep, target=cfg.target, drafter_type=cfg.drafter,
+                draft_layers=cfg.layers, draft_width=cfg.width or int(target.config.hidden_size),
+                draft_params=params, draft_params_with_embeddings=params_embed, train_tokens=milestone,
+                data=cfg.data.source, seed=cfg.seed, checkpoint=str(folder), schedule=cfg.schedule,
+                loss_type=cfg.optim.loss, lr_peak=cfg.optim.lr, feature_layers=list(cfg.feature_layers),
+                draft_vocab_size=len(data.draft_vocab), **train_metrics, **metrics,
+            )
+            append_record(cfg.run_path, record)
+            if log is not None:
+                log.log({f"milestone/{k}": v for k, v in metrics.items() if not isinstance(v, list)},
+                        step=trainer.step)
+            print(f"[{cfg.run_id}] {milestone} tokens: MAT {metrics['mean_accepted_length']:.3f}, "
+                  f"held-out accuracy {metrics['heldout_accuracy']:.3f}", file=sys.stderr)
+        if cfg.schedule == "wsd" and milestone != todo[-1]:
+            trainer.load_stable()  # back to the stable run
+    if log is not None:
+        log.finish()
+    if rank == 0:
+        (cfg.job_dir / "DONE").write_text(json.dumps({"milestones": cfg.milestones}))
+        shutil.rmtree(trainer.stable_dir, ignore_errors=True)
+    deepspeed.comm.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.pretrain_draft", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="job YAML (see train/config.py)")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
+    args = parser.parse_args(argv)
+    try:
+        run(load_config(args.config))
+    except ScyllaError as err:
+        print(f"scylla: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
