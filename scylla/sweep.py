@@ -21,6 +21,7 @@ import copy
 import itertools
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -154,13 +155,22 @@ def write_job(job) -> Path:
     return path
 
 
-def launch_command(sweep: Sweep, job_yaml: Path, hostfile: Path | None = None) -> list[str]:
+def free_port() -> int:
+    """A free local TCP port, so concurrent local sweeps do not collide on the launcher's default 29500."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_command(sweep: Sweep, job_yaml: Path, hostfile: Path | None = None, port: int | None = None) -> list[str]:
     """The deepspeed launcher as an argument list (never a shell string)."""
     argv = [sys.executable, "-m", "deepspeed.launcher.runner"]
     if hostfile is not None:
         argv += ["--hostfile", str(hostfile)]
     else:
         argv += ["--num_gpus", str(sweep.processes)]
+    if port is not None:
+        argv += ["--master_port", str(port)]
     return argv + ["--module", "train.pretrain_draft", "--config", str(job_yaml)]
 
 
@@ -175,7 +185,7 @@ def run_sweep(sweep: Sweep, dry_run: bool = False) -> list[str]:
     sweep.run_dir.mkdir(parents=True, exist_ok=True)
     if sweep.launcher == "local":
         for job in tqdm(todo, desc=f"sweep {sweep.name}", unit="job", file=sys.stderr):
-            argv = launch_command(sweep, write_job(job))
+            argv = launch_command(sweep, write_job(job), port=free_port())
             result = subprocess.run(argv, env={**os.environ, "PYTHONPATH": _pythonpath()})
             if result.returncode != 0:
                 raise ScyllaError(f"job {job.run_id} failed (exit {result.returncode}); its log is above. "

@@ -142,3 +142,30 @@ def test_multi_node_scripts_are_written_not_run(tmp_path):
         assert not (run_dir / "records.jsonl").exists()
     assert "--hostfile" in (tmp_path / "hostfile" / "launch.sh").read_text()
     assert "#SBATCH --partition=gpu" in (tmp_path / "slurm" / "sweep.sbatch").read_text()
+
+
+def test_generate_cli_drafts_with_a_trained_head(smoke_run, capsys):
+    head = smoke_run / "jobs" / "eagle-layers1" / "tokens-4096"
+    argv = ["generate", "--target", "tiny-random-llama", "--drafter", f"draft:{head}", "--prompt", "What is 2 + 3?",
+            "--max-new-tokens", "8", "--quiet"]
+    assert main(argv) == 0
+    assert f"[draft:{head}]" in capsys.readouterr().out
+
+
+def test_draft_lm_trains_without_the_launcher(tmp_path):
+    """python -m train.pretrain_draft in one process (it sets the distributed env itself); a small draft LM."""
+    job = {"run_dir": str(tmp_path), "target": "tiny-random-llama", "drafter": "draft-lm", "layers": 1, "width": 32,
+           "milestones": [512, 1024], "data": {"source": "gsm", "examples": 60, "block_size": 32},
+           "optim": {"batch_blocks": 4, "warmup_tokens": 128}, "eval": {"prompts": 2, "max_new_tokens": 8},
+           "wandb": "disabled", "sweep": "unit"}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run([sys.executable, "-m", "train.pretrain_draft", "--config", str(path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_records(tmp_path, kind="train")
+    assert [r["train_tokens"] for r in records] == [512, 1024]
+    assert records[0]["drafter_type"] == "draft-lm" and records[0]["draft_width"] == 32
+    model, _ = load_model(records[-1]["checkpoint"])  # a self-contained HF folder
+    assert model.config.num_hidden_layers == 1

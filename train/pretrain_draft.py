@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -36,11 +35,11 @@ DS_CONFIGS = Path(__file__).parent / "ds_configs"
 
 def ensure_distributed_env() -> None:
     """Without a launcher, run as a world of one (deepspeed otherwise looks for MPI)."""
+    from scylla.sweep import free_port
+
     if "RANK" in os.environ:
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
@@ -142,7 +141,7 @@ class Objective:
             labels = tokens[:, 1:]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
             acc = (logits.argmax(-1) == labels).float().mean()
-            return loss, {"loss": float(loss), "accuracy": float(acc)}
+            return loss, {"loss": loss.item(), "accuracy": acc.item()}
         head = getattr(model, "module", model)  # the DeepSpeed engine wraps the head
         n_feat = len(self.layers) * head.head_config.target_hidden_size
         feats = feats.to(device, next(model.parameters()).dtype)
@@ -163,7 +162,7 @@ class Objective:
         loss = token_loss + self.cfg.optim.feature_weight * feature_loss
         valid = labels >= 0
         acc = ((logits.argmax(-1) == labels) & valid).float().sum() / valid.float().sum().clamp(min=1)
-        return loss, {"loss": float(token_loss), "feature_loss": float(feature_loss), "accuracy": float(acc)}
+        return loss, {"loss": token_loss.item(), "feature_loss": feature_loss.item(), "accuracy": acc.item()}
 
 
 def make_drafter(cfg: TrainConfig, model):

@@ -9,7 +9,7 @@ from scylla.drafters.draft_model import DraftModel
 from scylla.drafters.prompt_lookup import PromptLookup
 from scylla.errors import ScyllaError
 
-SPECS = "none, truncated:K, prompt-lookup, draft:PATH"
+SPECS = "none, truncated:K, prompt-lookup, draft:PATH (a draft LM or a trained head folder)"
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -43,5 +43,9 @@ def drafter_from_spec(
         return DraftModel(truncated_draft(target, int(arg)), **n)
     if kind == "prompt-lookup":
         return PromptLookup(max_ngram=max_ngram, **n)
+    from scylla.drafters.eagle import EagleDrafter, EagleHead, is_head_folder
+
+    if is_head_folder(arg):
+        return EagleDrafter(EagleHead.load(arg, target), **n)
     model, _ = load_model(arg, device=device, dtype=dtype)
     return DraftModel(model, **n)
