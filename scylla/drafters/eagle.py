@@ -66,9 +66,11 @@ class EagleConfig:
     def resolved(self) -> "EagleConfig":
         """Fill the 0 = default fields and check the shape."""
         width = self.width or self.target_hidden_size
-        heads = self.num_attention_heads or 1
-        if width % heads:
-            raise ScyllaError(f"head width {width} is not divisible by its {heads} attention heads")
+        heads, kv_heads = self.num_attention_heads or 1, self.num_key_value_heads
+        if width % heads:  # a narrower head than the target: attention heads of 64 dimensions
+            heads = kv_heads = max(1, width // 64)
+        if width % heads or (kv_heads and heads % kv_heads):
+            raise ScyllaError(f"head width {width} does not split into {heads} attention heads ({kv_heads} kv)")
         if self.num_layers < 1:
             raise ScyllaError(f"a head needs at least 1 decoder layer, got {self.num_layers}")
         scale = width / self.target_hidden_size
@@ -77,7 +79,7 @@ class EagleConfig:
                 **asdict(self),
                 "width": width,
                 "num_attention_heads": heads,
-                "num_key_value_heads": self.num_key_value_heads or heads,
+                "num_key_value_heads": kv_heads or heads,
                 "intermediate_size": self.intermediate_size and round(self.intermediate_size * scale) or 4 * width,
                 "draft_vocab_size": self.draft_vocab_size or self.target_vocab_size,
             }
