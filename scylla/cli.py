@@ -103,6 +103,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from fit.cli import run_fit
+
+    lines = run_fit(
+        args.run_dirs,
+        x=args.x,
+        y=args.y,
+        by=args.by,
+        where=args.where,
+        kind=args.kind,
+        robust=args.robust,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        json_path=args.json,
+    )
+    for line in lines:
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from scylla.drafters.spec import SPECS
 
@@ -135,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--run-dir", help="where records, drafts and features go (default runs/SWEEP)")
     sweep.add_argument("--dry-run", action="store_true", help="list the jobs and launch commands, run nothing")
     sweep.set_defaults(func=cmd_sweep)
+
+    fit = sub.add_parser("fit", help="fit scaling laws y = a + b ln x to run records (docs/fitting.md)")
+    fit.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or records .jsonl files)")
+    fit.add_argument("--x", default="train_tokens", help="x field, > 0; y is fitted on ln x (default train_tokens)")
+    fit.add_argument("--y", default="mean_accepted_length", help="y field (default mean_accepted_length)")
+    fit.add_argument("--by", help="comma-separated fields: one fit per combination (default: one fit)")
+    fit.add_argument("--where", action="append", help="keep records with these fields, e.g. task=gsm,temperature=0")
+    fit.add_argument("--kind", choices=("train", "eval", "tts"), help="keep records of this kind only")
+    fit.add_argument("--robust", action="store_true", help="Huber M-estimate instead of OLS")
+    fit.add_argument("--bootstrap", type=int, default=0, metavar="N", help="N resamples for a bootstrap slope CI")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the saturating fit's starts")
+    fit.add_argument("--json", help="also write the fits to this JSON file")
+    fit.set_defaults(func=cmd_fit)
     return parser
 
 

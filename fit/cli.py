@@ -1,0 +1,123 @@
+"""The logic of ``scylla fit``: read records, fit the log-linear law per group, compare it with the saturating law
+on the largest x, print a table and optionally write JSON (docs/fitting.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fit.loglinear import fit_log_linear, group_label
+from fit.results import ExtrapolationCheck
+from fit.saturating import extrapolation_check, fit_saturating
+from scylla.cli import write_json_atomic
+from scylla.errors import ScyllaError
+from scylla.records import read_records
+
+
+def parse_fields(text: str | None) -> tuple[str, ...]:
+    """``"draft_layers,draft_width"`` -> ("draft_layers", "draft_width"); None or "" -> () (one group)."""
+    if not text:
+        return ()
+    fields = tuple(name.strip() for name in text.split(","))
+    if not all(fields):
+        raise ScyllaError(f"--by takes comma-separated field names such as draft_layers,draft_width, got {text!r}")
+    return fields
+
+
+def parse_where(texts: Sequence[str] | str | None) -> dict[str, str]:
+    """``"task=gsm,temperature=0"`` (or several such strings) -> {"task": "gsm", "temperature": "0"}."""
+    if isinstance(texts, str):
+        texts = [texts]
+    where: dict[str, str] = {}
+    for text in texts or ():
+        for pair in text.split(","):
+            key, sep, value = (part.strip() for part in pair.partition("="))
+            if not sep or not key:
+                raise ScyllaError(
+                    f"--where takes comma-separated field=value pairs such as task=gsm,temperature=0, got {pair!r}"
+                )
+            if key in where and where[key] != value:
+                raise ScyllaError(f"--where gives field '{key}' twice ({where[key]!r} and {value!r}); give it once")
+            where[key] = value
+    return where
+
+
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _interval(pair: Sequence[float] | None) -> str:
+    return "-" if pair is None else f"[{pair[0]:.4g}, {pair[1]:.4g}]"
+
+
+def _extrapolation(check: ExtrapolationCheck) -> str:
+    if check.reason:
+        return f"- ({check.reason})"
+    err = check.errors
+    return f"log-linear {_g(err['log_linear'])}, saturating {_g(err['saturating'])}: {check.preferred}"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def run_fit(
+    run_dirs: Sequence[str],
+    *,
+    x: str = "train_tokens",
+    y: str = "mean_accepted_length",
+    by: str | None = None,
+    where: Sequence[str] | str | None = None,
+    kind: str | None = None,
+    robust: bool = False,
+    bootstrap: int = 0,
+    seed: int = 0,
+    json_path: str | None = None,
+) -> list[str]:
+    """Fit the records of ``run_dirs`` (concatenated) and return the lines to print; write JSON to ``json_path``."""
+    by_fields, conditions = parse_fields(by), parse_where(where)
+    records = []
+    for run_dir in run_dirs:
+        records.extend(read_records(run_dir, kind=kind, where=conditions or None))
+    if not records:
+        selection = ", ".join([f"kind={kind}"] * (kind is not None) + [f"{k}={v}" for k, v in conditions.items()])
+        raise ScyllaError(
+            f"no records in {', '.join(map(str, run_dirs))}" + (f" match {selection}" if selection else "")
+            + "; check --kind and --where"
+        )
+    fits = fit_log_linear(records, x=x, y=y, by=by_fields, robust=robust, bootstrap=bootstrap, seed=seed)
+    checks = [extrapolation_check(f.x_values, f.y_values, seed=seed) for f in fits]
+    saturating = [None if c.reason else fit_saturating(f.x_values, f.y_values, seed=seed) for f, c in zip(fits, checks)]
+
+    method = "Huber M-estimate (RLM)" if robust else "OLS, HC3 errors"
+    lines = [f"{y} = a + b ln({x}) | {method} | {len(records)} records, {len(fits)} group(s)"]
+    rows = [["group", "n", "slope b", "b 95% CI", "b bootstrap 95% CI", "intercept a", "R^2", "|error| at largest x"]]
+    for f, check in zip(fits, checks):
+        boot = _interval(f.slope_ci95_bootstrap)
+        if f.bootstrap_unit:
+            boot += f" ({f.bootstrap_units} {f.bootstrap_unit}s)"
+        rows.append(
+            [group_label(f.group), str(f.n), _g(f.slope), _interval(f.slope_ci95), boot, _g(f.intercept), _g(f.r2),
+             _extrapolation(check)]
+        )
+    lines += _table(rows)
+    if json_path:
+        payload = {
+            "run_dirs": [str(d) for d in run_dirs],
+            "x": x,
+            "y": y,
+            "by": list(by_fields),
+            "where": conditions,
+            "kind": kind,
+            "method": "huber" if robust else "ols",
+            "bootstrap": bootstrap,
+            "seed": seed,
+            "n_records": len(records),
+            "fits": [
+                {**f.to_dict(), "saturating": s.to_dict() if s else None, "extrapolation": c.to_dict()}
+                for f, c, s in zip(fits, checks, saturating)
+            ],
+        }
+        write_json_atomic(json_path, payload)
+        lines.append(f"wrote {json_path}")
+    return lines

@@ -1,0 +1,141 @@
+"""Typed results of the fitting stage (docs/fitting.md). Each has ``to_dict()`` for JSON (NaN becomes null)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from scylla.errors import ScyllaError
+
+INTERVALS = ("confidence", "prediction")
+
+
+def _jsonable(value):
+    """Tuples to lists, numpy scalars to floats, non-finite floats to None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+@dataclass
+class LogLinearFit:
+    """y = intercept + slope * ln(x), fitted to one group of records.
+
+    ``cov`` is the 2x2 covariance of (intercept, slope) behind the standard errors (HC3 for OLS, the M-estimator's
+    for Huber) and ``resid_var`` the residual variance (OLS: SSR / (n - 2); Huber: the robust scale squared), so
+    ``predict`` gives confidence and prediction intervals without refitting.
+    """
+
+    group: dict
+    x: str
+    y: str
+    n: int
+    intercept: float
+    slope: float
+    intercept_se: float
+    slope_se: float
+    intercept_ci95: tuple[float, float]
+    slope_ci95: tuple[float, float]
+    slope_ci95_bootstrap: tuple[float, float] | None
+    r2: float
+    residuals: list[float]
+    x_values: list[float]
+    y_values: list[float]
+    method: str  # "ols" (HC3 errors) or "huber" (statsmodels RLM, HuberT)
+    cov: list[list[float]]
+    resid_var: float
+    bootstrap_unit: str | None = None  # "run" or "point": what the bootstrap resampled; None without bootstrap
+    bootstrap_units: int = 0  # how many runs (or points) there were to resample
+    n_bootstrap: int = 0  # resamples drawn
+
+    def predict(self, x: float, interval: str = "confidence", level: float = 0.95) -> tuple[float, float, float]:
+        """(mean, lo, hi) at ``x``: an interval for the mean of y ("confidence") or for one new observation
+        ("prediction": adds the residual variance), from the t distribution with n - 2 degrees of freedom."""
+        if interval not in INTERVALS:
+            raise ScyllaError(f"interval must be one of {', '.join(INTERVALS)}, got {interval!r}")
+        if not 0 < level < 1:
+            raise ScyllaError(f"level must be between 0 and 1, got {level}")
+        if not x > 0:
+            raise ScyllaError(f"x must be > 0 to take its log, got {x}")
+        g = np.array([1.0, math.log(x)])
+        mean = self.intercept + self.slope * float(g[1])
+        var = float(g @ np.asarray(self.cov) @ g) + (self.resid_var if interval == "prediction" else 0.0)
+        half = float(stats.t.ppf(0.5 + level / 2, self.n - 2)) * math.sqrt(max(var, 0.0))
+        return mean, mean - half, mean + half
+
+    def to_dict(self) -> dict:
+        return _jsonable(asdict(self))
+
+
+@dataclass
+class JointFit:
+    """y = intercept + sum_i b_i ln(x_i) over all records; dicts are keyed by "intercept" and the x field names
+    (the coefficient of field f multiplies ln f). Standard errors are HC3, intervals t with n - p df."""
+
+    xs: list[str]
+    y: str
+    n: int
+    coefficients: dict[str, float]
+    ses: dict[str, float]
+    ci95: dict[str, tuple[float, float]]
+    r2: float
+    method: str = "ols"
+
+    def to_dict(self) -> dict:
+        return _jsonable(asdict(self))
+
+
+@dataclass
+class SaturatingFit:
+    """y = y_max - k * x^(-beta), the best of ``n_starts`` Huber-loss least-squares fits.
+
+    ``params`` holds y_max, k and beta; ``loss`` is the Huber cost of the best start (scipy's ``cost``) and
+    ``f_scale`` the residual size beyond which the loss grows linearly.
+    """
+
+    params: dict[str, float]
+    loss: float
+    success: bool
+    n_starts: int
+    n: int
+    f_scale: float
+
+    def predict(self, x: float) -> float:
+        """The fitted law at ``x`` (> 0)."""
+        if not x > 0:
+            raise ScyllaError(f"x must be > 0, got {x}")
+        p = self.params
+        return p["y_max"] - p["k"] * x ** (-p["beta"])
+
+    def to_dict(self) -> dict:
+        return _jsonable(asdict(self))
+
+
+@dataclass
+class ExtrapolationCheck:
+    """Each law ("log_linear", "saturating") fitted on all points but those at the largest x, then asked for the
+    mean y there: ``errors`` are |prediction - observed mean|, ``preferred`` the law with the smaller error.
+
+    When the check cannot be made (fewer than 4 distinct x) every value is None and ``reason`` says why.
+    """
+
+    held_out_x: float | None = None
+    n_held_out: int = 0
+    n_fit: int = 0
+    observed: float | None = None
+    predictions: dict[str, float | None] = field(default_factory=dict)
+    errors: dict[str, float | None] = field(default_factory=dict)
+    preferred: str | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return _jsonable(asdict(self))
