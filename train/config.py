@@ -22,6 +22,8 @@ class DataConfig:
     heldout: float = 0.1
     block_size: int = 256
     chat: bool = True
+    onpolicy: bool = False  # replace responses by the target's own greedy ones (cached under RUN_DIR/data)
+    onpolicy_max_new_tokens: int = 128
 
 
 @dataclass

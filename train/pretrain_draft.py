@@ -53,14 +53,28 @@ class Data:
     draft_vocab: torch.Tensor
 
 
-def prepare_data(cfg: TrainConfig, tokenizer, vocab_size: int) -> Data:
+def data_key(cfg: TrainConfig) -> list:
+    """What the blocks depend on: jobs with the same key share data, on-policy responses and features."""
+    d = cfg.data
+    key = [cfg.target, d.source, d.examples, d.heldout, d.block_size, d.chat]
+    return key + (["onpolicy", d.onpolicy_max_new_tokens] if d.onpolicy else [])
+
+
+def prepare_data(cfg: TrainConfig, tokenizer, vocab_size: int, target=None) -> Data:
     """Deterministic data: the corpus, its held-out split and packing do not depend on the job's seed, so every
     draft of a sweep sees the same blocks (and can share one feature store)."""
     from scylla.data import draft_vocabulary, heldout_prompts, load_corpus, pack_blocks, split_heldout
-    from scylla.data import tokenize_examples
+    from scylla.data import regenerate_responses, tokenize_examples
 
     corpus = load_corpus(cfg.data.source, cfg.data.examples, seed=0)
     train_ds, held_ds = split_heldout(corpus, cfg.data.heldout, seed=0)
+    if cfg.data.onpolicy:
+        key = hashlib.sha1(json.dumps(data_key(cfg)).encode()).hexdigest()[:12]
+        cache = cfg.run_path / "data" / f"onpolicy-{key}.jsonl"
+        train_ds = regenerate_responses(train_ds, target, tokenizer, cache, cfg.data.onpolicy_max_new_tokens,
+                                        chat=cfg.data.chat)
+        held_ds = regenerate_responses(held_ds, target, tokenizer, cache, cfg.data.onpolicy_max_new_tokens,
+                                       chat=cfg.data.chat)
     train = pack_blocks(tokenize_examples(train_ds, tokenizer, cfg.data.chat), cfg.data.block_size, seed=0)
     heldout = pack_blocks(tokenize_examples(held_ds, tokenizer, cfg.data.chat), cfg.data.block_size, seed=0)[:16]
     if len(train) == 0 or len(heldout) == 0:
@@ -218,8 +232,7 @@ def feature_store_for(cfg: TrainConfig, target, data: Data, rank: int):
     from scylla.features import FeatureStore, build_feature_store
 
     layers = sorted(set(cfg.feature_layers) | ({-1} if cfg.optim.loss == "kl" else set()))
-    key = json.dumps([cfg.target, cfg.data.source, cfg.data.examples, cfg.data.heldout, cfg.data.block_size,
-                      cfg.data.chat, layers])
+    key = json.dumps(data_key(cfg) + [layers])
     folder = Path(cfg.feature_cache or cfg.run_path / "features") / hashlib.sha1(key.encode()).hexdigest()[:12]
     if rank == 0:
         build_feature_store(folder, target, data.train, layers)
@@ -334,7 +347,7 @@ def run(cfg: TrainConfig) -> None:
     for p in target.parameters():
         p.requires_grad_(False)
     vocab = int(target.get_output_embeddings().weight.shape[0])
-    data = prepare_data(cfg, tokenizer, vocab)
+    data = prepare_data(cfg, tokenizer, vocab, target)
     store = feature_store_for(cfg, target, data, rank) if cfg.drafter == "eagle" else None
     heldout_feats = None
     if cfg.drafter == "eagle":

@@ -1,6 +1,7 @@
 """Offline corpora for draft training: load and split (prompt, response) pairs, tokenize and pack them."""
 
 from scylla.data.corpus import load_corpus, split_heldout
+from scylla.data.onpolicy import regenerate_responses
 from scylla.data.packing import draft_vocabulary, heldout_prompts, pack_blocks, token_frequencies, tokenize_examples
 
 __all__ = [
@@ -8,6 +9,7 @@ __all__ = [
     "heldout_prompts",
     "load_corpus",
     "pack_blocks",
+    "regenerate_responses",
     "split_heldout",
     "token_frequencies",
     "tokenize_examples",
