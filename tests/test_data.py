@@ -166,3 +166,29 @@ def test_heldout_prompts(tokenizer):
     assert heldout_prompts(ds, tokenizer, 2) == ["what is one", "a cat"]
     with pytest.raises(ScyllaError, match="usable prompts"):
         heldout_prompts(ds, tokenizer, 4)
+
+
+def test_onpolicy_responses_are_the_targets_own_and_cached(tmp_path, monkeypatch):
+    import datasets
+
+    from scylla import SpeculativeDecoder, load_model
+    from scylla.data import regenerate_responses
+
+    target, tokenizer = load_model("tiny-random-llama")
+    ds = datasets.Dataset.from_dict({"prompt": ["What is 2 + 2?", "Name a colour.", "What is 2 + 2?"],
+                                     "response": ["4", "red", "4"]})
+    cache = tmp_path / "onpolicy.jsonl"
+    out = regenerate_responses(ds, target, tokenizer, cache, max_new_tokens=6, batch_size=2)
+    assert out["prompt"] == ds["prompt"] and out["response"][0] == out["response"][2]
+    assert len(cache.read_text().splitlines()) == 2  # one line per distinct prompt
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Name a colour."}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    greedy = target.generate(input_ids=ids, do_sample=False, max_new_tokens=6, pad_token_id=tokenizer.pad_token_id)
+    assert out["response"][1] == tokenizer.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("cached responses must not be regenerated")
+
+    monkeypatch.setattr(SpeculativeDecoder, "generate", no_generation)
+    again = regenerate_responses(ds, target, tokenizer, cache, max_new_tokens=6, batch_size=2)
+    assert again["response"] == out["response"]
