@@ -102,7 +102,6 @@ class SpeculativeDecoder:
         generator = None
         if seed is not None:
             generator = torch.Generator(device=device).manual_seed(seed)
-        eos_t = torch.tensor(eos, dtype=torch.long, device=device)
 
         B = input_ids.shape[0]
         stats = DecodeStats(rows=[RowStats() for _ in range(B)])
@@ -122,8 +121,8 @@ class SpeculativeDecoder:
         seq = torch.cat([input_ids, first[:, None]], dim=1)
         seq_len = mask.sum(1) + 1
         stats.forward_passes += 1
-        empty = Draft.empty(B, device)
-        done = self._commit(first[:, None], empty, torch.zeros_like(first), rows, generated, stats, eos_t, max_new_tokens)
+        done = self._commit(first[:, None], Draft.empty(B, device), torch.zeros_like(first), rows, generated, stats,
+                            set(eos), max_new_tokens)
         t_now = self._clock(device)
         stats.verify_seconds += t_now - t_start
 
@@ -168,7 +167,7 @@ class SpeculativeDecoder:
             seq = realign(torch.cat([seq, new], dim=1), 1, seq_len + g + 1, seq_len + accepted + 1)
             seq_len = seq_len + accepted + 1
             stats.forward_passes += 1
-            done = self._commit(new, draft, accepted, rows, generated, stats, eos_t, max_new_tokens)
+            done = self._commit(new, draft, accepted, rows, generated, stats, set(eos), max_new_tokens)
             t2 = self._clock(device)
             if self.drafter is not None:
                 self.drafter.update(accepted, context(torch.zeros_like(seq_len), features(out)))
@@ -188,14 +187,13 @@ class SpeculativeDecoder:
         return DecodeOutput(torch.cat([input_ids, tail], dim=1), generated, stats)
 
     @staticmethod
-    def _commit(new, draft, accepted, rows, generated, stats, eos_t, max_new_tokens) -> torch.Tensor:
+    def _commit(new, draft, accepted, rows, generated, stats, eos: set[int], max_new_tokens) -> torch.Tensor:
         """Emit each row's accepted[b] + 1 tokens from new (B, >=1), stopping at EOS or max_new_tokens.
 
         Updates generated and the row stats; returns done (B,) bool.
         """
         counts = (accepted + 1).tolist()
         new_l, drafted_l, accepted_l = new.tolist(), draft.lengths.tolist(), accepted.tolist()
-        eos = set(eos_t.tolist())
         done = []
         for i, r in enumerate(rows):
             toks = new_l[i][: counts[i]][: max_new_tokens - len(generated[r])]

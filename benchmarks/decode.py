@@ -1,0 +1,609 @@
+"""Decode benchmark: this engine (scylla) against HF ``generate`` on SmolLM2-135M, fp32 on CPU, greedy.
+
+Two prompt sets: ``gsm`` (GSM-style word problems from reasoning-gym's gsm_symbolic) and ``copy`` (prompts whose
+answers mostly repeat, extract or reformat text given in the prompt). Every prompt goes through the chat template.
+
+Rows at batch 1 (one prompt per call): plain decoding, truncated drafts (the target's first K layers, gamma tokens
+per step), prompt lookup (n-gram matching); each for both engines (HF: ``assistant_model`` with a constant schedule,
+``prompt_lookup_num_tokens``). Rows at batch B > 1: this engine plain, prompt lookup and truncated K
+(--batched-draft-layers, default 2), and HF plain (HF refuses assisted generation at batch > 1). Batches of B are
+filled by cycling through the set (max(B, n) prompts).
+
+Timing: per mode, one untimed warm-up call on the mode's first batch (--warmup-tokens new tokens), then --repeats
+timed passes over all batches. tokens/s = new tokens of the pass / wall seconds of the pass (the sum of its generate
+calls, timed outside generate for both engines); the table shows the median over passes. New tokens are counted up
+to and including EOS. MAT = new tokens / target forwards (the prefill counts). For HF, target forwards are counted
+with a forward hook on the target module (draft models are separate top-level modules: their forwards do not fire
+it; checked at start-up); HF MAT is shown at batch 1 only (a batched forward also runs finished rows). Run on an
+otherwise idle machine: other CPU work skews every timing (the JSON records the load average).
+
+Correctness: every mode's greedy output must equal this engine's plain batch-1 output for the same prompt, token
+for token (column same_as_plain).
+
+Theoretical bound on the speed-up over plain decoding (Leviathan et al. 2023, with a measured verify cost):
+
+    bound = (1 - a^(g+1)) / ((1 - a) * (g*c + v))
+
+a: measured acceptance rate (accepted / drafted draft tokens); g: draft length (gamma for draft models, the measured
+mean draft length for prompt lookup); c: cost of one draft step / cost of one single-token target step (0 for prompt
+lookup, a CPU lookup); v: cost of a target forward over g+1 tokens / cost of one single-token target step. Costs are
+measured once per set and batch size with direct forwards through this engine's KV cache (RaggedKV) holding a
+context of about 128 tokens, median of several timings. Note a = accepted/drafted is below the i.i.d. per-token
+acceptance probability of the formula's model, so the bound is conservative; the JSON also has bound_from_mat =
+MAT / (g*c + v), the speed-up the measured MAT would give at those costs.
+
+Usage: python benchmarks/decode.py [--quick] [--sets gsm,copy] [--batch-sizes 1,4,8,16] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from scylla.cli import write_json_atomic
+from scylla.drafters import DraftModel, EagleDrafter, EagleHead, PromptLookup
+from scylla.engine import SpeculativeDecoder
+from scylla.kv import RaggedKV
+from scylla.metrics import DecodeStats
+from scylla.models import load_model, truncated_draft
+from scylla.prompts import encode_prompts
+
+DEFAULTS = dict(prompts_per_set=8, max_new_tokens=128, repeats=3, batch_sizes="1,4,8,16", draft_layers="2,4,8")
+QUICK = dict(prompts_per_set=2, max_new_tokens=32, repeats=1, batch_sizes="1,4", draft_layers="4")
+HF_BATCHED_NOTE = "HF generate refuses assisted generation (draft model, prompt lookup) at batch > 1."
+
+COPY_PROMPTS = [
+    "Repeat this list exactly, one item per line: apples, pears, plums, cherries, grapes, lemons, limes, figs.",
+    "Copy the following paragraph word for word: The lighthouse keeper climbed the spiral stairs every evening "
+    "at dusk. He wound the clockwork, trimmed the wick and polished the great lens until it shone. Ships passing "
+    "the rocky point relied on its steady beam to find their way home.",
+    "Here is a receipt: Milk 2.49; Bread 3.10; Eggs 4.25; Butter 5.80; Coffee 9.99; Rice 6.45. List every item "
+    "with its price, one per line, in the same order.",
+    "Convert this data into a markdown table with the columns Name, City and Age: Alice, Paris, 34; Bob, Berlin, "
+    "29; Carla, Madrid, 41; Deepak, Mumbai, 37; Emma, Oslo, 25.",
+    "Rewrite this contact as a JSON object with the keys name, email, phone and city: Name: Jordan Lee. Email: "
+    "jordan.lee@example.com. Phone: 555-0142. City: Portland.",
+    "Rename the variable x to total in this Python code and show the whole code again:\n"
+    "def add_all(values):\n    x = 0\n    for v in values:\n        x = x + v\n    return x",
+    "Repeat the following sentence three times, each on its own line: The quick brown fox jumps over the lazy dog.",
+    "Extract all the email addresses from this text and list them one per line: Contact anna@mail.com for sales, "
+    "ben.k@work.org for support, and chris_99@school.edu or dana@shop.net for anything else.",
+]
+
+
+# ---------------------------------------------------------------- prompts and batches
+
+
+def gsm_texts(n: int, seed: int, exclude: str = "") -> list[str]:
+    """n GSM-style word problems from reasoning-gym's gsm_symbolic generator (deterministic for a seed), none of
+    which is in the training corpus ``exclude`` (SOURCE:N, as train/config.py's data.source and data.examples)."""
+    import reasoning_gym
+
+    from scylla.data import load_corpus
+
+    seen: set[str] = set()
+    if exclude:
+        source, _, count = exclude.rpartition(":")
+        seen = set(load_corpus(source, int(count), seed=0)["prompt"])
+    dataset = reasoning_gym.create_dataset("gsm_symbolic", size=4 * n + 16, seed=seed)
+    questions = [dataset[i]["question"] for i in range(len(dataset))]
+    return [q for q in questions if q not in seen][:n]
+
+
+def copy_texts(n: int) -> list[str]:
+    """The first n copy-heavy prompts (cycling if n exceeds the list)."""
+    return [COPY_PROMPTS[i % len(COPY_PROMPTS)] for i in range(n)]
+
+
+def prompt_set(name: str, n: int, seed: int, exclude: str = "") -> list[str]:
+    if name == "gsm":
+        return gsm_texts(n, seed, exclude)
+    if name == "copy":
+        return copy_texts(n)
+    raise SystemExit(f"decode.py: unknown prompt set {name!r} (use gsm, copy)")
+
+
+@dataclass
+class Batch:
+    """Left-padded inputs and, per row, the index of its prompt in the set."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    index: list[int]
+
+
+def make_batches(tokenizer, texts: list[str], batch_size: int) -> list[Batch]:
+    """max(batch_size, n) prompts cycling through texts, in batches of batch_size."""
+    order = [i % len(texts) for i in range(max(batch_size, len(texts)))]
+    batches = []
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        ids, mask = encode_prompts(tokenizer, [texts[i] for i in index], chat=True)
+        batches.append(Batch(ids, mask, index))
+    return batches
+
+
+# ---------------------------------------------------------------- running one mode
+
+
+@dataclass
+class Run:
+    """One timed pass of a mode over all batches of a set."""
+
+    generated: list[list[int]] = field(default_factory=list)  # per row, batch order
+    index: list[int] = field(default_factory=list)  # prompt index per row
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time: well below threads x wall means other work competed
+    target_forwards: int = 0  # counted by the forward hook
+    stats: DecodeStats | None = None  # this engine only
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(len(g) for g in self.generated)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.wall_seconds if self.wall_seconds else float("nan")
+
+
+class ForwardCounter:
+    """Counts calls of a module's top-level forward while active (a context manager)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.calls, self._handle = module, 0, None
+
+    def _hook(self, *_args) -> None:
+        self.calls += 1
+
+    def __enter__(self) -> "ForwardCounter":
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._handle.remove()
+
+
+def cut_at_eos(tokens: list[int], eos: int) -> list[int]:
+    """Tokens up to and including the first EOS."""
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+Generate = Callable[[Batch, int], list[list[int]]]  # (batch, max_new_tokens) -> new tokens per row
+
+
+def scylla_generate(decoder: SpeculativeDecoder, tokenizer, parts: list[DecodeStats]) -> Generate:
+    """This engine's generate on a batch; appends each call's stats to parts."""
+
+    def run(batch: Batch, max_new_tokens: int) -> list[list[int]]:
+        out = decoder.generate(
+            batch.ids,
+            batch.mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        parts.append(out.stats)
+        return out.generated
+
+    return run
+
+
+def hf_generate(model: torch.nn.Module, tokenizer, **extra) -> Generate:
+    """HF model.generate, greedy, on a batch; extra: assistant_model, prompt_lookup_num_tokens, ..."""
+
+    def run(batch: Batch, max_new_tokens: int) -> list[list[int]]:
+        out = model.generate(
+            batch.ids,
+            attention_mask=batch.mask,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **extra,
+        )
+        tail = out[:, batch.ids.shape[1] :].tolist()
+        return [cut_at_eos(row, tokenizer.eos_token_id) for row in tail]
+
+    return run
+
+
+@dataclass
+class Mode:
+    """A way of decoding: its engine, name, draft length and draft model (for the cost model), and a factory of
+    the per-batch generate function (the factory gets a list that collects this engine's stats)."""
+
+    engine: str
+    name: str
+    make: Callable[[list[DecodeStats]], Generate]
+    gamma: int | None = None
+    draft: torch.nn.Module | None = None
+
+    @property
+    def is_prompt_lookup(self) -> bool:
+        return self.name == "prompt-lookup"
+
+
+def one_pass(mode: Mode, target: torch.nn.Module, batches: list[Batch], max_new_tokens: int) -> Run:
+    """Run the mode over the batches, timing each generate call from outside."""
+    parts: list[DecodeStats] = []
+    generate = mode.make(parts)
+    run = Run()
+    with ForwardCounter(target) as counter:
+        for batch in batches:
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            rows = generate(batch, max_new_tokens)
+            run.wall_seconds += time.perf_counter() - t0
+            run.cpu_seconds += time.process_time() - cpu0
+            run.generated.extend(rows)
+            run.index.extend(batch.index)
+    run.target_forwards = counter.calls
+    run.stats = DecodeStats.merge(parts) if parts else None
+    return run
+
+
+def measure(mode: Mode, target: torch.nn.Module, batches: list[Batch], args: argparse.Namespace) -> list[Run]:
+    """An untimed warm-up call (first batch, --warmup-tokens new tokens), then --repeats timed passes."""
+    one_pass(mode, target, batches[:1], min(args.warmup_tokens, args.max_new_tokens))
+    return [one_pass(mode, target, batches, args.max_new_tokens) for _ in range(args.repeats)]
+
+
+# ---------------------------------------------------------------- modes
+
+
+def assistant(target: torch.nn.Module, layers: int, gamma: int) -> torch.nn.Module:
+    """A truncated draft set up as an HF assistant drafting exactly gamma tokens per step."""
+    draft = truncated_draft(target, layers)
+    config = draft.generation_config
+    config.num_assistant_tokens = gamma
+    config.num_assistant_tokens_schedule = "constant"
+    config.assistant_confidence_threshold = 0.0  # 0 disables the early stop on low draft confidence
+    return draft
+
+
+def head_modes(target, tokenizer, args: argparse.Namespace) -> list[Mode]:
+    """This engine with each trained EAGLE-style head of --head (a draft folder of train.pretrain_draft)."""
+    modes = []
+    for path in args.head:
+        head = EagleHead.load(path, target)
+        label = f"eagle-{Path(path).parent.name}-{Path(path).name}"
+        modes.append(scylla_mode(target, tokenizer, label, EagleDrafter(head, args.head_tokens), args.head_tokens))
+    return modes
+
+
+def scylla_mode(target, tokenizer, name: str, drafter=None, gamma: int | None = None) -> Mode:
+    decoder = SpeculativeDecoder(target, drafter)
+    draft = drafter.model if isinstance(drafter, DraftModel) else None
+    return Mode("scylla", name, lambda parts: scylla_generate(decoder, tokenizer, parts), gamma, draft)
+
+
+def hf_mode(target, tokenizer, name: str, gamma: int | None = None, **extra) -> Mode:
+    return Mode("hf", name, lambda _parts: hf_generate(target, tokenizer, **extra), gamma)
+
+
+def scylla_modes(target, tokenizer, args: argparse.Namespace, draft_layers: list[int]) -> list[Mode]:
+    """This engine: plain, truncated drafts (gamma tokens per step), prompt lookup."""
+    modes = [scylla_mode(target, tokenizer, "plain")]
+    for k in draft_layers:
+        drafter = DraftModel(truncated_draft(target, k), num_draft_tokens=args.gamma)
+        modes.append(scylla_mode(target, tokenizer, f"truncated-k{k}", drafter, args.gamma))
+    lookup = PromptLookup(max_ngram=args.max_ngram, num_draft_tokens=args.lookup_tokens)
+    modes.append(scylla_mode(target, tokenizer, "prompt-lookup", lookup))
+    return modes + head_modes(target, tokenizer, args)
+
+
+def hf_modes(target, tokenizer, args: argparse.Namespace, draft_layers: list[int], lookup: bool) -> list[Mode]:
+    """HF generate: plain, assisted with truncated drafts (constant gamma), prompt lookup (if lookup)."""
+    modes = [hf_mode(target, tokenizer, "plain")]
+    for k in draft_layers:
+        helper = assistant(target, k, args.gamma)
+        modes.append(hf_mode(target, tokenizer, f"truncated-k{k}", args.gamma, assistant_model=helper))
+    if lookup:
+        kwargs = dict(prompt_lookup_num_tokens=args.lookup_tokens, max_matching_ngram_size=args.max_ngram)
+        modes.append(hf_mode(target, tokenizer, "prompt-lookup", **kwargs))
+    return modes
+
+
+def modes_for(batch: int, target, tokenizer, args: argparse.Namespace) -> list[Mode]:
+    """Batch 1: every mode on both engines. Batch > 1: this engine's plain, truncated (--batched-draft-layers) and
+    prompt lookup, and HF plain only (HF refuses assisted generation at batch > 1). This engine's plain first."""
+    if batch == 1:
+        return scylla_modes(target, tokenizer, args, args.draft_layers) + hf_modes(
+            target, tokenizer, args, args.draft_layers, lookup=True
+        )
+    return scylla_modes(target, tokenizer, args, args.batched_draft_layers) + hf_modes(
+        target, tokenizer, args, [], lookup=False
+    )
+
+
+def check_hook_isolation(model: torch.nn.Module) -> None:
+    """A truncated draft's forward must not fire the target's forward hook (they share layers, not the module)."""
+    draft = truncated_draft(model, 2)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.inference_mode(), ForwardCounter(model) as counter:
+        draft(input_ids=ids)
+        after_draft = counter.calls
+        model(input_ids=ids)
+    if after_draft != 0 or counter.calls != 1:
+        raise SystemExit(f"decode.py: forward hook counts draft calls ({after_draft}, {counter.calls}): MAT unusable")
+    print("forward hook check: a truncated draft's forward does not fire the target's hook", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- costs and the bound
+
+
+class CostMeter:
+    """Median seconds of forwarding n new tokens per row into a RaggedKV holding a fixed context, per model/batch."""
+
+    def __init__(self, context: torch.Tensor, reps: int = 15, warmup: int = 3):
+        self.context, self.reps, self.warmup = context, reps, warmup  # context (1, L)
+        self._cache: dict[tuple[int, int, int], float] = {}
+        self.records: list[dict] = []
+
+    @torch.inference_mode()
+    def seconds(self, model: torch.nn.Module, batch: int, n: int, label: str) -> float:
+        key = (id(model), batch, n)
+        if key not in self._cache:
+            self._cache[key] = self._time(model, batch, n)
+            ms = 1000 * self._cache[key]
+            self.records.append(dict(model=label, batch=batch, tokens=n, context=self.context.shape[1], ms=ms))
+        return self._cache[key]
+
+    def _time(self, model: torch.nn.Module, batch: int, n: int) -> float:
+        kv = RaggedKV(model)
+        kv.forward(self.context.expand(batch, -1))
+        new = self.context[:, -n:].expand(batch, -1).contiguous()
+        times = []
+        for _ in range(self.warmup + self.reps):
+            t0 = time.perf_counter()
+            kv.forward(new)
+            times.append(time.perf_counter() - t0)
+            kv.trim(kv.lengths - n)
+        return statistics.median(times[self.warmup :])
+
+
+def cost_context(batches: list[Batch], reference: dict[int, list[int]], length: int = 128) -> torch.Tensor:
+    """About ``length`` tokens of the set's prompts and plain outputs, as (1, L)."""
+    tokens: list[int] = []
+    for batch in batches:
+        for row, i in enumerate(batch.index):
+            tokens += batch.ids[row][batch.mask[row].bool()].tolist() + reference[i]
+            if len(tokens) >= length:
+                return torch.tensor([tokens[:length]])
+    return torch.tensor([tokens])
+
+
+def bound(alpha: float, g: float, c: float, v: float) -> float:
+    """(1 - a^(g+1)) / ((1 - a) (g c + v)); the limit a -> 1 is (g+1) / (g c + v)."""
+    if math.isnan(alpha) or g <= 0:
+        return float("nan")
+    gain = g + 1 if alpha >= 1 else (1 - alpha ** (g + 1)) / (1 - alpha)
+    return gain / (g * c + v)
+
+
+def cost_model(mode: Mode, run: Run, meter: CostMeter, target, batch: int) -> dict | None:
+    """c, v, g and the bounds for a drafting mode of this engine (None for the others)."""
+    stats = run.stats
+    if mode.engine != "scylla" or stats is None or not stats.drafted:
+        return None
+    step = meter.seconds(target, batch, 1, "target")
+    if mode.is_prompt_lookup:
+        g, c = stats.drafted / stats.drafting_steps, 0.0
+    elif mode.draft is None:  # a head reads target features: its cost per drafted token, from the run itself
+        g, c = mode.gamma, stats.draft_seconds / stats.drafted / step
+    else:
+        g = mode.gamma
+        c = meter.seconds(mode.draft, batch, 1, f"draft-{mode.name}") / step
+    v = meter.seconds(target, batch, max(1, round(g)) + 1, "target") / step
+    a = stats.acceptance_rate
+    mat = stats.mean_accepted_length
+    return dict(g=g, c=c, v=v, bound=bound(a, g, c, v), bound_from_mat=mat / (g * c + v))
+
+
+# ---------------------------------------------------------------- results
+
+
+def same_as_plain(runs: list[Run], reference: dict[int, list[int]]) -> bool:
+    return all(gen == reference[i] for run in runs for gen, i in zip(run.generated, run.index))
+
+
+def summarize(set_name: str, batch: int, mode: Mode, runs: list[Run], reference, costs: dict | None) -> dict:
+    """One result row (JSON-ready); ratios are filled in later by add_ratios."""
+    first = runs[0]
+    stats = first.stats
+    if stats is not None:
+        mat, alpha = stats.mean_accepted_length, (stats.acceptance_rate if stats.drafted else None)
+    else:
+        mat = first.new_tokens / first.target_forwards if batch == 1 else None
+        alpha = None
+    return dict(
+        set=set_name,
+        batch=batch,
+        engine=mode.engine,
+        mode=mode.name,
+        tokens_per_second=statistics.median(r.tokens_per_second for r in runs),
+        tokens_per_second_runs=[r.tokens_per_second for r in runs],
+        wall_seconds_runs=[r.wall_seconds for r in runs],
+        cpu_per_wall_runs=[r.cpu_seconds / r.wall_seconds for r in runs],
+        new_tokens=first.new_tokens,
+        target_forwards=first.target_forwards,
+        mat=mat,
+        alpha=alpha,
+        same_as_plain=same_as_plain(runs, reference),
+        stats=stats.summary() if stats is not None else None,
+        cost_model=costs,
+        mismatched_rows=[k for k, (g, i) in enumerate(zip(first.generated, first.index)) if g != reference[i]],
+    )
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """speed_up (over the same engine's plain, same set and batch) and vs_hf (scylla / HF, same mode)."""
+    tps = {(r["set"], r["batch"], r["engine"], r["mode"]): r["tokens_per_second"] for r in rows}
+    for r in rows:
+        plain = tps.get((r["set"], r["batch"], r["engine"], "plain"))
+        r["speed_up"] = r["tokens_per_second"] / plain if plain else None
+        hf = tps.get((r["set"], r["batch"], "hf", r["mode"])) if r["engine"] == "scylla" else None
+        r["vs_hf"] = r["tokens_per_second"] / hf if hf else None
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = "| set | batch | engine | mode | tokens/s | MAT | alpha | speed-up | vs HF | bound | same_as_plain |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        cm = r["cost_model"] or {}
+        cells = [
+            r["set"], str(r["batch"]), r["engine"], r["mode"], _fmt(r["tokens_per_second"], 1), _fmt(r["mat"]),
+            _fmt(r["alpha"]), _fmt(r["speed_up"]), _fmt(r["vs_hf"]), _fmt(cm.get("bound")),
+            "yes" if r["same_as_plain"] else "no",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def strict_json(value):
+    """value with NaN and infinities replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def costs_table(records: list[dict]) -> str:
+    lines = ["| set | batch | model | new tokens | context | ms/forward |", "|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['set']} | {r['batch']} | {r['model']} | {r['tokens']} | {r['context']} | {r['ms']:.2f} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def run_set(set_name: str, model, tokenizer, args, progress) -> tuple[list[dict], list[dict]]:
+    """All rows of one prompt set, and the measured costs."""
+    texts = prompt_set(set_name, args.prompts_per_set, args.seed, args.exclude_corpus)
+    rows: list[dict] = []
+    reference: dict[int, list[int]] = {}
+    meter: CostMeter | None = None
+    for batch in args.batch_sizes:
+        batches = make_batches(tokenizer, texts, batch)
+        modes = modes_for(batch, model, tokenizer, args)
+        for mode in modes:
+            progress.set_postfix_str(f"{set_name} b={batch} {mode.engine} {mode.name}")
+            runs = measure(mode, model, batches, args)
+            if not reference:  # this engine's plain decoding at the first batch size (1 by default)
+                reference = {i: g for g, i in zip(runs[0].generated, runs[0].index)}
+                meter = CostMeter(cost_context(batches, reference))
+            costs = cost_model(mode, runs[0], meter, model, batch)
+            rows.append(summarize(set_name, batch, mode, runs, reference, costs))
+            progress.update(1)
+    for record in meter.records:
+        record["set"] = set_name
+    return rows, meter.records
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sets", default="gsm,copy", help="comma-separated prompt sets: gsm, copy")
+    p.add_argument("--prompts-per-set", type=int, help=f"default {DEFAULTS['prompts_per_set']}")
+    p.add_argument("--max-new-tokens", type=int, help=f"default {DEFAULTS['max_new_tokens']}")
+    p.add_argument("--repeats", type=int, help=f"timed passes per mode, median reported (default {DEFAULTS['repeats']})")
+    p.add_argument("--batch-sizes", help=f"comma-separated, 1 first (default {DEFAULTS['batch_sizes']})")
+    p.add_argument("--warmup-tokens", type=int, default=16, help="new tokens of each mode's untimed warm-up call")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 prompts, 32 tokens, 1 repeat, batch 1,4, K=4")
+    p.add_argument("--draft-layers", help=f"truncated draft sizes K at batch 1 (default {DEFAULTS['draft_layers']})")
+    p.add_argument("--batched-draft-layers", default="2", help="truncated draft sizes K at batch > 1")
+    p.add_argument("--gamma", type=int, default=4, help="draft tokens per step for truncated drafts")
+    p.add_argument("--lookup-tokens", type=int, default=10, help="prompt lookup: draft tokens per step")
+    p.add_argument("--max-ngram", type=int, default=3, help="prompt lookup: longest n-gram matched")
+    p.add_argument("--seed", type=int, default=42, help="reasoning-gym seed for the gsm set")
+    p.add_argument("--exclude-corpus", default="gsm:1500",
+                   help="SOURCE:N training corpus whose prompts the gsm set leaves out ('' keeps all)")
+    p.add_argument("--head", action="append", default=[], help="a trained head folder (repeat for several)")
+    p.add_argument("--head-tokens", type=int, default=4, help="draft tokens per step for --head")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--json", default="benchmarks/out/decode.json", help="where to write the results")
+    args = p.parse_args(argv)
+    base = QUICK if args.quick else DEFAULTS
+    for key, value in base.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.sets = [s for s in args.sets.split(",") if s]
+    args.batch_sizes = sorted(int(b) for b in args.batch_sizes.split(","))
+    args.draft_layers = [int(k) for k in args.draft_layers.split(",") if k]
+    args.batched_draft_layers = [int(k) for k in args.batched_draft_layers.split(",") if k]
+    if args.batch_sizes[0] != 1:
+        p.error("--batch-sizes must include 1: the batch-1 plain output is the reference for same_as_plain")
+    return args
+
+
+def environment() -> dict:
+    import transformers
+
+    return dict(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        threads=torch.get_num_threads(),
+        machine=platform.machine(),
+        load_average=os.getloadavg(),  # other work on the machine skews every timing
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+    from transformers.utils import logging as hf_logging
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    hf_logging.set_verbosity_error()
+    started = time.perf_counter()
+    env_start = environment()
+    model, tokenizer = load_model("smollm2-135m", device="cpu", dtype="float32")
+    check_hook_isolation(model)
+    heads = len(args.head)
+    per_set = 2 + 2 * len(args.draft_layers) + 2 + heads  # batch 1: plain, drafts, lookup (both engines), heads
+    batched = 3 + len(args.batched_draft_layers) + heads
+    total = len(args.sets) * (per_set + batched * (len(args.batch_sizes) - 1))
+    rows, costs = [], []
+    with tqdm(total=total, desc="modes", unit="mode", file=sys.stderr) as progress:
+        for set_name in args.sets:
+            set_rows, set_costs = run_set(set_name, model, tokenizer, args, progress)
+            rows += set_rows
+            costs += set_costs
+    add_ratios(rows)
+    elapsed = time.perf_counter() - started
+    print("Measured forward costs (median; through this engine's KV cache):\n")
+    print(costs_table(costs))
+    print(
+        f"\nResults (greedy, max_new_tokens={args.max_new_tokens}, {args.prompts_per_set} prompts per set, "
+        f"median of {args.repeats} timed pass(es), {args.threads} threads):\n"
+    )
+    print(markdown_table(rows))
+    print(f"\nNote: {HF_BATCHED_NOTE} bound = (1 - a^(g+1)) / ((1 - a)(g c + v)); see the docstring.")
+    print(f"Total time: {elapsed:.0f} s")
+    payload = dict(
+        args=vars(args), environment=env_start, load_average_end=os.getloadavg(), costs=costs, rows=rows, notes=[HF_BATCHED_NOTE], elapsed=elapsed
+    )
+    write_json_atomic(Path(args.json), strict_json(payload))
+    print(f"Wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
