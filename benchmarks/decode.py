@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from scylla.cli import write_json_atomic
+from scylla.atomic import write_json_atomic
 from scylla.drafters import DraftModel, EagleDrafter, EagleHead, PromptLookup
 from scylla.engine import SpeculativeDecoder
 from scylla.kv import RaggedKV

@@ -14,7 +14,6 @@ A sweep of J heads over the same data pays the target forward once instead of J 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -68,6 +67,7 @@ def main() -> None:
 
     import deepspeed
 
+    from scylla.atomic import write_json_atomic
     from scylla.features import build_feature_store
     from scylla.models import load_model
 
@@ -140,13 +140,8 @@ def main() -> None:
     print("\n| ratio | value |\n|---|---|")
     for name, value in ratios.items():
         print(f"| {name} | {value:.2f} |")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_json = tempfile.mkstemp(dir=out.parent, prefix=".train-")
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"args": vars(args), "tokens_per_second": rows, "ratios": ratios,
-                   "store_seconds": store_seconds}, handle, indent=2)
-    os.replace(tmp_json, out)
+    write_json_atomic(args.json, {"args": vars(args), "tokens_per_second": rows, "ratios": ratios,
+                                  "store_seconds": store_seconds})
     torch.distributed.destroy_process_group()
 
 

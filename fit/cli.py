@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from fit.loglinear import fit_log_linear, group_label
 from fit.results import ExtrapolationCheck
 from fit.saturating import extrapolation_check, fit_saturating
-from scylla.cli import write_json_atomic
+from scylla.atomic import write_json_atomic
 from scylla.errors import ScyllaError
 from scylla.records import read_records
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
-from pathlib import Path
 
+from scylla.atomic import write_json_atomic
 from scylla.errors import ScyllaError
 
 
@@ -20,16 +17,6 @@ def _positive(kind):
         return value
 
     return parse
-
-
-def write_json_atomic(path: str | Path, payload) -> None:
-    """Write JSON to a temp file beside ``path``, then rename: no half-written outputs."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def format_stats(label: str, stats) -> str:

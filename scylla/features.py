@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from scylla.atomic import atomic_path, write_json_atomic
 from scylla.errors import ScyllaError
 
 
@@ -89,14 +89,9 @@ def build_feature_store(
                 per_layer[layer].append(hs[layer].to("cpu", torch.float16))
         tensors = {"tokens": chunk.contiguous()}
         tensors.update({f"layer_{layer}": torch.cat(v).contiguous() for layer, v in per_layer.items()})
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".shard-")
-        os.close(fd)
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp)
     meta = {"blocks": len(blocks), "block_size": int(blocks.shape[1]), "layers": list(layers),
             "shard_blocks": shard_blocks, "hidden_size": int(target.config.hidden_size)}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".meta-")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(meta, handle)
-    os.replace(tmp, folder / "meta.json")
+    write_json_atomic(folder / "meta.json", meta)
     return FeatureStore(folder)

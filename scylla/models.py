@@ -5,12 +5,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from scylla.atomic import atomic_folder
 from scylla.errors import ScyllaError
 
 SMOLLM2 = "smollm2-135m"
@@ -60,23 +59,10 @@ def smollm2_folder() -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
     model.generation_config = quantized.generation_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    _publish(tmp, target)  # a killed conversion leaves no half-written model
+    with atomic_folder(target, replace=False) as tmp:  # a killed conversion leaves no half-written model
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return target
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename a finished temp folder into place (atomic); a concurrent winner is kept."""
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "config.json").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def tiny_random_folder() -> Path:
@@ -111,11 +97,9 @@ def tiny_random_folder() -> Path:
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    _publish(tmp, target)
+    with atomic_folder(target, replace=False) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return target
 
 

@@ -24,12 +24,12 @@ import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from scylla.atomic import atomic_path
 from scylla.errors import ScyllaError
 
 SWEEP_KEYS = ("sweep", "launcher", "processes", "hosts", "slurm", "base", "grid", "run_dir")
@@ -146,12 +146,9 @@ def check_target(name: str) -> None:
 
 def write_job(job) -> Path:
     """The job's config as RUN_DIR/jobs/ID/job.yaml (atomic)."""
-    job.job_dir.mkdir(parents=True, exist_ok=True)
     path = job.job_dir / "job.yaml"
-    fd, tmp = tempfile.mkstemp(dir=job.job_dir, prefix=".job-")
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(job.to_dict(), handle, sort_keys=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(job.to_dict(), sort_keys=False))
     return path
 
 

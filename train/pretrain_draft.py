@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from scylla.atomic import atomic_folder
 from scylla.errors import ScyllaError
 from train.config import TrainConfig, load_config
 from train.schedule import branch_start, lr_at
@@ -134,18 +134,19 @@ class Objective:
 
     def __init__(self, cfg: TrainConfig, target, data: Data, store=None):
         self.cfg = cfg
-        self.store = store
+        self.store = store  # target features (EAGLE heads); draft LMs read data.train
+        self.blocks = data.train
         vocab = int(target.get_output_embeddings().weight.shape[0])
         self.to_draft = torch.full((vocab,), -100, dtype=torch.long)
         self.to_draft[data.draft_vocab] = torch.arange(len(data.draft_vocab))
         self.target_rows = target.get_output_embeddings().weight[data.draft_vocab].detach().float()
         self.layers = list(cfg.feature_layers)
 
-    def batch(self, indices: list[int], blocks: torch.Tensor | None = None, feats: torch.Tensor | None = None):
-        if self.cfg.drafter == "eagle" and feats is None:
-            layers = self.layers + ([-1] if self.cfg.optim.loss == "kl" else [])
-            return self.store.get(indices, layers)
-        return (blocks[indices] if blocks is not None else self.store.get(indices, [])[0]), feats
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training blocks ``indices``: tokens (b, T) and, for heads, the target features (b, T, F)."""
+        if self.store is None:
+            return self.blocks[indices], None
+        return self.store.get(indices, self.layers + ([-1] if self.cfg.optim.loss == "kl" else []))
 
     def __call__(self, model, tokens: torch.Tensor, feats: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
         device = next(model.parameters()).device
@@ -215,14 +216,10 @@ def save_draft(cfg: TrainConfig, model, tokenizer, folder: Path, card: dict) -> 
     if cfg.drafter == "eagle":
         model.save(folder, card)
         return
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str))
 
 
 def feature_store_for(cfg: TrainConfig, target, data: Data, rank: int):
@@ -313,8 +310,7 @@ class Trainer:
             for group in self.engine.optimizer.param_groups:
                 group["lr"] = lr
             first = (self.step * self.world + self.rank) * cfg.optim.batch_blocks
-            tokens, feats = objective.batch(block_order(len(data.train), first, cfg.optim.batch_blocks, cfg.seed),
-                                            blocks=data.train if cfg.drafter == "draft-lm" else None)
+            tokens, feats = objective.batch(block_order(len(data.train), first, cfg.optim.batch_blocks, cfg.seed))
             loss, metrics = objective(self.engine, tokens, feats)
             self.engine.backward(loss)
             self.engine.step()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
+from scylla.atomic import atomic_folder
 from scylla.drafters.base import Draft, DraftContext, Drafter
 from scylla.errors import ScyllaError
 from scylla.kv import RaggedKV, realign
@@ -154,20 +153,12 @@ class EagleHead(nn.Module):
 
     def save(self, folder: str | os.PathLike, card: dict | None = None) -> None:
         """config.json, model.safetensors (no target embedding) and card.json, written atomically as a folder."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
         state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("embed_tokens.")}
-        save_file(state, tmp / "model.safetensors")
-        (tmp / "config.json").write_text(json.dumps({"scylla_type": "eagle_head", **asdict(self.head_config)}, indent=2))
-        (tmp / "card.json").write_text(json.dumps(card or {}, indent=2, default=str))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        with atomic_folder(folder) as tmp:
+            save_file(state, tmp / "model.safetensors")
+            config = {"scylla_type": "eagle_head", **asdict(self.head_config)}
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            (tmp / "card.json").write_text(json.dumps(card or {}, indent=2, default=str))
 
     @classmethod
     def load(cls, folder: str | os.PathLike, target: nn.Module) -> "EagleHead":
