@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from scylla.atomic import write_json_atomic
 from scylla.errors import ScyllaError
@@ -110,6 +111,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_figs(args: argparse.Namespace) -> int:
+    from paper_figs.laws import law_figures
+    from scylla.records import read_records
+
+    records = [r for run_dir in args.run_dirs for r in read_records(run_dir)]
+    for y in args.y.split(","):
+        for path in law_figures(records, Path(args.out), y):
+            print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from scylla.drafters.spec import SPECS
 
@@ -155,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the saturating fit's starts")
     fit.add_argument("--json", help="also write the fits to this JSON file")
     fit.set_defaults(func=cmd_fit)
+
+    figs = sub.add_parser("figs", help="draw the laws' figures (PNG and PDF) from run records alone")
+    figs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    figs.add_argument("--out", default="paper_figs/out", help="output folder (default paper_figs/out, ignored by git)")
+    figs.add_argument("--y", default="mean_accepted_length,heldout_accuracy", help="comma-separated y fields")
+    figs.set_defaults(func=cmd_figs)
     return parser
 
 

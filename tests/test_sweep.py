@@ -169,3 +169,12 @@ def test_draft_lm_trains_without_the_launcher(tmp_path):
     assert records[0]["drafter_type"] == "draft-lm" and records[0]["draft_width"] == 32
     model, _ = load_model(records[-1]["checkpoint"])  # a self-contained HF folder
     assert model.config.num_hidden_layers == 1
+
+
+def test_figs_are_drawn_from_records_alone(smoke_run, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert main(["figs", str(smoke_run), "--out", str(out), "--y", "heldout_accuracy"]) == 0
+    for suffix in ("png", "pdf"):
+        path = out / f"law1_tokens_heldout_accuracy.{suffix}"
+        assert path.stat().st_size > 1000
+    assert not list(out.glob("law2_*"))  # the capacity law needs 3 or more depths; the smoke grid has 2
