@@ -1,0 +1,87 @@
+"""Exact replay at temperature 0: the MAT of a chain drafter without running the decode loop.
+
+At T=0 the output is the target's greedy continuation y whatever the drafter does, so every verification starts
+from a prefix of y. Replay asks the drafter for its draft after every prefix y[:j] at once (one batch of prefixes
+per prompt), counts how many draft tokens match y from there, and walks j -> j + accepted + 1 as the engine would.
+The counts (new tokens, target calls, drafted, accepted, per position) equal online decoding's exactly; only the
+time is not measured. The greedy continuations come from plain decoding by this engine, computed once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from scylla.drafters.base import DraftContext, Drafter
+from scylla.engine import SpeculativeDecoder
+from scylla.metrics import DecodeStats, RowStats
+from scylla.sampling import SamplingConfig
+
+
+def _prefix_batch(prompt: torch.Tensor, y: list[int], starts: range) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-aligned (left-padded) batch of the contexts prompt + y[:j] for j in starts: (M, T) and lengths (M,)."""
+    full = torch.cat([prompt, torch.tensor(y, dtype=prompt.dtype, device=prompt.device)])
+    width = len(prompt) + max(starts)
+    tokens = torch.zeros(len(starts), width, dtype=prompt.dtype, device=prompt.device)
+    lengths = torch.tensor([len(prompt) + j for j in starts], device=prompt.device)
+    for row, j in enumerate(starts):
+        tokens[row, width - len(prompt) - j :] = full[: len(prompt) + j]
+    return tokens, lengths
+
+
+@torch.inference_mode()
+def replay(
+    target: torch.nn.Module,
+    drafter: Drafter,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 128,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    references: list[list[int]] | None = None,
+) -> DecodeStats:
+    """Greedy decoding statistics of ``drafter`` on these prompts, by replay (no timing). ``references``: the
+    target's greedy continuations, if already cached (as DecodeOutput.generated of plain decoding)."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if references is None:
+        references = SpeculativeDecoder(target).generate(
+            input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        ).generated
+    drafter.bind(target)
+    sampling = SamplingConfig()
+    stats = DecodeStats()
+    for b, y in enumerate(references):
+        prompt = input_ids[b][attention_mask[b].bool()]
+        row = RowStats()
+        row.add_step(1, 0, 0)  # the prefill yields y[0]
+        if len(y) > 1:
+            starts = range(1, len(y))
+            tokens, lengths = _prefix_batch(prompt, y, starts)
+            budget = torch.tensor([max_new_tokens - j - 1 for j in starts], device=tokens.device)
+            features = None
+            if drafter.feature_layers:
+                full = torch.cat([prompt, torch.tensor(y[:-1], dtype=prompt.dtype, device=prompt.device)])
+                hs = target(full[None], output_hidden_states=True).hidden_states
+                feats = torch.cat([hs[i] for i in drafter.feature_layers], dim=-1)[0]  # (P + N - 1, F)
+                features = feats.new_zeros(len(starts), tokens.shape[1] - 1, feats.shape[-1])
+                for r, n in enumerate((lengths - 1).tolist()):
+                    features[r, features.shape[1] - n :] = feats[:n]
+            ctx = DraftContext(tokens, lengths, budget, sampling, None, features)
+            drafter.start(ctx)
+            draft = drafter.propose(ctx)
+            drafter.finish()
+            proposals, counts = draft.tokens.tolist(), draft.lengths.tolist()
+            j = 1
+            while j < len(y):
+                d = proposals[j - 1][: counts[j - 1]]
+                k = 0
+                while k < len(d) and j + k < len(y) and d[k] == y[j + k]:
+                    k += 1
+                emitted = min(k + 1, len(y) - j)
+                drafted, accepted = (emitted, emitted) if emitted <= k else (len(d), k)  # EOS among the drafts
+                row.add_step(emitted, drafted, accepted)
+                j += emitted
+        stats.rows.append(row)
+        stats.absorb(row)
+    return stats
