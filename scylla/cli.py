@@ -122,6 +122,41 @@ def cmd_figs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def cmd_costs(args: argparse.Namespace) -> int:
+    from scylla.costs import measure_costs
+    from scylla.drafters.spec import parse_spec
+    from scylla.models import load_model, truncated_draft
+
+    drafts = []
+    for spec in args.draft or []:
+        kind, arg = parse_spec(spec)
+        if kind not in ("truncated", "draft"):
+            raise ScyllaError(f"--draft takes truncated:K or draft:PATH (a draft LM), got {spec!r}")
+        drafts.append((spec, kind, arg))
+    target, _ = load_model(args.target, device=args.device, dtype=args.dtype)
+    models = {"target": target}
+    for spec, kind, arg in drafts:
+        models[spec] = truncated_draft(target, int(arg)) if kind == "truncated" else load_model(
+            arg, device=args.device, dtype=args.dtype)[0]
+    table = measure_costs(models, args.batch_sizes, args.tokens, args.contexts, reps=args.reps)
+    table.save(args.out)
+    for e in table.entries:
+        print(f"{e['model']:>16}  batch {e['batch']:>3}  tokens {e['tokens']:>3}  context {e['context']:>5}  "
+              f"{1000 * e['seconds']:.2f} ms")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from scylla.drafters.spec import SPECS
 
@@ -167,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the saturating fit's starts")
     fit.add_argument("--json", help="also write the fits to this JSON file")
     fit.set_defaults(func=cmd_fit)
+
+    costs = sub.add_parser("costs", help="measure forward costs of the target and drafts (the cost model) to JSON")
+    costs.add_argument("--target", default="smollm2-135m")
+    costs.add_argument("--draft", action="append", help="truncated:K or draft:PATH (repeat for several)")
+    costs.add_argument("--batch-sizes", type=_ints, default=[1, 4, 16])
+    costs.add_argument("--tokens", type=_ints, default=[1, 3, 5, 9], help="new tokens per forward (verify sizes)")
+    costs.add_argument("--contexts", type=_ints, default=[128, 512], help="tokens already in the KV cache")
+    costs.add_argument("--reps", type=_positive(int), default=10)
+    costs.add_argument("--device", default="cpu")
+    costs.add_argument("--dtype", default=None)
+    costs.add_argument("--out", default="costs.json")
+    costs.set_defaults(func=cmd_costs)
 
     figs = sub.add_parser("figs", help="draw the laws' figures (PNG and PDF) from run records alone")
     figs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

@@ -1,0 +1,92 @@
+"""The cost model: measured forward costs of the target and of drafts, and the speed-up they predict.
+
+Costs are seconds per forward of ``tokens`` new tokens per row, at a batch size, on a KV cache already holding
+``context`` tokens (median of repeats, this engine's RaggedKV, so the same code path as decoding). They are saved
+per device as JSON. With c = draft step / target step and v = verify of g+1 tokens / target step (both at the same
+batch size), a chain drafter with mean accepted length MAT is predicted to run at MAT / (g c + v) times plain
+decoding (FIELD.md's bound, with the verify cost measured rather than assumed to be one step).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from scylla.atomic import write_json_atomic
+from scylla.errors import ScyllaError
+from scylla.kv import RaggedKV
+
+
+@dataclass
+class CostTable:
+    """Measured forward costs: entries of {model, batch, tokens, context, seconds}."""
+
+    device: str
+    dtype: str
+    entries: list[dict] = field(default_factory=list)
+
+    def seconds(self, model: str, batch: int, tokens: int, context: int) -> float:
+        """The measured cost at exactly these settings (ScyllaError if it was not measured)."""
+        for e in self.entries:
+            if (e["model"], e["batch"], e["tokens"], e["context"]) == (model, batch, tokens, context):
+                return e["seconds"]
+        raise ScyllaError(f"no measured cost for {model} at batch {batch}, {tokens} tokens, context {context}")
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CostTable":
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as err:
+            raise ScyllaError(f"{path} is not a cost table ({type(err).__name__})") from None
+
+
+@torch.inference_mode()
+def forward_seconds(model: torch.nn.Module, batch: int, tokens: int, context: int, reps: int = 10,
+                    warmup: int = 2, **kwargs) -> float:
+    """Median seconds of one forward of ``tokens`` new tokens per row on a cache of ``context`` tokens."""
+    device = next(model.parameters()).device
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    g = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, vocab, (1, context), generator=g).to(device).expand(batch, -1)
+    new = torch.randint(0, vocab, (1, tokens), generator=g).to(device).expand(batch, -1)
+    kv = RaggedKV(model)
+    kv.forward(prefix, **kwargs)
+    times = []
+    for _ in range(warmup + reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        kv.forward(new, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+        kv.trim(kv.lengths - tokens)
+    return statistics.median(times[warmup:])
+
+
+def measure_costs(models: dict[str, torch.nn.Module], batch_sizes: list[int], tokens: list[int],
+                  contexts: list[int], reps: int = 10) -> CostTable:
+    """Every (model, batch, tokens, context) combination; the first model is the target."""
+    first = next(iter(models.values()))
+    param = next(first.parameters())
+    table = CostTable(device=str(param.device), dtype=str(param.dtype).replace("torch.", ""))
+    for name, model in models.items():
+        for b in batch_sizes:
+            for n in tokens:
+                for c in contexts:
+                    seconds = forward_seconds(model, b, n, c, reps=reps)
+                    table.entries.append(dict(model=name, batch=b, tokens=n, context=c, seconds=seconds))
+    return table
+
+
+def predicted_speedup(mat: float, g: int, draft_cost: float, verify_cost: float) -> float:
+    """MAT / (g c + v): c = one draft step and v = verifying g+1 tokens, both relative to one target step."""
+    return mat / (g * draft_cost + verify_cost)

@@ -1,0 +1,42 @@
+"""The cost model: measured forward costs saved per device, and the speed-up they predict."""
+
+from __future__ import annotations
+
+import pytest
+
+from scylla import ScyllaError, truncated_draft
+from scylla.costs import CostTable, measure_costs, predicted_speedup
+
+
+def test_measure_save_load(target, tmp_path):
+    table = measure_costs({"target": target, "draft": truncated_draft(target, 1)}, batch_sizes=[1, 2],
+                          tokens=[1, 3], contexts=[16], reps=3)
+    assert table.device == "cpu" and table.dtype == "float32" and len(table.entries) == 8
+    assert all(e["seconds"] > 0 for e in table.entries)
+    table.save(tmp_path / "costs.json")
+    loaded = CostTable.load(tmp_path / "costs.json")
+    assert loaded == table
+    assert loaded.seconds("draft", 2, 3, 16) == table.entries[-1]["seconds"]
+    with pytest.raises(ScyllaError, match="no measured cost"):
+        loaded.seconds("target", 4, 1, 16)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ScyllaError, match="not a cost table"):
+        CostTable.load(tmp_path / "bad.json")
+
+
+def test_predicted_speedup_formula():
+    # MAT 2 with 3 drafts at 0.1 of a step each and a verify of 4 tokens costing 1.5 steps: 2 / 1.8
+    assert predicted_speedup(2.0, 3, 0.1, 1.5) == pytest.approx(2.0 / 1.8)
+    assert predicted_speedup(1.0, 0, 0.0, 1.0) == 1.0  # plain decoding
+
+
+def test_costs_cli(tmp_path, capsys):
+    from scylla.cli import main
+
+    out = tmp_path / "costs.json"
+    argv = ["costs", "--target", "tiny-random-llama", "--draft", "truncated:1", "--batch-sizes", "1,2", "--tokens",
+            "1,3", "--contexts", "8", "--reps", "2", "--out", str(out)]
+    assert main(argv) == 0
+    assert len(CostTable.load(out).entries) == 8
+    assert main(["costs", "--draft", "prompt-lookup", "--out", str(out)]) == 2
+    assert "truncated:K or draft:PATH" in capsys.readouterr().err
