@@ -157,6 +157,16 @@ def cmd_costs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from scylla.evaluate import evaluate
+
+    temperatures = [float(t) for t in args.temperatures.split(",")]
+    written = evaluate(args.run_dir, args.tasks.split(","), temperatures, args.batch_sizes, args.prompts,
+                       args.max_new_tokens, args.num_draft_tokens, device=args.device, dtype=args.dtype)
+    print(f"wrote {written} eval records to {Path(args.run_dir) / 'records.jsonl'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from scylla.drafters.spec import SPECS
 
@@ -202,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the saturating fit's starts")
     fit.add_argument("--json", help="also write the fits to this JSON file")
     fit.set_defaults(func=cmd_fit)
+
+    ev = sub.add_parser("eval", help="evaluate every draft of a run directory (and baselines) into eval records")
+    ev.add_argument("run_dir")
+    ev.add_argument("--tasks", default="gsm,code", help="comma-separated: gsm, code")
+    ev.add_argument("--temperatures", default="0,0.6")
+    ev.add_argument("--batch-sizes", type=_ints, default=[1])
+    ev.add_argument("--prompts", type=_positive(int), default=8, help="prompts per task")
+    ev.add_argument("--max-new-tokens", type=_positive(int), default=64)
+    ev.add_argument("--num-draft-tokens", type=_positive(int), default=2, help="draft length of trained drafts")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--dtype", default=None)
+    ev.set_defaults(func=cmd_eval)
 
     costs = sub.add_parser("costs", help="measure forward costs of the target and drafts (the cost model) to JSON")
     costs.add_argument("--target", default="smollm2-135m")

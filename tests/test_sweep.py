@@ -29,7 +29,7 @@ def sweep(run_dir: Path, **popen) -> subprocess.Popen:
 
 
 def keys(run_dir: Path) -> set:
-    return {record_key(r)[:3] for r in read_records(run_dir)}
+    return {record_key(r)[:3] for r in read_records(run_dir, kind="train")}
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +178,24 @@ def test_figs_are_drawn_from_records_alone(smoke_run, tmp_path, capsys):
         path = out / f"law1_tokens_heldout_accuracy.{suffix}"
         assert path.stat().st_size > 1000
     assert not list(out.glob("law2_*"))  # the capacity law needs 3 or more depths; the smoke grid has 2
+
+
+def test_eval_writes_records_for_every_draft_and_resumes(smoke_run, capsys):
+    argv = ["eval", str(smoke_run), "--tasks", "gsm", "--temperatures", "0,0.6", "--batch-sizes", "1,2",
+            "--prompts", "2", "--max-new-tokens", "6"]
+    assert main(argv) == 0
+    evals = read_records(smoke_run, kind="eval")
+    assert len(evals) == (6 + 2) * 2 * 2  # (drafts + baselines) x temperatures x batch sizes
+    plain = [r for r in evals if r["method"] == "none"]
+    assert all(r["speedup"] == 1.0 and r["mean_accepted_length"] == 1.0 for r in plain)
+    assert {r["train_tokens"] for r in evals if r["drafter_type"] == "eagle"} == {1024, 2048, 4096}
+    assert main(argv) == 0
+    assert "wrote 0 eval records" in capsys.readouterr().out
+    assert len(read_records(smoke_run, kind="eval")) == len(evals)
+
+
+def test_eval_bad_input(tmp_path, smoke_run, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "no records.jsonl" in capsys.readouterr().err
+    assert main(["eval", str(smoke_run), "--tasks", "poetry"]) == 2
+    assert "unknown task 'poetry'" in capsys.readouterr().err
