@@ -157,11 +157,17 @@ def cmd_costs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from scylla.evaluate import evaluate
 
-    temperatures = [float(t) for t in args.temperatures.split(",")]
-    written = evaluate(args.run_dir, args.tasks.split(","), temperatures, args.batch_sizes, args.prompts,
+    written = evaluate(args.run_dir, args.tasks.split(","), args.temperatures, args.batch_sizes, args.prompts,
                        args.max_new_tokens, args.num_draft_tokens, device=args.device, dtype=args.dtype)
     print(f"wrote {written} eval records to {Path(args.run_dir) / 'records.jsonl'}")
     return 0
@@ -216,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate every draft of a run directory (and baselines) into eval records")
     ev.add_argument("run_dir")
     ev.add_argument("--tasks", default="gsm,code", help="comma-separated: gsm, code")
-    ev.add_argument("--temperatures", default="0,0.6")
+    ev.add_argument("--temperatures", type=_floats, default=[0.0, 0.6])
     ev.add_argument("--batch-sizes", type=_ints, default=[1])
     ev.add_argument("--prompts", type=_positive(int), default=8, help="prompts per task")
     ev.add_argument("--max-new-tokens", type=_positive(int), default=64)

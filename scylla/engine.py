@@ -94,6 +94,7 @@ class SpeculativeDecoder:
         if eos_token_id is None and gen_config is not None:
             eos_token_id = gen_config.eos_token_id
         eos = _eos_list(eos_token_id)
+        eos_set = set(eos)
         if pad_token_id is None:
             pad_token_id = getattr(gen_config, "pad_token_id", None)
         if pad_token_id is None:
@@ -122,7 +123,7 @@ class SpeculativeDecoder:
         seq_len = mask.sum(1) + 1
         stats.forward_passes += 1
         done = self._commit(first[:, None], Draft.empty(B, device), torch.zeros_like(first), rows, generated, stats,
-                            set(eos), max_new_tokens)
+                            eos_set, max_new_tokens)
         t_now = self._clock(device)
         stats.verify_seconds += t_now - t_start
 
@@ -167,7 +168,7 @@ class SpeculativeDecoder:
             seq = realign(torch.cat([seq, new], dim=1), 1, seq_len + g + 1, seq_len + accepted + 1)
             seq_len = seq_len + accepted + 1
             stats.forward_passes += 1
-            done = self._commit(new, draft, accepted, rows, generated, stats, set(eos), max_new_tokens)
+            done = self._commit(new, draft, accepted, rows, generated, stats, eos_set, max_new_tokens)
             t2 = self._clock(device)
             if self.drafter is not None:
                 self.drafter.update(accepted, context(torch.zeros_like(seq_len), features(out)))

@@ -60,6 +60,8 @@ def evaluate(run_dir: str | Path, tasks: list[str], temperatures: list[float], b
     target, tokenizer = load_model(target_name, device=device, dtype=dtype)
     done = {record_key(r) for r in read_records(run_dir, kind="eval")}
     methods = [(b, None) for b in BASELINES] + [(f"draft:{r['checkpoint']}", r) for r in drafts]
+    drafters = {m: drafter_from_spec(m, target, num_draft_tokens if m.startswith("draft:") else None, device=device,
+                                     dtype=dtype) for m, _ in methods}  # loaded once, reused for every setting
     written = 0
     grid = [(t, temp, b) for t in tasks for temp in temperatures for b in batch_sizes]
     for task, temperature, batch in tqdm(grid, desc="eval", unit="setting"):
@@ -73,9 +75,7 @@ def evaluate(run_dir: str | Path, tasks: list[str], temperatures: list[float], b
             key = record_key(new_record("eval", **identity, target=target_name, seed=seed, **fields))
             if key in done and method != "none":
                 continue
-            drafter = drafter_from_spec(method, target, num_draft_tokens if method.startswith("draft:") else None,
-                                        device=device, dtype=dtype)
-            decoder = SpeculativeDecoder(target, drafter)
+            decoder = SpeculativeDecoder(target, drafters[method])
             parts = []
             for start in range(0, len(texts[task]), batch):
                 ids, mask = encode_prompts(tokenizer, texts[task][start : start + batch], device=device)
