@@ -50,7 +50,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompts = [prompts[i % len(prompts)] for i in range(args.batch_size)]
     model, tokenizer = load_model(args.target, device=args.device, dtype=args.dtype)
     drafter = drafter_from_spec(
-        args.drafter, model, args.num_draft_tokens, args.max_ngram, device=args.device, dtype=args.dtype
+        args.drafter, model, args.num_draft_tokens, args.max_ngram, device=args.device, dtype=args.dtype,
+        tree=args.tree,
     )
     decoder = SpeculativeDecoder(model, drafter)
     parts, texts = [], []
@@ -173,8 +174,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tree(text: str):
+    from scylla.drafters.tree import parse_tree
+
+    try:
+        return parse_tree(text)
+    except ScyllaError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def cmd_tts_bench(args: argparse.Namespace) -> int:
+    from scylla.tts_bench import load_bench, run_bench
+
+    written, table = run_bench(load_bench(args.config, full=args.full), args.out)
+    print(f"wrote {written} tts records; table: {table}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from scylla.drafters.spec import SPECS
+    from scylla.drafters.tree import TREE_FORM
 
     parser = argparse.ArgumentParser(prog="scylla", description="Speculative decoding research toolkit.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--drafter", default="none", help=f"one of: {SPECS} (default none: plain decoding)")
     gen.add_argument("--num-draft-tokens", type=_positive(int), help="draft length gamma (default: 4, lookup 10)")
     gen.add_argument("--max-ngram", type=_positive(int), default=3, help="prompt lookup: longest n-gram matched")
+    gen.add_argument("--tree", type=_tree, help=f"draft a dynamic tree: {TREE_FORM}")
     gen.add_argument("--batch-size", type=_positive(int), default=1)
     gen.add_argument("--max-new-tokens", type=_positive(int), default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -248,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     figs.add_argument("--out", default="paper_figs/out", help="output folder (default paper_figs/out, ignored by git)")
     figs.add_argument("--y", default="mean_accepted_length,heldout_accuracy", help="comma-separated y fields")
     figs.set_defaults(func=cmd_figs)
+
+    tts = sub.add_parser("tts-bench", help="drafters under Best-of-N and multi-round thinking into tts records")
+    tts.add_argument("config", help="benchmark YAML, e.g. experiments/tts.yaml")
+    tts.add_argument("--out", help="run directory (default runs/NAME-reduced, or runs/NAME with --full)")
+    tts.add_argument("--full", action="store_true", help="the full settings instead of the reduced: section")
+    tts.set_defaults(func=cmd_tts_bench)
     return parser
 
 

@@ -17,7 +17,7 @@ from scylla.errors import ScyllaError
 from scylla.kv import RaggedKV, realign
 from scylla.metrics import DecodeStats, RowStats
 from scylla.sampling import SamplingConfig
-from scylla.verify import verify_greedy, verify_sampled
+from scylla.verify import tree_ancestors, verify_greedy, verify_sampled, verify_tree_greedy, verify_tree_sampled
 
 
 @dataclass
@@ -122,8 +122,8 @@ class SpeculativeDecoder:
         seq = torch.cat([input_ids, first[:, None]], dim=1)
         seq_len = mask.sum(1) + 1
         stats.forward_passes += 1
-        done = self._commit(first[:, None], Draft.empty(B, device), torch.zeros_like(first), rows, generated, stats,
-                            eos_set, max_new_tokens)
+        nothing = torch.zeros_like(first)
+        done = self._commit(first[:, None], nothing, nothing, rows, generated, stats, eos_set, max_new_tokens, nothing)
         t_now = self._clock(device)
         stats.verify_seconds += t_now - t_start
 
@@ -156,19 +156,26 @@ class SpeculativeDecoder:
                 draft = Draft.empty(len(rows), device)
             t1 = self._clock(device)
             g = draft.tokens.shape[1]
-            out = kv.forward(torch.cat([seq[:, -1:], draft.tokens], dim=1), output_hidden_states=hidden)
-            if sampling.greedy:
-                accepted, next_token = verify_greedy(out.logits, draft.tokens, draft.lengths)
+            verify_input = torch.cat([seq[:, -1:], draft.tokens], dim=1)
+            if draft.parents is None or g == 0:  # a chain (an empty tree is an empty chain)
+                out = kv.forward(verify_input, output_hidden_states=hidden)
+                if sampling.greedy:
+                    accepted, next_token = verify_greedy(out.logits, draft.tokens, draft.lengths)
+                else:
+                    p = sampling.probs(out.logits)
+                    accepted, next_token = verify_sampled(p, draft.probs, draft.tokens, draft.lengths, generator)
+                path, positions = draft.tokens, draft.lengths
             else:
-                p = sampling.probs(out.logits)
-                accepted, next_token = verify_sampled(p, draft.probs, draft.tokens, draft.lengths, generator)
+                out, accepted, next_token, path, positions = self._verify_tree(kv, verify_input, draft, sampling,
+                                                                                generator, hidden)
             kv.trim(kv.lengths - g + accepted)
-            new = torch.cat([draft.tokens, next_token[:, None]], dim=1)
+            new = torch.cat([path, next_token[:, None]], dim=1)
             new.scatter_(1, accepted[:, None], next_token[:, None])  # row b: d_1..d_k, then the target's token
             seq = realign(torch.cat([seq, new], dim=1), 1, seq_len + g + 1, seq_len + accepted + 1)
             seq_len = seq_len + accepted + 1
             stats.forward_passes += 1
-            done = self._commit(new, draft, accepted, rows, generated, stats, eos_set, max_new_tokens)
+            done = self._commit(new, draft.lengths, accepted, rows, generated, stats, eos_set, max_new_tokens,
+                                positions)
             t2 = self._clock(device)
             if self.drafter is not None:
                 self.drafter.update(accepted, context(torch.zeros_like(seq_len), features(out)))
@@ -188,13 +195,41 @@ class SpeculativeDecoder:
         return DecodeOutput(torch.cat([input_ids, tail], dim=1), generated, stats)
 
     @staticmethod
-    def _commit(new, draft, accepted, rows, generated, stats, eos: set[int], max_new_tokens) -> torch.Tensor:
+    def _verify_tree(kv: RaggedKV, verify_input: torch.Tensor, draft: Draft, sampling: SamplingConfig,
+                     generator: torch.Generator | None, hidden: bool):
+        """Score a tree draft in one target call with tree attention, accept a path, and reorder the cache and
+        the output so that the path comes first (the caller then trims as for a chain).
+
+        Returns (out, accepted (B,), next_token (B,), path (B, g): the draft tokens in verify-input order, depth (B,):
+        each tree's depth)."""
+        if draft.probs is not None:
+            raise ScyllaError("tree drafts must be deterministic (probs None): sampled trees are not verified")
+        anc = tree_ancestors(draft.parents)
+        out = kv.forward(verify_input, tree=anc, depth=anc.sum(-1) - 1, output_hidden_states=hidden)
+        if sampling.greedy:
+            accepted, next_token, order = verify_tree_greedy(out.logits, draft.tokens, draft.parents, draft.lengths,
+                                                             anc)
+        else:
+            accepted, next_token, order = verify_tree_sampled(sampling.probs(out.logits), draft.tokens,
+                                                              draft.parents, draft.lengths, generator)
+        kv.reorder_new(order)
+        if hidden:
+            out.hidden_states = tuple(h.gather(1, order[:, :, None].expand(-1, -1, h.shape[2]))
+                                      for h in out.hidden_states)
+        valid = torch.arange(anc.shape[1], device=anc.device)[None, :] <= draft.lengths[:, None]  # x and nodes
+        depth = torch.where(valid, anc.sum(-1) - 1, 0).max(dim=1).values
+        return out, accepted, next_token, verify_input.gather(1, order)[:, 1:], depth
+
+    @staticmethod
+    def _commit(new, drafted, accepted, rows, generated, stats, eos: set[int], max_new_tokens, positions
+                ) -> torch.Tensor:
         """Emit each row's accepted[b] + 1 tokens from new (B, >=1), stopping at EOS or max_new_tokens.
+        drafted (B,): draft tokens verified; positions (B,): the draft's depth (see RowStats.add_step).
 
         Updates generated and the row stats; returns done (B,) bool.
         """
         counts = (accepted + 1).tolist()
-        new_l, drafted_l, accepted_l = new.tolist(), draft.lengths.tolist(), accepted.tolist()
+        new_l, drafted_l, accepted_l, positions_l = new.tolist(), drafted.tolist(), accepted.tolist(), positions.tolist()
         done = []
         for i, r in enumerate(rows):
             toks = new_l[i][: counts[i]][: max_new_tokens - len(generated[r])]
@@ -204,9 +239,9 @@ class SpeculativeDecoder:
                     toks, finished = toks[: j + 1], True
                     break
             generated[r].extend(toks)
-            drafted, accepted = drafted_l[i], accepted_l[i]
+            drafted, accepted, positions = drafted_l[i], accepted_l[i], positions_l[i]
             if len(toks) <= accepted:  # EOS among the accepted drafts: the drafts after it do not count
-                drafted = accepted = len(toks)
-            stats.rows[r].add_step(len(toks), drafted, accepted)
+                drafted = accepted = positions = len(toks)
+            stats.rows[r].add_step(len(toks), drafted, accepted, positions)
             done.append(finished or len(generated[r]) >= max_new_tokens)
         return torch.tensor(done, device=new.device)

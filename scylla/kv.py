@@ -48,11 +48,15 @@ class RaggedKV:
     def columns(self) -> int:
         return self.cache.get_seq_length()
 
-    def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor | None = None, **kwargs):
+    def forward(self, input_ids: torch.Tensor, input_mask: torch.Tensor | None = None,
+                tree: torch.Tensor | None = None, depth: torch.Tensor | None = None, **kwargs):
         """Run the model on input_ids (B, n) appended to every row; returns the model output.
 
         input_mask (B, n) left-pads the new tokens of rows whose cache is empty (a prompt prefill), which keeps
-        every row's valid tokens contiguous.
+        every row's valid tokens contiguous. tree (B, n, m) bool, m >= n: tree attention over the last m columns
+        (the m - n newest cached ones and the n new ones): new token i sees column j iff tree[b, i, j]; everything
+        older is seen as usual. depth (B, n): then the new tokens' positions are (row length before those m
+        columns) + depth.
         """
         B, n = input_ids.shape
         device = input_ids.device
@@ -63,9 +67,19 @@ class RaggedKV:
         elif bool(((input_mask == 0).any(1) & (self.lengths > 0)).any()):
             raise ValueError("input_mask may only pad rows whose cache is empty")
         C = self.columns
-        past = torch.arange(C, device=device)[None, :] >= (C - self.lengths)[:, None]
-        attention_mask = torch.cat([past.long(), input_mask.long()], dim=1)
-        position_ids = (self.lengths[:, None] + input_mask.long().cumsum(1) - 1).clamp(min=0)
+        if tree is not None:
+            m = tree.shape[2]
+            base = self.lengths - (m - n)
+            old = torch.arange(C - (m - n), device=device)[None, :] >= (C - self.lengths)[:, None]
+            seen = torch.cat([old[:, None, :].expand(B, n, -1), tree.to(device)], dim=2)  # (B, n, C + n)
+            dtype = next(self.model.parameters()).dtype
+            attention_mask = torch.zeros(seen.shape, dtype=dtype, device=device)
+            attention_mask = attention_mask.masked_fill(~seen, torch.finfo(dtype).min)[:, None]
+            position_ids = base[:, None] + depth
+        else:
+            past = torch.arange(C, device=device)[None, :] >= (C - self.lengths)[:, None]
+            attention_mask = torch.cat([past.long(), input_mask.long()], dim=1)
+            position_ids = (self.lengths[:, None] + input_mask.long().cumsum(1) - 1).clamp(min=0)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -85,6 +99,15 @@ class RaggedKV:
             layer.keys = realign(layer.keys, 2, self.lengths, keep)
             layer.values = realign(layer.values, 2, self.lengths, keep)
         self.lengths = keep.clone()
+
+    def reorder_new(self, order: torch.Tensor) -> None:
+        """Permute the newest n columns of every row by order (B, n): a verified tree's accepted path to the front."""
+        n = order.shape[1]
+        for layer in self.cache.layers:
+            for name in ("keys", "values"):
+                x = getattr(layer, name)
+                index = order[:, None, :, None].expand(x.shape[0], x.shape[1], n, x.shape[3])
+                x[:, :, -n:] = x[:, :, -n:].gather(2, index)
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only these rows (finished rows stop costing work), then drop all-padding columns."""

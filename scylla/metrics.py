@@ -6,9 +6,10 @@
   EOS, the drafts after it count as neither (they are not part of the output).
 - mean_accepted_length (MAT, tau) = new_tokens / target_calls. The bonus/correction token is included, so plain
   decoding gives exactly 1. Without an EOS, new_tokens = accepted + target_calls.
-- acceptance_rate (alpha) = accepted / drafted.
+- acceptance_rate (alpha) = accepted / drafted. For a tree draft, drafted counts its nodes (tokens verified) and
+  accepted the accepted path's length, so alpha is the share of verified draft tokens that were kept.
 - per_position_acceptance[i] = (steps whose draft token i+1 was accepted) / drafting_steps (vLLM's convention):
-  a step that drafted fewer than i+1 tokens counts as not accepted at i.
+  a step that drafted fewer than i+1 tokens counts as not accepted at i. For trees, position i is depth i+1.
 - tokens_per_second = new_tokens / wall_seconds. For a row, wall_seconds runs from the start of generate to the
   step that finished the row; for a batch, to the end of generate (aggregate throughput).
 A batch's counts are the sums over its rows, so its MAT weights rows by their target calls.
@@ -51,16 +52,18 @@ class Counts:
     def tokens_per_second(self) -> float:
         return _ratio(self.new_tokens, self.wall_seconds)
 
-    def add_step(self, new_tokens: int, drafted: int, accepted: int) -> None:
-        """Account one target call of this row that drafted ``drafted`` tokens and emitted ``new_tokens``."""
+    def add_step(self, new_tokens: int, drafted: int, accepted: int, positions: int | None = None) -> None:
+        """Account one target call of this row that drafted ``drafted`` tokens and emitted ``new_tokens``.
+        positions: the draft's depth (a chain's is its length, the default)."""
         self.new_tokens += new_tokens
         self.target_calls += 1
         if drafted:
+            positions = drafted if positions is None else positions
             self.drafted += drafted
             self.accepted += accepted
             self.drafting_steps += 1
-            if len(self.accepted_at) < drafted:
-                self.accepted_at.extend([0] * (drafted - len(self.accepted_at)))
+            if len(self.accepted_at) < positions:
+                self.accepted_at.extend([0] * (positions - len(self.accepted_at)))
             for i in range(accepted):
                 self.accepted_at[i] += 1
 

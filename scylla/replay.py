@@ -1,8 +1,8 @@
-"""Exact replay at temperature 0: the MAT of a chain drafter without running the decode loop.
+"""Exact replay at temperature 0: the MAT of a chain or tree drafter without running the decode loop.
 
 At T=0 the output is the target's greedy continuation y whatever the drafter does, so every verification starts
 from a prefix of y. Replay asks the drafter for its draft after every prefix y[:j] at once (one batch of prefixes
-per prompt), counts how many draft tokens match y from there, and walks j -> j + accepted + 1 as the engine would.
+per prompt), counts how many draft tokens match y from there (for a tree: the deepest node whose path matches), and walks j -> j + accepted + 1 as the engine would.
 The counts (new tokens, target calls, drafted, accepted, per position) equal online decoding's exactly; only the
 time is not measured. The greedy continuations come from plain decoding by this engine, computed once.
 """
@@ -26,6 +26,15 @@ def _prefix_batch(prompt: torch.Tensor, y: list[int], starts: range) -> tuple[to
     for row, j in enumerate(starts):
         tokens[row, width - len(prompt) - j :] = full[: len(prompt) + j]
     return tokens, lengths
+
+
+def _tree_match(tokens: list[int], parents: list[int], y: list[int]) -> tuple[int, int]:
+    """(depth of the deepest node whose root-to-node path is a prefix of y, the tree's depth); slots parent-first."""
+    depth, matched = {-1: 0}, {-1: True}
+    for s, (t, p) in enumerate(zip(tokens, parents)):
+        depth[s] = depth[p] + 1
+        matched[s] = matched[p] and depth[p] < len(y) and y[depth[p]] == t
+    return max(depth[s] for s in depth if matched[s]), max(depth.values())
 
 
 @torch.inference_mode()
@@ -72,15 +81,21 @@ def replay(
             draft = drafter.propose(ctx)
             drafter.finish()
             proposals, counts = draft.tokens.tolist(), draft.lengths.tolist()
+            parents = None if draft.parents is None else draft.parents.tolist()
             j = 1
             while j < len(y):
                 d = proposals[j - 1][: counts[j - 1]]
-                k = 0
-                while k < len(d) and j + k < len(y) and d[k] == y[j + k]:
-                    k += 1
+                if parents is None:
+                    k = 0
+                    while k < len(d) and j + k < len(y) and d[k] == y[j + k]:
+                        k += 1
+                    positions = None
+                else:
+                    k, positions = _tree_match(d, parents[j - 1], y[j:])
                 emitted = min(k + 1, len(y) - j)
                 drafted, accepted = (emitted, emitted) if emitted <= k else (len(d), k)  # EOS among the drafts
-                row.add_step(emitted, drafted, accepted)
+                positions = emitted if emitted <= k else positions
+                row.add_step(emitted, drafted, accepted, positions)
                 j += emitted
         stats.rows.append(row)
         stats.absorb(row)

@@ -7,6 +7,7 @@ import torch
 
 from scylla import ScyllaError, SpeculativeDecoder
 from scylla.drafters.eagle import EagleConfig, EagleDrafter, EagleHead, is_head_folder
+from scylla.drafters.tree import TreeShape
 from test_greedy_identity import MAX_NEW, make_batch, pick_eos
 
 
@@ -79,3 +80,15 @@ def test_head_for_another_target_is_refused(target, tmp_path):
         EagleHead.load(tmp_path / "head", tiny_llama(vocab_size=32))
     with pytest.raises(ScyllaError, match="not a draft head"):
         EagleHead.load(tmp_path, target)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_tree_greedy_identity_with_head(target, batch):
+    ids, mask = make_batch(batch, seed=20 + batch)
+    eos = pick_eos(target, ids, mask)
+    ref = target.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=MAX_NEW,
+                          eos_token_id=eos, pad_token_id=0)
+    drafter = EagleDrafter(make_head(target), tree=TreeShape(top_k=3, depth=3, total_tokens=8))
+    out = SpeculativeDecoder(target, drafter).generate(ids, mask, max_new_tokens=MAX_NEW, eos_token_id=eos,
+                                                       pad_token_id=0)
+    assert torch.equal(out.sequences, ref)

@@ -7,6 +7,7 @@ import torch
 
 from conftest import tiny_llama
 from scylla import DraftModel, PromptLookup, SpeculativeDecoder, truncated_draft
+from scylla.drafters.tree import TreeShape
 
 MAX_NEW = 24
 
@@ -43,6 +44,10 @@ DRAFTERS = {
     "unrelated": lambda t: DraftModel(tiny_llama(layers=1, seed=7, peak=30.0), num_draft_tokens=5),
     "prompt_lookup": lambda t: PromptLookup(max_ngram=3, num_draft_tokens=6),
     "plain": lambda t: None,
+    "copy_tree": lambda t: DraftModel(t, tree=TreeShape(top_k=3, depth=4, total_tokens=10)),
+    "unrelated_tree": lambda t: DraftModel(tiny_llama(layers=1, seed=7, peak=30.0),
+                                           tree=TreeShape(top_k=4, depth=3, total_tokens=12)),
+    "prompt_lookup_tree": lambda t: PromptLookup(max_ngram=2, num_draft_tokens=5, branches=3),
 }
 
 
@@ -64,6 +69,8 @@ def test_greedy_equals_target_generate(target, name, batch):
         assert any(len(g) < MAX_NEW for g in out.generated), "the test should stop some rows at EOS"
     if name == "copy":  # a copy of the target is always right: every step but the first drafts and accepts
         assert out.stats.acceptance_rate == 1.0
+    if name == "copy_tree":  # ... and its tree's best branch is the target's path
+        assert out.stats.accepted_at[0] == out.stats.drafting_steps
 
 
 def test_greedy_without_attention_mask(target):

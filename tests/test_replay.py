@@ -6,14 +6,17 @@ import pytest
 
 from conftest import tiny_llama
 from scylla import DraftModel, PromptLookup, SpeculativeDecoder, truncated_draft
+from scylla.drafters.tree import TreeShape
 from scylla.replay import replay
 from test_eagle import make_head
 from test_greedy_identity import make_batch, pick_eos
 
+TREE = TreeShape(top_k=3, depth=3, total_tokens=8)
 FIELDS = ("new_tokens", "target_calls", "drafted", "accepted", "drafting_steps", "accepted_at")
 
 
-@pytest.mark.parametrize("name", ["copy", "truncated", "unrelated", "prompt_lookup", "eagle"])
+@pytest.mark.parametrize("name", ["copy", "truncated", "unrelated", "prompt_lookup", "eagle", "unrelated_tree",
+                                  "eagle_tree", "prompt_lookup_tree"])
 def test_replay_equals_online_counts(target, name):
     from scylla.drafters.eagle import EagleDrafter
 
@@ -23,6 +26,9 @@ def test_replay_equals_online_counts(target, name):
         "unrelated": lambda: DraftModel(tiny_llama(layers=1, seed=7, peak=30.0), num_draft_tokens=4),
         "prompt_lookup": lambda: PromptLookup(max_ngram=3, num_draft_tokens=5),
         "eagle": lambda: EagleDrafter(make_head(target, feature_layers=(1, -1)), num_draft_tokens=3),
+        "unrelated_tree": lambda: DraftModel(tiny_llama(layers=1, seed=7, peak=30.0), tree=TREE),
+        "eagle_tree": lambda: EagleDrafter(make_head(target, feature_layers=(1, -1)), tree=TREE),
+        "prompt_lookup_tree": lambda: PromptLookup(max_ngram=2, num_draft_tokens=4, branches=3),
     }[name]
     ids, mask = make_batch(5, seed=31)
     eos = pick_eos(target, ids, mask)
@@ -34,5 +40,5 @@ def test_replay_equals_online_counts(target, name):
     for a, b in zip(replayed.rows, online.rows):
         assert (a.new_tokens, a.target_calls, a.accepted) == (b.new_tokens, b.target_calls, b.accepted)
     assert replayed.mean_accepted_length == online.mean_accepted_length
-    if name in ("copy", "prompt_lookup", "truncated"):
+    if name in ("copy", "prompt_lookup", "truncated", "unrelated_tree", "prompt_lookup_tree"):
         assert online.accepted > 0

@@ -13,6 +13,7 @@ import scylla.engine
 from conftest import tiny_llama
 from scylla import DraftModel, PromptLookup, SpeculativeDecoder, truncated_draft
 from scylla.drafters.eagle import EagleConfig, EagleDrafter, EagleHead
+from scylla.drafters.tree import TreeShape
 from scylla.verify import verify_sampled
 
 V = 8
@@ -79,7 +80,13 @@ def drafters(target):
         "truncated": DraftModel(truncated_draft(target, 1), num_draft_tokens=2),
         "prompt_lookup": PromptLookup(max_ngram=2, num_draft_tokens=2),
         "eagle": EagleDrafter(random_head(target), num_draft_tokens=2),
+        "unrelated_tree": DraftModel(tiny_llama(vocab_size=V, layers=1, seed=12, peak=4.0), tree=TREE),
+        "eagle_tree": EagleDrafter(random_head(target), tree=TREE),
+        "prompt_lookup_tree": PromptLookup(max_ngram=2, num_draft_tokens=2, branches=2),
     }
+
+
+TREE = TreeShape(top_k=2, depth=2, total_tokens=4)
 
 
 def random_head(target):
@@ -104,7 +111,8 @@ SETTINGS = [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.0, 0, 0.8)]
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=["T1", "T0.7-topk5", "topp0.8"])
-@pytest.mark.parametrize("name", ["unrelated", "truncated", "prompt_lookup", "eagle"])
+@pytest.mark.parametrize("name", ["unrelated", "truncated", "prompt_lookup", "eagle", "unrelated_tree", "eagle_tree",
+                                  "prompt_lookup_tree"])
 def test_sampling_matches_target_distribution(small_target, name, settings):
     joint = exact_joint(small_target, *settings)
     samples, stats = sample(small_target, drafters(small_target)[name], *settings)
@@ -124,6 +132,34 @@ def test_chi_square_catches_a_wrong_verifier(small_target, monkeypatch):
     settings = SETTINGS[0]
     joint = exact_joint(small_target, *settings)
     samples, _ = sample(small_target, drafters(small_target)["unrelated"], *settings)
+    assert chi_square_pvalue(samples, joint) < 1e-6
+
+
+def test_chi_square_catches_a_wrong_tree_verifier(small_target, monkeypatch):
+    """Trying each sibling against p itself (no residual after a rejection) over-samples them; the test must see it."""
+
+    def wrong_verifier(p, tokens, parents, num_draft, generator=None):
+        B, g = tokens.shape
+        accepted, next_tokens, order = [], [], []
+        for b in range(B):
+            node, path = -1, []
+            while True:
+                children = [s for s in range(int(num_draft[b])) if int(parents[b, s]) == node]
+                hit = [c for c in children if float(torch.rand(1, generator=generator)) < float(p[b, node + 1, tokens[b, c]])]
+                if not hit:
+                    next_tokens.append(int(torch.multinomial(p[b, node + 1], 1, generator=generator)))
+                    break
+                node = hit[0]
+                path.append(node)
+            accepted.append(len(path))
+            head = [0] + [c + 1 for c in path]
+            order.append(head + [i for i in range(g + 1) if i not in head])
+        return torch.tensor(accepted), torch.tensor(next_tokens), torch.tensor(order)
+
+    monkeypatch.setattr(scylla.engine, "verify_tree_sampled", wrong_verifier)
+    settings = SETTINGS[0]
+    joint = exact_joint(small_target, *settings)
+    samples, _ = sample(small_target, drafters(small_target)["unrelated_tree"], *settings)
     assert chi_square_pvalue(samples, joint) < 1e-6
 
 

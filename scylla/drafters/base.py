@@ -37,13 +37,17 @@ class DraftContext:
 
 @dataclass
 class Draft:
-    """A chain draft per row. tokens (B, g): row b uses its first lengths[b] slots (the rest is padding).
-    probs (B, g, V) or None: the processed distribution each token was sampled from (None: deterministic, one-hot).
+    """A chain or a tree of draft tokens per row. tokens (B, g): row b uses its first lengths[b] slots (the rest is
+    padding). probs (B, g, V) or None: the processed distribution each token was sampled from (None: deterministic,
+    one-hot). parents (B, g) or None (a chain): for a tree, the slot of each node's parent, -1 for children of the
+    root (the newest committed token); parents come before their children (parents[b, j] < j).
+    A tree is verified in one target call with a tree attention mask; its drafts must be deterministic (probs None).
     """
 
     tokens: torch.Tensor
     lengths: torch.Tensor
     probs: torch.Tensor | None = None
+    parents: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, batch: int, device: torch.device) -> "Draft":

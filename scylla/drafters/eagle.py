@@ -22,6 +22,7 @@ from transformers import LlamaConfig, LlamaModel
 
 from scylla.atomic import atomic_folder
 from scylla.drafters.base import Draft, DraftContext, Drafter
+from scylla.drafters.tree import TreeShape, expand_tree
 from scylla.errors import ScyllaError
 from scylla.kv import RaggedKV, realign
 
@@ -201,11 +202,12 @@ class EagleDrafter(Drafter):
 
     name = "eagle"
 
-    def __init__(self, head: EagleHead, num_draft_tokens: int = 4):
+    def __init__(self, head: EagleHead, num_draft_tokens: int = 4, tree: TreeShape | None = None):
         if num_draft_tokens < 1:
             raise ScyllaError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
         self.head = head
         self.num_draft_tokens = num_draft_tokens
+        self.tree = tree
         self.feature_layers = tuple(head.head_config.feature_layers)
         self.kv: RaggedKV | None = None
         self.feats: torch.Tensor | None = None  # (B, W, F)
@@ -238,13 +240,15 @@ class EagleDrafter(Drafter):
 
     def propose(self, ctx: DraftContext) -> Draft:
         lengths = ctx.budget.clamp(min=0, max=self.num_draft_tokens)
-        g = int(lengths.max())
-        if g == 0:
+        g = int(lengths.max()) if self.tree is None else int(ctx.budget.max())
+        if g <= 0:
             return Draft.empty(ctx.tokens.shape[0], ctx.tokens.device)
         todo = self.known - self.kv.lengths  # pairs to feed per row (rows with an empty cache may have fewer)
         n = int(todo.max())
         mask = torch.arange(n, device=todo.device)[None, :] >= (n - todo)[:, None]
         out = self.kv.forward(ctx.tokens[:, -n:], mask, features=self.feats[:, -n:], logits_to_keep=1)
+        if self.tree is not None:
+            return self._propose_tree(out, ctx)
         tokens, probs = [], []
         for step in range(g):
             token, q = self._to_target(out.logits[:, -1], ctx)
@@ -254,6 +258,24 @@ class EagleDrafter(Drafter):
             if step + 1 < g:
                 out = self.kv.forward(token[:, None], own_features=out.hidden_states[:, -1:], logits_to_keep=1)
         return Draft(torch.stack(tokens, 1), lengths, torch.stack(probs, 1) if probs else None)
+
+    def _propose_tree(self, out, ctx: DraftContext) -> Draft:
+        """EAGLE-2 dynamic tree from the head's output after the pending pairs; the tree's cache columns are
+        dropped afterwards (accepted nodes are re-fed with the target's real features by the next propose)."""
+        base = self.kv.lengths.clone()
+        h = out.hidden_states[:, -1:]  # (B, 1, width): what the root's children are drafted from
+
+        def step(tokens, parent, tree, depth):
+            nonlocal h
+            own = h.gather(1, parent[:, :, None].expand(-1, -1, h.shape[2]))
+            res = self.kv.forward(tokens, tree=tree, depth=torch.full_like(tokens, depth - 1), own_features=own)
+            h = res.hidden_states
+            return torch.log_softmax(res.logits.float(), dim=-1)
+
+        root = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        draft = expand_tree(self.tree, root, step, ctx.budget, self.head.draft_to_target)
+        self.kv.trim(base)
+        return draft
 
     def update(self, accepted: torch.Tensor, ctx: DraftContext) -> None:
         # ctx.hidden_states (B, g+1, F): features of the verify input [x, d_1..d_g]; the first accepted+1 are real.
@@ -266,7 +288,7 @@ class EagleDrafter(Drafter):
         # Every row feeds the same number of pairs next time, except rows whose cache becomes empty.
         tail = int((self.known - real).max())
         self.kv.trim((self.known - tail).clamp(min=0))
-        keep = max(tail, self.num_draft_tokens + 2)
+        keep = max(tail, (self.tree.depth if self.tree else self.num_draft_tokens) + 2)
         if self.feats.shape[1] > keep:
             self.feats = self.feats[:, -keep:]
 

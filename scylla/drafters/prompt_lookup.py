@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from scylla.drafters.base import Draft, DraftContext, Drafter
+from scylla.drafters.tree import trie_draft
 from scylla.errors import ScyllaError
 
 
@@ -24,6 +25,26 @@ def lookup(seq: np.ndarray, max_ngram: int, min_ngram: int, num_tokens: int) -> 
     return seq[:0]
 
 
+def lookup_branches(seq: np.ndarray, max_ngram: int, min_ngram: int, num_tokens: int, branches: int) -> list[list[int]]:
+    """Up to ``branches`` distinct continuations of the longest matching suffix n-gram: ``lookup``'s first, then
+    those of the other occurrences, most recent first (the branches of a tree draft)."""
+    first = lookup(seq, max_ngram, min_ngram, num_tokens).tolist()
+    if not first:
+        return []
+    out = [first]
+    L = len(seq)
+    for n in range(min(max_ngram, L - 1), min_ngram - 1, -1):
+        windows = np.lib.stride_tricks.sliding_window_view(seq[: L - 1], n)
+        starts = np.flatnonzero((windows == seq[L - n :]).all(axis=1))
+        if starts.size:
+            for s in starts[::-1].tolist():
+                cont = seq[s + n : s + n + num_tokens].tolist()
+                if len(out) < branches and cont not in out:
+                    out.append(cont)
+            return out
+    return out
+
+
 class PromptLookup(Drafter):
     """Per row, match the last max_ngram..min_ngram tokens against the prompt and the text generated so far.
 
@@ -32,16 +53,24 @@ class PromptLookup(Drafter):
 
     name = "prompt-lookup"
 
-    def __init__(self, max_ngram: int = 3, num_draft_tokens: int = 10, min_ngram: int = 1):
+    def __init__(self, max_ngram: int = 3, num_draft_tokens: int = 10, min_ngram: int = 1, branches: int = 1):
         if not 1 <= min_ngram <= max_ngram:
             raise ScyllaError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram} and {max_ngram}")
-        if num_draft_tokens < 1:
-            raise ScyllaError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+        if num_draft_tokens < 1 or branches < 1:
+            raise ScyllaError(f"num_draft_tokens and branches must be >= 1, got {num_draft_tokens} and {branches}")
         self.max_ngram, self.min_ngram, self.num_draft_tokens = max_ngram, min_ngram, num_draft_tokens
+        self.branches = branches
 
     def propose(self, ctx: DraftContext) -> Draft:
         tokens = ctx.tokens.cpu().numpy()
         T = tokens.shape[1]
+        if self.branches > 1:  # several matches: a tree draft, one branch per distinct continuation
+            rows = []
+            for row, length, budget in zip(tokens, ctx.lengths.tolist(), ctx.budget.tolist()):
+                limit = min(self.num_draft_tokens, budget)
+                rows.append(lookup_branches(row[T - length :], self.max_ngram, self.min_ngram, limit, self.branches)
+                            if limit > 0 else [])
+            return trie_draft(rows, ctx.tokens.device)
         drafts = []
         for row, length, budget in zip(tokens, ctx.lengths.tolist(), ctx.budget.tolist()):
             limit = min(self.num_draft_tokens, budget)
