@@ -44,6 +44,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from scylla.sampling import SamplingConfig
 
     SamplingConfig(args.temperature, args.top_k, args.top_p)  # fail fast, before loading models
+    if args.config:  # a Scylla configuration: its choice for this batch size
+        from fit.select import selection_for
+        from scylla.evaluate import parse_shape
+
+        entry = selection_for(args.config, args.batch_size)
+        shape = parse_shape(entry["draft_shape"])
+        args.drafter, args.tree, args.num_draft_tokens = entry["draft"], shape.tree, shape.num_draft_tokens
+        print(f"[{args.config}] batch {args.batch_size}: {entry['draft']} {entry['draft_shape']}, predicted "
+              f"speed-up {entry['predicted_speedup']:.2f}x", file=sys.stderr)
     parse_spec(args.drafter)
     prompts = read_prompts(args.prompts) if args.prompts else list(args.prompt)
     if len(prompts) < args.batch_size:  # one prompt, batch 8: eight samples of it
@@ -135,24 +144,26 @@ def _ints(text: str) -> list[int]:
 
 def cmd_costs(args: argparse.Namespace) -> int:
     from scylla.costs import measure_costs
-    from scylla.drafters.spec import parse_spec
-    from scylla.models import load_model, truncated_draft
+    from scylla.drafters.eagle import EagleConfig, EagleDrafter, EagleHead
+    from scylla.drafters.spec import drafter_from_spec, parse_spec
+    from scylla.models import load_model
 
-    drafts = []
     for spec in args.draft or []:
-        kind, arg = parse_spec(spec)
-        if kind not in ("truncated", "draft"):
-            raise ScyllaError(f"--draft takes truncated:K or draft:PATH (a draft LM), got {spec!r}")
-        drafts.append((spec, kind, arg))
+        if parse_spec(spec)[0] not in ("truncated", "draft"):
+            raise ScyllaError(f"--draft takes truncated:K or draft:PATH (a draft LM or head), got {spec!r}")
     target, _ = load_model(args.target, device=args.device, dtype=args.dtype)
     models = {"target": target}
-    for spec, kind, arg in drafts:
-        models[spec] = truncated_draft(target, int(arg)) if kind == "truncated" else load_model(
-            arg, device=args.device, dtype=args.dtype)[0]
+    for spec in args.draft or []:
+        d = drafter_from_spec(spec, target, device=args.device, dtype=args.dtype)
+        models[spec] = d.head if isinstance(d, EagleDrafter) else d.model
+    param = next(target.parameters())
+    for layers in args.head_layers or []:  # untrained heads: the cost depends on the shape only
+        config = EagleConfig.for_target(target, num_layers=layers, width=args.head_width)
+        models[f"head:{layers}"] = EagleHead(config, target.get_input_embeddings()).to(param.device, param.dtype)
     table = measure_costs(models, args.batch_sizes, args.tokens, args.contexts, reps=args.reps)
     table.save(args.out)
     for e in table.entries:
-        print(f"{e['model']:>16}  batch {e['batch']:>3}  tokens {e['tokens']:>3}  context {e['context']:>5}  "
+        print(f"{e['model'][-24:]:>24}  batch {e['batch']:>3}  tokens {e['tokens']:>3}  context {e['context']:>5}  "
               f"{1000 * e['seconds']:.2f} ms")
     print(f"wrote {args.out}")
     return 0
@@ -166,11 +177,70 @@ def _floats(text: str) -> list[float]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from scylla.evaluate import evaluate
+    from scylla.evaluate import EvalConfig, best_settings, evaluate, load_eval_config
 
-    written = evaluate(args.run_dir, args.tasks.split(","), args.temperatures, args.batch_sizes, args.prompts,
-                       args.max_new_tokens, args.num_draft_tokens, device=args.device, dtype=args.dtype)
-    print(f"wrote {written} eval records to {Path(args.run_dir) / 'records.jsonl'}")
+    if args.config:
+        config = load_eval_config(args.config)
+        if args.run_dir:
+            config.run_dir = args.run_dir
+    elif args.run_dir:
+        config = EvalConfig(args.run_dir, args.drafts, args.target, args.tasks.split(","), args.temperatures, args.batch_sizes,
+                            args.shapes, args.baselines.split(",") if args.baselines else [], args.prompts,
+                            args.max_new_tokens, args.replay, args.cost, args.seed, args.device, args.dtype)
+    else:
+        raise ScyllaError("give a RUN_DIR or --config FILE (e.g. experiments/batch.yaml)")
+    written = evaluate(config.check())
+    print(f"wrote {written} eval records to {Path(config.run_dir) / 'records.jsonl'}")
+    if len(config.shapes) > 1:
+        print("fastest draft shape per method and batch size (online, tokens/s):")
+        for r in best_settings(config.run_dir):
+            print(f"  {r['method'][-40:]:>40}  {r['task']:>5}  T={r['temperature']:<4} batch {r['batch_size']:>3}  "
+                  f"{r['draft_shape']:<36} {r['tokens_per_second']:7.1f} tok/s  speed-up {r['speedup']:.2f}x")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from fit.select import candidates, checkpoint_for, load_fits, select, write_config
+    from scylla.costs import CostTable
+    from scylla.evaluate import EvalConfig, evaluate
+    from scylla.records import read_records
+
+    fits = load_fits(args.fits)
+    found = candidates(fits, CostTable.load(args.cost), args.batch_sizes, args.token_budget,
+                       default_shape=args.fitted_shape)
+    chosen = select(found)
+    run_dirs = args.run_dir or []
+    drafts = {b: checkpoint_for(run_dirs, c.draft_layers, c.train_tokens) for b, c in chosen.items()}
+    target = args.target or next((r["target"] for d in run_dirs for r in read_records(d, kind="train")),
+                                 "smollm2-135m")
+    check_dir = args.check_dir or str(Path(args.out).with_suffix("")) + "-check"
+    write_config(args.out, chosen, check_dir, drafts, target, args.tasks.split(","))
+    print(f"{'batch':>5}  {'layers':>6}  {'shape':<36} {'tokens':>8}  {'MAT (95% CI)':<20} {'cost':>5}  "
+          f"predicted speed-up (95% CI)")
+    for b, c in chosen.items():
+        lo, hi = c.predicted_speedup_ci95
+        print(f"{b:>5}  {c.draft_layers:>6}  {c.draft_shape:<36} {c.train_tokens:>8}  {c.predicted_mat:.2f} "
+              f"[{c.predicted_mat_ci95[0]:.2f}, {c.predicted_mat_ci95[1]:.2f}]   {c.step_cost:5.2f}  "
+              f"{c.predicted_speedup:.2f}x [{lo:.2f}, {hi:.2f}]" + ("  (extrapolated)" if c.extrapolated else "")
+              + ("" if drafts[b] else "  (no trained draft)"))
+    print(f"wrote {args.out} ({len(found)} candidates)")
+    if args.check:
+        if not all(drafts.values()):
+            raise ScyllaError("--check needs a trained draft for every choice: give --run-dir with those drafts")
+        import yaml
+
+        config = EvalConfig(**yaml.safe_load(Path(args.out).read_text()))
+        config.prompts, config.max_new_tokens = args.prompts, args.max_new_tokens
+        evaluate(config)
+        print("check: predicted vs measured speed-up (online, T=0)")
+        for b, c in chosen.items():
+            rows = read_records(check_dir, kind="eval", where=dict(method=f"draft:{drafts[b]}", batch_size=b,
+                                                                   draft_shape=c.draft_shape, mode="online"))
+            measured = rows[-1]["speedup"] if rows else float("nan")
+            mat = rows[-1]["mean_accepted_length"] if rows else float("nan")
+            print(f"  batch {b:>3}: predicted {c.predicted_speedup:.2f}x [{c.predicted_speedup_ci95[0]:.2f}, "
+                  f"{c.predicted_speedup_ci95[1]:.2f}], measured {measured:.2f}x (MAT predicted "
+                  f"{c.predicted_mat:.2f}, measured {mat:.2f})")
     return 0
 
 
@@ -207,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-draft-tokens", type=_positive(int), help="draft length gamma (default: 4, lookup 10)")
     gen.add_argument("--max-ngram", type=_positive(int), default=3, help="prompt lookup: longest n-gram matched")
     gen.add_argument("--tree", type=_tree, help=f"draft a dynamic tree: {TREE_FORM}")
+    gen.add_argument("--config", help="a Scylla configuration (scylla select): its draft and shape for --batch-size")
     gen.add_argument("--batch-size", type=_positive(int), default=1)
     gen.add_argument("--max-new-tokens", type=_positive(int), default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -239,14 +310,22 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--json", help="also write the fits to this JSON file")
     fit.set_defaults(func=cmd_fit)
 
-    ev = sub.add_parser("eval", help="evaluate every draft of a run directory (and baselines) into eval records")
-    ev.add_argument("run_dir")
-    ev.add_argument("--tasks", default="gsm,code", help="comma-separated: gsm, code")
+    ev = sub.add_parser("eval", help="evaluate drafts of a run directory (and baselines) into eval records")
+    ev.add_argument("run_dir", nargs="?", help="run directory: its trained drafts; records go there")
+    ev.add_argument("--config", help="YAML with these settings (e.g. experiments/batch.yaml); flags are ignored")
+    ev.add_argument("--drafts", action="append", help="evaluate these draft specs instead of the run's drafts")
+    ev.add_argument("--target", help="default: the target the run's drafts were trained for, else smollm2-135m")
+    ev.add_argument("--tasks", default="gsm,code", help="comma-separated: gsm, code, copy, rg:NAME, jsonl:PATH")
     ev.add_argument("--temperatures", type=_floats, default=[0.0, 0.6])
     ev.add_argument("--batch-sizes", type=_ints, default=[1])
+    ev.add_argument("--shapes", type=lambda t: [v for v in t.split(";") if v], default=["chain:2"],
+                    help="';'-separated draft shapes: chain:G or tree:top_k=K,depth=D,total_tokens=N")
+    ev.add_argument("--baselines", default="none,prompt-lookup", help="comma-separated specs, e.g. none,truncated:4")
     ev.add_argument("--prompts", type=_positive(int), default=8, help="prompts per task")
     ev.add_argument("--max-new-tokens", type=_positive(int), default=64)
-    ev.add_argument("--num-draft-tokens", type=_positive(int), default=2, help="draft length of trained drafts")
+    ev.add_argument("--replay", action="store_true", help="at T=0 count acceptance by exact replay (no timing)")
+    ev.add_argument("--cost", help="cost table JSON (scylla costs): adds the predicted speed-up")
+    ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--dtype", default=None)
     ev.set_defaults(func=cmd_eval)
@@ -254,14 +333,34 @@ def build_parser() -> argparse.ArgumentParser:
     costs = sub.add_parser("costs", help="measure forward costs of the target and drafts (the cost model) to JSON")
     costs.add_argument("--target", default="smollm2-135m")
     costs.add_argument("--draft", action="append", help="truncated:K or draft:PATH (repeat for several)")
+    costs.add_argument("--head-layers", type=_ints, help="also untrained EAGLE heads of these depths (head:L)")
+    costs.add_argument("--head-width", type=int, default=0, help="their width (0: the target's)")
     costs.add_argument("--batch-sizes", type=_ints, default=[1, 4, 16])
-    costs.add_argument("--tokens", type=_ints, default=[1, 3, 5, 9], help="new tokens per forward (verify sizes)")
+    costs.add_argument("--tokens", type=_ints, default=[1, 2, 3, 4, 5, 9, 17],
+                       help="new tokens per forward (verify sizes, tree widths)")
     costs.add_argument("--contexts", type=_ints, default=[128, 512], help="tokens already in the KV cache")
     costs.add_argument("--reps", type=_positive(int), default=10)
     costs.add_argument("--device", default="cpu")
     costs.add_argument("--dtype", default=None)
     costs.add_argument("--out", default="costs.json")
     costs.set_defaults(func=cmd_costs)
+
+    sel = sub.add_parser("select", help="pick the fastest draft configuration per batch size from laws and costs")
+    sel.add_argument("--fits", required=True, help="scylla fit --by draft_layers[,draft_shape] --json output")
+    sel.add_argument("--cost", required=True, help="scylla costs --head-layers ... output")
+    sel.add_argument("--batch-sizes", type=_ints, default=[1, 8, 64])
+    sel.add_argument("--token-budget", type=_positive(int), help="training tokens (default: the largest fitted)")
+    sel.add_argument("--fitted-shape", default="chain:2", help="shape the MAT was measured at, for fits without "
+                     "a draft_shape group (default chain:2)")
+    sel.add_argument("--run-dir", action="append", help="where trained drafts are (to name the chosen one)")
+    sel.add_argument("--target", help="default: the run's target, else smollm2-135m")
+    sel.add_argument("--tasks", default="gsm", help="tasks of the check")
+    sel.add_argument("--out", default="scylla.yaml", help="the Scylla configuration (default scylla.yaml)")
+    sel.add_argument("--check", action="store_true", help="measure the chosen drafts and print predicted vs measured")
+    sel.add_argument("--check-dir", help="run directory of the check's records (default OUT-check)")
+    sel.add_argument("--prompts", type=_positive(int), default=8, help="check: prompts per task")
+    sel.add_argument("--max-new-tokens", type=_positive(int), default=64, help="check: new tokens per prompt")
+    sel.set_defaults(func=cmd_select)
 
     figs = sub.add_parser("figs", help="draw the laws' figures (PNG and PDF) from run records alone")
     figs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

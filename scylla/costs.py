@@ -30,12 +30,13 @@ class CostTable:
     dtype: str
     entries: list[dict] = field(default_factory=list)
 
-    def seconds(self, model: str, batch: int, tokens: int, context: int) -> float:
-        """The measured cost at exactly these settings (ScyllaError if it was not measured)."""
-        for e in self.entries:
-            if (e["model"], e["batch"], e["tokens"], e["context"]) == (model, batch, tokens, context):
-                return e["seconds"]
-        raise ScyllaError(f"no measured cost for {model} at batch {batch}, {tokens} tokens, context {context}")
+    def nearest(self, model: str, batch: int, tokens: int, context: int | None = None) -> float:
+        """The cost at this model, batch and tokens, at the measured context nearest to ``context`` (None: the
+        smallest measured). ScyllaError if the model, batch or tokens were not measured."""
+        rows = [e for e in self.entries if (e["model"], e["batch"], e["tokens"]) == (model, batch, tokens)]
+        if not rows:
+            raise ScyllaError(f"no measured cost for {model} at batch {batch}, {tokens} tokens")
+        return min(rows, key=lambda e: e["context"] if context is None else abs(e["context"] - context))["seconds"]
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(path, asdict(self))
@@ -52,19 +53,29 @@ class CostTable:
 def forward_seconds(model: torch.nn.Module, batch: int, tokens: int, context: int, reps: int = 10,
                     warmup: int = 2, **kwargs) -> float:
     """Median seconds of one forward of ``tokens`` new tokens per row on a cache of ``context`` tokens."""
-    device = next(model.parameters()).device
-    vocab = int(model.get_input_embeddings().weight.shape[0])
+    param = next(model.parameters())
+    device = param.device
     g = torch.Generator().manual_seed(0)
+    head = getattr(model, "head_config", None)  # an EAGLE head reads target features with each token
+    vocab = head.target_vocab_size if head else int(model.get_input_embeddings().weight.shape[0])
     prefix = torch.randint(0, vocab, (1, context), generator=g).to(device).expand(batch, -1)
     new = torch.randint(0, vocab, (1, tokens), generator=g).to(device).expand(batch, -1)
+
+    def extra(n: int) -> dict:
+        if head is None:
+            return kwargs
+        width = len(head.feature_layers) * head.target_hidden_size
+        return {**kwargs, "features": torch.randn(batch, n, width, generator=g).to(device, param.dtype)}
+
     kv = RaggedKV(model)
-    kv.forward(prefix, **kwargs)
+    kv.forward(prefix, **extra(context))
+    step = extra(tokens)
     times = []
     for _ in range(warmup + reps):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        kv.forward(new, **kwargs)
+        kv.forward(new, **step)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)

@@ -1,36 +1,123 @@
-"""The evaluation stage: every draft of a run directory (and baselines) on tasks x temperatures x batch sizes.
+"""The evaluation stage: drafts of a run directory (and baselines) on tasks x temperatures x batch sizes x draft
+shapes (chains of g tokens, dynamic trees).
 
-Each measurement is online decoding by the engine and becomes one "eval" record (docs/records.md) keyed by task,
-temperature, batch size and method; the speed-up is over plain decoding measured in the same call, same settings.
-Finished measurements (their record exists) are skipped, so a killed evaluation resumes.
+Each measurement becomes one "eval" record (docs/records.md) keyed by task, temperature, batch size, method, draft
+shape and mode:
+- mode "online": decoding by the engine, timed; the speed-up is over plain decoding measured in the same call, at
+  the same task, temperature and batch size.
+- mode "replay" (T=0 only, ``replay=True``): exact counts by scylla.replay (the fast path for sweeps), no timing.
+With a cost table (scylla.costs) each record also carries the speed-up the cost model predicts from its MAT.
+Finished measurements (their record exists) are skipped, so a killed evaluation resumes. ``best_settings`` reads
+the records back and picks the fastest draft shape per batch size (the batch-size study, experiments/batch.yaml).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import yaml
 from tqdm import tqdm
 
+from scylla.drafters.tree import TREE_FORM, TreeShape, parse_tree
 from scylla.errors import ScyllaError
 
-TASKS = {
-    "gsm": "gsm",  # reasoning-gym gsm_symbolic, seeded away from the training corpora (seed 0)
-    "code": "humaneval",
-}
-BASELINES = ("none", "prompt-lookup")
-HELD_OUT_SEED = 20261123
+DEFAULT_BASELINES = ("none", "prompt-lookup")
+IDENTITY = ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width", "draft_params",
+            "draft_params_with_embeddings", "train_tokens", "data")
+SHAPE_FORM = f"chain:G (G draft tokens) or tree:{TREE_FORM}"
 
 
-def task_prompts(task: str, n: int) -> list[str]:
-    """n prompts of a task: GSM-style problems not drawn with the training seed, or HumanEval problems."""
-    from scylla.data import load_corpus
+@dataclass(frozen=True)
+class DraftShape:
+    """A chain of ``num_draft_tokens`` tokens, or a dynamic ``tree``."""
 
-    if task not in TASKS:
-        raise ScyllaError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
-    return list(load_corpus(TASKS[task], n, seed=HELD_OUT_SEED)["prompt"])[:n]
+    num_draft_tokens: int | None = None
+    tree: TreeShape | None = None
+
+    @property
+    def label(self) -> str:
+        return f"tree:{self.tree.label()}" if self.tree else f"chain:{self.num_draft_tokens}"
+
+    @property
+    def verify_tokens(self) -> int:
+        """Tokens the target scores per step: the draft plus the newest committed token."""
+        return (self.tree.total_tokens if self.tree else self.num_draft_tokens) + 1
+
+    def fields(self) -> dict:
+        t = self.tree
+        return dict(draft_shape=self.label, num_draft_tokens=None if t else self.num_draft_tokens,
+                    tree_top_k=t and t.top_k, tree_depth=t and t.depth, tree_total_tokens=t and t.total_tokens)
 
 
-def _drafts(run_dir: Path) -> list[dict]:
+def parse_shape(text: str) -> DraftShape:
+    kind, _, arg = text.strip().partition(":")
+    if kind == "chain" and arg.isdigit() and int(arg) >= 1:
+        return DraftShape(num_draft_tokens=int(arg))
+    if kind == "tree" and arg:
+        return DraftShape(tree=parse_tree(arg))
+    raise ScyllaError(f"bad draft shape {text!r}: use {SHAPE_FORM}")
+
+
+@dataclass
+class EvalConfig:
+    """What ``scylla eval`` measures; the YAML form (experiments/batch.yaml) has these keys."""
+
+    run_dir: str
+    drafts: list[str] | None = None  # draft specs; None: every trained draft of run_dir
+    target: str | None = None  # None: the target of run_dir's drafts, else smollm2-135m
+    tasks: list[str] = field(default_factory=lambda: ["gsm", "code"])
+    temperatures: list[float] = field(default_factory=lambda: [0.0, 0.6])
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    shapes: list[str] = field(default_factory=lambda: ["chain:2"])
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
+    prompts: int = 8
+    max_new_tokens: int = 64
+    replay: bool = False
+    cost: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str | None = None
+    selection: dict | None = None  # a Scylla configuration's choice per batch size (fit/select.py); not read here
+
+    def check(self) -> "EvalConfig":
+        from scylla.data.tasks import get_task
+        from scylla.drafters.spec import parse_spec
+
+        for task in self.tasks:
+            get_task(task)
+        for spec in [*self.baselines, *(self.drafts or [])]:
+            parse_spec(spec)
+        for name in ("tasks", "temperatures", "batch_sizes", "shapes"):
+            if not getattr(self, name):
+                raise ScyllaError(f"eval setting {name!r} is empty: give at least one value")
+        if min(self.batch_sizes) < 1 or self.prompts < 1 or self.max_new_tokens < 1:
+            raise ScyllaError("batch sizes, prompts and max_new_tokens must be >= 1")
+        if min(self.temperatures) < 0:
+            raise ScyllaError(f"temperatures must be >= 0, got {self.temperatures}")
+        for shape in self.shapes:
+            parse_shape(shape)
+        return self
+
+
+def load_eval_config(path: str | Path) -> EvalConfig:
+    """An EvalConfig from YAML; unknown keys and bad values fail with one line."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ScyllaError(f"cannot read eval config {path}: {type(err).__name__}") from None
+    if not isinstance(raw, dict):
+        raise ScyllaError(f"{path} must hold a mapping of eval settings")
+    known = {f.name for f in fields(EvalConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ScyllaError(f"{path}: unknown eval setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    if "run_dir" not in raw:
+        raise ScyllaError(f"{path}: missing 'run_dir' (where the drafts are and the records go)")
+    return EvalConfig(**raw).check()
+
+
+def _trained_drafts(run_dir: Path) -> list[dict]:
     """Train records whose draft folder exists."""
     from scylla.records import read_records, records_path
 
@@ -42,57 +129,138 @@ def _drafts(run_dir: Path) -> list[dict]:
     return drafts
 
 
-def evaluate(run_dir: str | Path, tasks: list[str], temperatures: list[float], batch_sizes: list[int],
-             prompts: int = 8, max_new_tokens: int = 64, num_draft_tokens: int = 2, seed: int = 0,
-             device: str = "cpu", dtype: str | None = None) -> int:
-    """Append eval records for every draft of ``run_dir`` and the baselines; returns how many were written."""
+def _baseline_identity(method: str, seed: int) -> dict:
+    return dict(run_id="baseline", sweep="", drafter_type=method, draft_layers=0, draft_width=0, draft_params=0,
+                draft_params_with_embeddings=0, train_tokens=0, data="", seed=seed)
+
+
+def _predicted(cost, method: str, shape: DraftShape, batch: int, mat: float) -> float | None:
+    """The cost model's speed-up for this MAT, or None when the table lacks the draft or the sizes."""
+    from scylla.costs import predicted_speedup
+
+    if cost is None or method == "none":
+        return None
+    try:
+        step = cost.nearest("target", batch, 1)
+        verify = cost.nearest("target", batch, shape.verify_tokens) / step
+        if method == "prompt-lookup":
+            draft = 0.0
+        elif shape.tree:
+            draft = shape.tree.depth * cost.nearest(method, batch, shape.tree.top_k) / step
+        else:
+            draft = shape.num_draft_tokens * cost.nearest(method, batch, 1) / step
+    except ScyllaError:
+        return None
+    return predicted_speedup(mat, 1, draft, verify)
+
+
+def evaluate(config: EvalConfig) -> int:
+    """Append eval records for the drafts and baselines of ``config``; returns how many were written."""
+    from scylla.costs import CostTable
+    from scylla.data.tasks import get_task
     from scylla.drafters.spec import drafter_from_spec
     from scylla.engine import SpeculativeDecoder
     from scylla.metrics import DecodeStats
     from scylla.models import load_model
     from scylla.prompts import encode_prompts
     from scylla.records import append_record, new_record, read_records, record_key
+    from scylla.replay import replay
 
-    run_dir = Path(run_dir)
-    drafts = _drafts(run_dir)
-    texts = {task: task_prompts(task, prompts) for task in tasks}
-    target_name = drafts[0]["target"]
-    target, tokenizer = load_model(target_name, device=device, dtype=dtype)
-    done = {record_key(r) for r in read_records(run_dir, kind="eval")}
-    methods = [(b, None) for b in BASELINES] + [(f"draft:{r['checkpoint']}", r) for r in drafts]
-    drafters = {m: drafter_from_spec(m, target, num_draft_tokens if m.startswith("draft:") else None, device=device,
-                                     dtype=dtype) for m, _ in methods}  # loaded once, reused for every setting
+    config.check()
+    run_dir = Path(config.run_dir)
+    if config.drafts is None:
+        sources = [(f"draft:{r['checkpoint']}", r) for r in _trained_drafts(run_dir)]
+    else:
+        sources = [(spec, None) for spec in config.drafts]
+        if not sources and not config.baselines:
+            raise ScyllaError("nothing to evaluate: no drafts and no baselines")
+    trained = read_records(run_dir, kind="train") if (run_dir / "records.jsonl").exists() else []
+    target_name = config.target or (trained[0]["target"] if trained else "smollm2-135m")
+    cost = CostTable.load(config.cost) if config.cost else None
+    texts = {task: [p.prompt for p in get_task(task).problems(config.prompts)] for task in config.tasks}
+    target, tokenizer = load_model(target_name, device=config.device, dtype=config.dtype)
+    done = {record_key(r) for r in read_records(run_dir, kind="eval")} if (run_dir / "records.jsonl").exists() else set()
+    shapes = [parse_shape(s) for s in config.shapes]
+    methods = [(b, None, shape) for b in config.baselines if b != "none" for shape in shapes]
+    methods += [(spec, source, shape) for spec, source in sources for shape in shapes]
+    cache: dict = {}
+
+    def drafter(spec: str, shape: DraftShape):
+        if (spec, shape) not in cache:  # each draft loads once; shapes are drafter settings
+            cache[(spec, shape)] = drafter_from_spec(spec, target, shape.num_draft_tokens, device=config.device,
+                                                     dtype=config.dtype, tree=shape.tree)
+        return cache[(spec, shape)]
+
+    def identity(method, source):
+        base = source or _baseline_identity(method, config.seed)
+        return {k: base[k] for k in IDENTITY}
+
+    def run(method, shape, task, temperature, batch, references=None) -> tuple[DecodeStats, list[list[int]]]:
+        """Stats and generated tokens of one method on a task, batch by batch (replayed if references)."""
+        d = None if method == "none" else drafter(method, shape)
+        parts, generated = [], []
+        for start in range(0, len(texts[task]), batch):
+            ids, mask = encode_prompts(tokenizer, texts[task][start : start + batch], device=config.device)
+            kwargs = dict(max_new_tokens=config.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+            if references is not None:
+                parts.append(replay(target, d, ids, mask, references=references[start : start + batch], **kwargs))
+            else:
+                out = SpeculativeDecoder(target, d).generate(ids, mask, temperature=temperature,
+                                                             seed=config.seed + start, **kwargs)
+                parts.append(out.stats)
+                generated += out.generated
+        return DecodeStats.merge(parts), generated
+
     written = 0
-    grid = [(t, temp, b) for t in tasks for temp in temperatures for b in batch_sizes]
+    plain_shape = DraftShape(num_draft_tokens=0)
+    grid = [(t, temp, b) for t in config.tasks for temp in config.temperatures for b in config.batch_sizes]
     for task, temperature, batch in tqdm(grid, desc="eval", unit="setting"):
-        plain_tps = None
-        for method, source in methods:
-            fields = dict(task=task, temperature=temperature, batch_size=batch, method=method)
-            base = source or dict(run_id="baseline", sweep="", drafter_type=method, draft_layers=0, draft_width=0,
-                                  draft_params=0, draft_params_with_embeddings=0, train_tokens=0, data="", seed=seed)
-            identity = {k: base[k] for k in ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width",
-                                             "draft_params", "draft_params_with_embeddings", "train_tokens", "data")}
-            key = record_key(new_record("eval", **identity, target=target_name, seed=seed, **fields))
-            if key in done and method != "none":
-                continue
-            decoder = SpeculativeDecoder(target, drafters[method])
-            parts = []
-            for start in range(0, len(texts[task]), batch):
-                ids, mask = encode_prompts(tokenizer, texts[task][start : start + batch], device=device)
-                parts.append(decoder.generate(ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                                              eos_token_id=tokenizer.eos_token_id,
-                                              pad_token_id=tokenizer.pad_token_id, seed=seed + start).stats)
-            s = DecodeStats.merge(parts)
-            if method == "none":
-                plain_tps = s.tokens_per_second
-            if key in done:
-                continue
-            metrics = dict(n_prompts=len(texts[task]), new_tokens=s.new_tokens, target_calls=s.target_calls,
+        mode = "replay" if config.replay and temperature == 0 else "online"
+        if mode == "replay" and batch != config.batch_sizes[0]:
+            continue  # replay counts do not depend on the batch size: one set of records per task
+        settings = dict(task=task, temperature=temperature, batch_size=batch, mode=mode, device=config.device,
+                        n_prompts=len(texts[task]), max_new_tokens=config.max_new_tokens)
+
+        def key(method, source, shape):
+            return record_key(new_record("eval", **identity(method, source), target=target_name, seed=config.seed,
+                                         method=method, **settings, **shape.fields()))
+
+        todo = [m for m in methods if key(*m) not in done]
+        plain_key = key("none", None, plain_shape)
+        if not todo and plain_key in done:
+            continue
+        # Plain decoding: the baseline every speed-up is over, and at T=0 the greedy references replay needs.
+        plain, greedy = run("none", plain_shape, task, temperature, batch)
+        references = greedy if mode == "replay" else None
+        for method, source, shape in [("none", None, plain_shape)] * (plain_key not in done) + todo:
+            s = plain if method == "none" else run(method, shape, task, temperature, batch, references)[0]
+            timed = mode == "online" or method == "none"
+            metrics = dict(new_tokens=s.new_tokens, target_calls=s.target_calls,
                            mean_accepted_length=s.mean_accepted_length,
                            acceptance_rate=s.acceptance_rate if s.drafted else None,
-                           per_position_acceptance=s.per_position_acceptance, tokens_per_second=s.tokens_per_second,
-                           speedup=s.tokens_per_second / plain_tps, device=device,
-                           num_draft_tokens=num_draft_tokens if method.startswith("draft:") else None)
-            record = new_record("eval", **identity, target=target_name, seed=seed, **fields, **metrics)
+                           per_position_acceptance=s.per_position_acceptance,
+                           tokens_per_second=s.tokens_per_second if timed else None,
+                           speedup=s.tokens_per_second / plain.tokens_per_second if timed else None,
+                           predicted_speedup=_predicted(cost, method, shape, batch, s.mean_accepted_length))
+            record = new_record("eval", **identity(method, source), target=target_name, seed=config.seed,
+                                method=method, **settings, **shape.fields(), **metrics)
             written += append_record(run_dir, record)
+            done.add(record_key(record))
     return written
+
+
+def best_settings(run_dir: str | Path, task: str | None = None, temperature: float | None = None) -> list[dict]:
+    """Per (method, batch size): the online eval record with the highest tokens/s over draft shapes, i.e. the
+    best draft width at that batch size (the data of the third law). Sorted by method, then batch size."""
+    from scylla.records import read_records
+
+    where = {k: v for k, v in dict(task=task, temperature=temperature, mode="online").items() if v is not None}
+    best: dict = {}
+    for r in read_records(run_dir, kind="eval", where=where):
+        if r["method"] == "none" or r.get("tokens_per_second") is None:
+            continue
+        k = (r["method"], r["task"], r["temperature"], r["batch_size"])
+        if k not in best or r["tokens_per_second"] > best[k]["tokens_per_second"]:
+            best[k] = r
+    return [best[k] for k in sorted(best, key=lambda k: (k[0], k[1], k[2], k[3]))]

@@ -41,7 +41,9 @@ REQUIRED = {
     "git_commit": "str",
     "time": "str",
 }
-EVAL_KEY_FIELDS = ("task", "temperature", "batch_size", "method")  # part of the key of eval and tts records
+# part of the key of eval and tts records (None when absent)
+EVAL_KEY_FIELDS = ("task", "temperature", "batch_size", "method", "draft_shape", "mode")
+TTS_KEY_FIELDS = EVAL_KEY_FIELDS + ("paradigm",)  # tts records: also the test-time-scaling protocol
 _ALLOWED = "numbers, strings, bools, null, lists of those or flat dicts of those"
 
 
@@ -162,24 +164,25 @@ def validate_record(record: dict) -> dict:
         raise ScyllaError("record field 'run_id' is empty; give every run a non-empty id")
     if record["kind"] not in KINDS:
         raise ScyllaError(f"record field 'kind' must be one of {', '.join(KINDS)}, got {record['kind']!r}")
-    if record["kind"] != "train":
-        for name in EVAL_KEY_FIELDS:
-            if not _is_scalar(record.get(name)):
-                raise ScyllaError(
-                    f"record field '{name}' is part of the record key and must be a number, string, bool or null, "
-                    f"got {_show(record[name])}"
-                )
+    for name in _key_fields(record["kind"]):
+        if not _is_scalar(record.get(name)):
+            raise ScyllaError(
+                f"record field '{name}' is part of the record key and must be a number, string, bool or null, "
+                f"got {_show(record[name])}"
+            )
     _check_time(record["time"])
     return record
 
 
+def _key_fields(kind: str) -> tuple[str, ...]:
+    return {"train": (), "tts": TTS_KEY_FIELDS}.get(kind, EVAL_KEY_FIELDS)
+
+
 def record_key(record: dict) -> tuple:
-    """What makes a record unique: (kind, run_id, train_tokens), plus task, temperature, batch_size, method
-    (None when absent) for eval and tts records."""
+    """What makes a record unique: (kind, run_id, train_tokens), plus task, temperature, batch_size, method,
+    draft_shape, mode (None when absent) for eval and tts records, and paradigm for tts records."""
     key = (record["kind"], record["run_id"], record["train_tokens"])
-    if record["kind"] != "train":
-        key += tuple(record.get(name) for name in EVAL_KEY_FIELDS)
-    return key
+    return key + tuple(record.get(name) for name in _key_fields(record["kind"]))
 
 
 def records_path(path_or_run_dir: str | Path) -> Path:

@@ -16,9 +16,9 @@ def test_measure_save_load(target, tmp_path):
     table.save(tmp_path / "costs.json")
     loaded = CostTable.load(tmp_path / "costs.json")
     assert loaded == table
-    assert loaded.seconds("draft", 2, 3, 16) == table.entries[-1]["seconds"]
+    assert loaded.nearest("draft", 2, 3, 16) == table.entries[-1]["seconds"]
     with pytest.raises(ScyllaError, match="no measured cost"):
-        loaded.seconds("target", 4, 1, 16)
+        loaded.nearest("target", 4, 1, 16)
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ScyllaError, match="not a cost table"):
         CostTable.load(tmp_path / "bad.json")

@@ -194,8 +194,68 @@ def test_eval_writes_records_for_every_draft_and_resumes(smoke_run, capsys):
     assert len(read_records(smoke_run, kind="eval")) == len(evals)
 
 
+def test_eval_replay_trees_costs_and_best_shape(smoke_run, tmp_path, capsys):
+    """Replay at T=0 gives the online MAT; trees and chains are separate records; the cost model predicts."""
+    from scylla.evaluate import best_settings
+
+    head = read_records(smoke_run, kind="train")[-1]["checkpoint"]
+    cost = tmp_path / "costs.json"
+    assert main(["costs", "--target", "tiny-random-llama", "--draft", f"draft:{head}", "--batch-sizes", "1,2",
+                 "--tokens", "1,2,3,7", "--contexts", "16", "--reps", "2", "--out", str(cost)]) == 0
+    run = tmp_path / "run"
+    common = ["eval", str(run), "--target", "tiny-random-llama", "--drafts", f"draft:{head}", "--baselines", "none,truncated:1", "--tasks", "copy",
+              "--temperatures", "0", "--prompts", "2", "--max-new-tokens", "8",
+              "--shapes", "chain:2;tree:top_k=2,depth=2,total_tokens=6", "--cost", str(cost)]
+    assert main(common + ["--batch-sizes", "1,2"]) == 0
+    assert main(common + ["--batch-sizes", "1", "--replay"]) == 0
+    evals = read_records(run, kind="eval")
+    online = {(r["method"], r["draft_shape"], r["batch_size"]): r for r in evals if r["mode"] == "online"}
+    replayed = {(r["method"], r["draft_shape"]): r for r in evals if r["mode"] == "replay"}
+    assert len(online) == 1 * 2 + 2 * 2 * 2 and len(replayed) == 1 + 2 * 2  # plain + methods x shapes (x batches)
+    for (method, shape), r in replayed.items():
+        assert r["mean_accepted_length"] == online[(method, shape, 1)]["mean_accepted_length"]
+        assert r["tokens_per_second"] is None or method == "none"  # plain decoding is always run (and timed)
+    tree = online[(f"draft:{head}", "tree:top_k=2,depth=2,total_tokens=6", 1)]
+    assert tree["tree_total_tokens"] == 6 and tree["num_draft_tokens"] is None
+    assert tree["predicted_speedup"] > 0
+    best = best_settings(run)
+    assert {(r["method"], r["batch_size"]) for r in best} == {(m, b) for m in (f"draft:{head}", "truncated:1")
+                                                               for b in (1, 2)}
+    assert "fastest draft shape" in capsys.readouterr().out
+
+
 def test_eval_bad_input(tmp_path, smoke_run, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     assert "no records.jsonl" in capsys.readouterr().err
     assert main(["eval", str(smoke_run), "--tasks", "poetry"]) == 2
     assert "unknown task 'poetry'" in capsys.readouterr().err
+    assert main(["eval", str(smoke_run), "--shapes", "tree:top_k=2,depth=4,total_tokens=3"]) == 2
+    assert "total_tokens=3 < depth=4" in capsys.readouterr().err
+    assert main(["eval"]) == 2
+    assert "RUN_DIR or --config" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_dir: x\nwidths: [1]\n")
+    assert main(["eval", "--config", str(bad)]) == 2
+    assert "unknown eval setting 'widths'" in capsys.readouterr().err
+
+
+def test_select_writes_a_scylla_config_and_checks_it(smoke_run, tmp_path, capsys):
+    """fit -> costs -> select: the chosen draft per batch size, its prediction, and the measured check."""
+    fits, cost, out = tmp_path / "fits.json", tmp_path / "costs.json", tmp_path / "scylla.yaml"
+    assert main(["fit", str(smoke_run), "--kind", "train", "--by", "draft_layers", "--json", str(fits)]) == 0
+    assert main(["costs", "--target", "tiny-random-llama", "--head-layers", "1,2", "--head-width", "64",
+                 "--batch-sizes", "1,2", "--tokens", "1,3", "--contexts", "16", "--reps", "2", "--out", str(cost)]) == 0
+    argv = ["select", "--fits", str(fits), "--cost", str(cost), "--batch-sizes", "1,2", "--run-dir", str(smoke_run),
+            "--fitted-shape", "chain:2", "--out", str(out), "--check", "--prompts", "2", "--max-new-tokens", "8"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "predicted vs measured" in text and text.count("batch ") >= 2
+    config = yaml.safe_load(out.read_text())
+    assert set(config["selection"]) == {"1", "2"}
+    entry = config["selection"]["1"]
+    lo, hi = entry["predicted_speedup_ci95"]
+    assert lo <= entry["predicted_speedup"] <= hi and entry["draft"].startswith("draft:")
+    assert main(["generate", "--target", "tiny-random-llama", "--config", str(out), "--prompt", "1 2 3",
+                 "--max-new-tokens", "6", "--quiet", "--no-chat-template"]) == 0
+    assert main(["select", "--fits", str(cost), "--cost", str(cost)]) == 2
+    assert "not a fits file" in capsys.readouterr().err

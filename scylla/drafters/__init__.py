@@ -3,6 +3,9 @@
 from scylla.drafters.base import Draft, DraftContext, Drafter
 from scylla.drafters.draft_model import DraftModel
 from scylla.drafters.eagle import EagleConfig, EagleDrafter, EagleHead
+from scylla.drafters.hybrid import HybridDrafter
 from scylla.drafters.prompt_lookup import PromptLookup
+from scylla.drafters.suffix import SuffixAutomaton, SuffixDrafter, SuffixPool
 
-__all__ = ["Draft", "DraftContext", "Drafter", "DraftModel", "EagleConfig", "EagleDrafter", "EagleHead", "PromptLookup"]
+__all__ = ["Draft", "DraftContext", "Drafter", "DraftModel", "EagleConfig", "EagleDrafter", "EagleHead",
+           "HybridDrafter", "PromptLookup", "SuffixAutomaton", "SuffixDrafter", "SuffixPool"]

@@ -21,7 +21,9 @@ class DraftModel(Drafter):
 
     Cache bookkeeping: after each ``update`` the draft cache holds committed tokens only, at least all but the last
     two, and every row has the same number of tokens left to feed (rows re-feed a few tokens if needed), which the
-    next ``propose`` feeds together with its first forward; so all rows advance in lock-step.
+    next ``propose`` feeds together with its first forward; so all rows advance in lock-step. A cached draft token
+    counts as committed only where it equals the committed token, so a caller may verify other drafts than these
+    (a hybrid drafter) or skip ``propose`` for a step.
     """
 
     name = "draft-model"
@@ -33,6 +35,7 @@ class DraftModel(Drafter):
         self.num_draft_tokens = num_draft_tokens
         self.tree = tree
         self.kv: RaggedKV | None = None
+        self.fed: tuple[torch.Tensor, torch.Tensor] | None = None  # (first position (B,), drafts cached (B, g-1))
 
     def bind(self, target: torch.nn.Module) -> None:
         mine, theirs = output_vocab_size(self.model), output_vocab_size(target)
@@ -73,6 +76,7 @@ class DraftModel(Drafter):
             tokens.append(token)
             feed = token[:, None]
         # The last token was never fed: the cache covers the context plus d_1..d_{g-1}.
+        self.fed = (ctx.lengths, torch.stack(tokens[:-1], 1)) if g > 1 else None
         return Draft(torch.stack(tokens, 1), lengths, torch.stack(probs, 1) if probs else None)
 
     def _propose_tree(self, ctx: DraftContext, out) -> Draft:
@@ -89,6 +93,13 @@ class DraftModel(Drafter):
 
     def update(self, accepted: torch.Tensor, ctx: DraftContext) -> None:
         real = torch.minimum(self.kv.lengths, ctx.lengths - 2)  # committed tokens the cache holds
+        if self.fed is not None:  # the cached drafts count up to the first one not committed
+            base, drafts = self.fed
+            T = ctx.tokens.shape[1]
+            cols = (T - ctx.lengths + base)[:, None] + torch.arange(drafts.shape[1], device=drafts.device)
+            same = ctx.tokens.gather(1, cols.clamp(max=T - 1)) == drafts
+            real = torch.minimum(real, base + same.long().cumprod(1).sum(1))
+        self.fed = None
         tail = int((ctx.lengths - real).max())
         self.kv.trim((ctx.lengths - tail).clamp(min=0))
 
@@ -96,4 +107,4 @@ class DraftModel(Drafter):
         self.kv.select(rows)
 
     def finish(self) -> None:
-        self.kv = None
+        self.kv = self.fed = None

@@ -6,19 +6,31 @@ import torch
 
 from scylla.drafters.base import Drafter
 from scylla.drafters.draft_model import DraftModel
+from scylla.drafters.hybrid import HybridDrafter
 from scylla.drafters.prompt_lookup import PromptLookup
+from scylla.drafters.suffix import SuffixDrafter, SuffixPool
 from scylla.drafters.tree import TreeShape
 from scylla.errors import ScyllaError
 
-SPECS = "none, truncated:K, prompt-lookup, draft:PATH (a draft LM or a trained head folder)"
+SPECS = ("none, truncated:K, prompt-lookup, suffix (suffix automaton with a pool), hybrid:SPEC (suffix where it "
+         "matches >= 4 tokens, else SPEC), draft:PATH (a draft LM or a trained head folder)")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """Split and check a spec without loading anything: (kind, argument)."""
+    """Split and check a spec without loading anything: (kind, argument). For hybrid:SPEC the argument is SPEC,
+    checked too."""
     kind, _, arg = spec.partition(":")
     if kind == "truncated" and not arg.isdigit():
         raise ScyllaError(f"bad drafter {spec!r}: truncated:K needs a layer count, e.g. truncated:4")
-    valid = {"none": not arg, "prompt-lookup": not arg, "truncated": True, "draft": bool(arg)}
+    if kind == "hybrid":
+        if not arg:
+            raise ScyllaError(f"bad drafter {spec!r}: hybrid:SPEC needs a fallback drafter, e.g. hybrid:truncated:4")
+        inner, _ = parse_spec(arg)
+        if inner in ("none", "suffix", "hybrid"):
+            raise ScyllaError(f"bad drafter {spec!r}: the fallback of hybrid:SPEC drafts where the suffix drafter "
+                              f"does not, so it cannot be {inner}; e.g. hybrid:draft:PATH")
+        return kind, arg
+    valid = {"none": not arg, "prompt-lookup": not arg, "suffix": not arg, "truncated": True, "draft": bool(arg)}
     if not valid.get(kind, False):
         raise ScyllaError(f"unknown drafter {spec!r}: use one of {SPECS}")
     return kind, arg
@@ -34,9 +46,11 @@ def drafter_from_spec(
     tree: TreeShape | None = None,
 ) -> Drafter | None:
     """``none`` -> None (plain decoding); ``truncated:K`` -> the target's first K layers; ``prompt-lookup``;
-    ``draft:PATH`` -> a draft LM from a folder or hub id. num_draft_tokens=None takes each drafter's default.
-    tree: draft an EAGLE-2 dynamic tree instead of a chain; prompt lookup then drafts up to top_k matches of up to
-    depth tokens as branches."""
+    ``suffix`` -> a SuffixDrafter with an (empty) SuffixPool; ``hybrid:SPEC`` -> HybridDrafter(suffix, SPEC's
+    drafter); ``draft:PATH`` -> a draft LM from a folder or hub id. num_draft_tokens=None takes each drafter's
+    default (a hybrid passes num_draft_tokens to both sides). tree: draft an EAGLE-2 dynamic tree instead of a chain;
+    prompt lookup and suffix then draft up to top_k continuations of up to depth tokens as branches (a hybrid's
+    suffix side stays a chain)."""
     from scylla.models import load_model, truncated_draft
 
     kind, arg = parse_spec(spec)
@@ -47,6 +61,13 @@ def drafter_from_spec(
         if tree is not None:
             n = {"num_draft_tokens": tree.depth, "branches": tree.top_k}
         return PromptLookup(max_ngram=max_ngram, **n)
+    if kind == "suffix":
+        if tree is not None:
+            n = {"num_draft_tokens": tree.depth, "branches": tree.top_k}
+        return SuffixDrafter(pool=SuffixPool(), **n)
+    if kind == "hybrid":
+        fallback = drafter_from_spec(arg, target, num_draft_tokens, max_ngram, device, dtype, tree)
+        return HybridDrafter(SuffixDrafter(pool=SuffixPool(), **n), fallback)
     n["tree"] = tree
     if kind == "truncated":
         return DraftModel(truncated_draft(target, int(arg)), **n)

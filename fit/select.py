@@ -1,0 +1,154 @@
+"""Scylla configuration selection: from fitted laws and the cost model, the draft configuration predicted to be
+fastest at each decoding batch size.
+
+A candidate is (draft layers, draft shape, training tokens). Its MAT comes from the log-linear law fitted for its
+group (``scylla fit --by draft_layers[,draft_shape] --json``), with the law's 95% confidence interval; its cost per
+step, relative to one plain target step at the same batch size, from the cost table (``scylla costs
+--head-layers ...``): a chain of g tokens costs g head steps of 1 token plus one target call on g+1 tokens, a tree
+costs depth head steps of top_k tokens plus one target call on total_tokens+1 tokens. The predicted speed-up is
+MAT / that cost (scylla.costs.predicted_speedup); its interval maps the MAT interval through the same formula.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from scylla.atomic import atomic_path
+from scylla.costs import CostTable, predicted_speedup
+from scylla.errors import ScyllaError
+from scylla.evaluate import DraftShape, parse_shape
+
+
+@dataclass
+class Candidate:
+    """One configuration at one batch size, with its predicted MAT and speed-up (mean and 95% interval)."""
+
+    batch_size: int
+    draft_layers: int
+    draft_shape: str
+    train_tokens: int
+    predicted_mat: float
+    predicted_mat_ci95: tuple[float, float]
+    step_cost: float  # (draft + verify) / one target step
+    predicted_speedup: float
+    predicted_speedup_ci95: tuple[float, float]
+    extrapolated: bool  # train_tokens beyond the largest fitted x
+
+
+def load_fits(path: str | Path) -> list[dict]:
+    """The ``fits`` of a ``scylla fit --json`` file, each with ``group``, ``intercept``, ``slope``, ``cov``, ``n``."""
+    try:
+        payload = json.loads(Path(path).read_text())
+        fits = payload["fits"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise ScyllaError(f"{path} is not a fits file: write one with scylla fit ... --json FILE") from None
+    if payload.get("x") != "train_tokens" or not fits:
+        raise ScyllaError(f"{path} must hold laws in x = train_tokens (scylla fit --x train_tokens), with fits")
+    if any("draft_layers" not in f["group"] for f in fits):
+        raise ScyllaError(f"{path}: fit per draft depth (scylla fit --by draft_layers[,draft_shape])")
+    return fits
+
+
+def _law(fit: dict):
+    from fit.results import LogLinearFit
+
+    names = LogLinearFit.__dataclass_fields__
+    return LogLinearFit(**{k: v for k, v in fit.items() if k in names})
+
+
+def step_cost(cost: CostTable, layers: int, shape: DraftShape, batch: int) -> float:
+    """(draft + verify seconds per step) / one plain target step, at this batch size (ScyllaError if unmeasured)."""
+    step = cost.nearest("target", batch, 1)
+    verify = cost.nearest("target", batch, shape.verify_tokens)
+    if shape.tree:
+        draft = shape.tree.depth * cost.nearest(f"head:{layers}", batch, shape.tree.top_k)
+    else:
+        draft = shape.num_draft_tokens * cost.nearest(f"head:{layers}", batch, 1)
+    return (draft + verify) / step
+
+
+def candidates(fits: list[dict], cost: CostTable, batch_sizes: list[int], token_budget: int | None = None,
+               shapes: list[str] | None = None, default_shape: str = "chain:2") -> list[Candidate]:
+    """Every (fit group, shape) at each batch size, trained on token_budget tokens (default: the largest fitted).
+
+    A fit whose group has a draft_shape predicts that shape only; a fit without one predicts ``default_shape``
+    (the shape its MAT was measured at). ``shapes`` keeps only those shapes.
+    """
+    out = []
+    for fit in fits:
+        law = _law(fit)
+        shape_text = fit["group"].get("draft_shape", default_shape)
+        if shapes and shape_text not in shapes:
+            continue
+        shape = parse_shape(shape_text)
+        tokens = token_budget or int(max(law.x_values))
+        mat, lo, hi = law.predict(tokens)
+        mat, lo, hi = (max(1.0, v) for v in (mat, lo, hi))  # a step always yields at least one token
+        for batch in batch_sizes:
+            try:
+                c = step_cost(cost, int(fit["group"]["draft_layers"]), shape, batch)
+            except ScyllaError:
+                continue
+            out.append(Candidate(batch, int(fit["group"]["draft_layers"]), shape_text, tokens, mat, (lo, hi), c,
+                                 predicted_speedup(mat, 1, 0.0, c), (lo / c, hi / c), tokens > max(law.x_values)))
+    if not out:
+        raise ScyllaError("no candidate has measured costs: run scylla costs with --head-layers for the fitted "
+                          "depths, the batch sizes and the verify sizes (--tokens) of the shapes")
+    return out
+
+
+def select(found: list[Candidate]) -> dict[int, Candidate]:
+    """The candidate with the highest predicted speed-up at each batch size."""
+    best: dict[int, Candidate] = {}
+    for c in found:
+        if c.batch_size not in best or c.predicted_speedup > best[c.batch_size].predicted_speedup:
+            best[c.batch_size] = c
+    return dict(sorted(best.items()))
+
+
+def checkpoint_for(run_dirs: list[str], layers: int, tokens: int) -> str | None:
+    """The trained draft folder of that depth and token count in these run directories, if one exists."""
+    from scylla.records import read_records
+
+    for run_dir in run_dirs:
+        for r in read_records(run_dir, kind="train", where=dict(draft_layers=layers, train_tokens=tokens)):
+            if Path(r.get("checkpoint", "")).is_dir():
+                return r["checkpoint"]
+    return None
+
+
+def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, drafts: dict[int, str | None],
+                 target: str, tasks: list[str]) -> dict:
+    """The Scylla configuration: an eval config (``scylla eval --config``) that measures the chosen draft at each
+    batch size, whose ``selection`` section (also read by ``scylla generate --config``) holds the choice and its
+    prediction per batch size. Written atomically; returns it."""
+    specs = sorted({f"draft:{d}" for d in drafts.values() if d})
+    config = dict(
+        run_dir=run_dir, target=target, drafts=specs, baselines=["none"], tasks=tasks, temperatures=[0.0],
+        batch_sizes=sorted(chosen), shapes=sorted({c.draft_shape for c in chosen.values()}),
+        selection={str(b): {**asdict(c), "draft": f"draft:{drafts[b]}" if drafts[b] else None,
+                            "predicted_mat_ci95": list(c.predicted_mat_ci95),
+                            "predicted_speedup_ci95": list(c.predicted_speedup_ci95)} for b, c in chosen.items()},
+    )
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False))
+    return config
+
+
+def selection_for(config_path: str | Path, batch_size: int) -> dict:
+    """The selection entry of a Scylla configuration for this batch size (the nearest chosen one at or below it)."""
+    try:
+        selection = yaml.safe_load(Path(config_path).read_text())["selection"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        raise ScyllaError(f"{config_path} is not a Scylla configuration (write one with scylla select)") from None
+    sizes = sorted(int(b) for b in selection)
+    below = [b for b in sizes if b <= batch_size]
+    entry = selection[str(below[-1] if below else sizes[0])]
+    if not entry.get("draft"):
+        raise ScyllaError(f"{config_path}: no trained draft for batch size {batch_size}; train "
+                          f"{entry['draft_layers']} layers on {entry['train_tokens']} tokens first")
+    return entry
