@@ -27,10 +27,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/scylla generate --drafter truncated:4 --num-draft-tokens 4 --max-new-tokens 96 \
-		--prompt "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May? Think step by step."
-	$(VENV)/bin/scylla generate --drafter prompt-lookup --max-new-tokens 96 \
-		--prompt "Repeat this list exactly, one item per line: apples, pears, plums, cherries, grapes, lemons, limes, figs."
+	$(VENV)/bin/scylla demo --run-dir runs/demo --grid experiments/demo.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

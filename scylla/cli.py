@@ -122,13 +122,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_figs(args: argparse.Namespace) -> int:
-    from paper_figs.laws import law_figures
+    from paper_figs.all import all_figures
     from scylla.records import read_records
 
     records = [r for run_dir in args.run_dirs for r in read_records(run_dir)]
-    for y in args.y.split(","):
-        for path in law_figures(records, Path(args.out), y):
-            print(path)
+    for path in all_figures(records, Path(args.out), scylla_config=args.config):
+        print(path)
     return 0
 
 
@@ -241,6 +240,13 @@ def cmd_select(args: argparse.Namespace) -> int:
             print(f"  batch {b:>3}: predicted {c.predicted_speedup:.2f}x [{c.predicted_speedup_ci95[0]:.2f}, "
                   f"{c.predicted_speedup_ci95[1]:.2f}], measured {measured:.2f}x (MAT predicted "
                   f"{c.predicted_mat:.2f}, measured {mat:.2f})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from scylla.demo import run_demo
+
+    print(f"report: {run_demo(args.run_dir, args.grid)}")
     return 0
 
 
@@ -362,10 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--max-new-tokens", type=_positive(int), default=64, help="check: new tokens per prompt")
     sel.set_defaults(func=cmd_select)
 
-    figs = sub.add_parser("figs", help="draw the laws' figures (PNG and PDF) from run records alone")
+    demo = sub.add_parser("demo", help="the whole study on SmolLM2 (train, replay, fit, select, check, figures, "
+                          "report); re-runs reuse finished work")
+    demo.add_argument("--run-dir", default="runs/demo")
+    demo.add_argument("--grid", default="experiments/demo.yaml")
+    demo.set_defaults(func=cmd_demo)
+
+    figs = sub.add_parser("figs", help="draw every figure and table (laws 1-3, per task, throughput) from records alone")
     figs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     figs.add_argument("--out", default="paper_figs/out", help="output folder (default paper_figs/out, ignored by git)")
-    figs.add_argument("--y", default="mean_accepted_length,heldout_accuracy", help="comma-separated y fields")
+    figs.add_argument("--config", help="a Scylla configuration (scylla select): which draft is Scylla's")
     figs.set_defaults(func=cmd_figs)
 
     tts = sub.add_parser("tts-bench", help="drafters under Best-of-N and multi-round thinking into tts records")

@@ -173,7 +173,7 @@ def test_draft_lm_trains_without_the_launcher(tmp_path):
 
 def test_figs_are_drawn_from_records_alone(smoke_run, tmp_path, capsys):
     out = tmp_path / "figs"
-    assert main(["figs", str(smoke_run), "--out", str(out), "--y", "heldout_accuracy"]) == 0
+    assert main(["figs", str(smoke_run), "--out", str(out)]) == 0
     for suffix in ("png", "pdf"):
         path = out / f"law1_tokens_heldout_accuracy.{suffix}"
         assert path.stat().st_size > 1000

@@ -1,0 +1,57 @@
+"""Every figure and table of the paper that the records support, from records alone: laws 1 and 2 (laws.py) for MAT
+and held-out accuracy, law 3 (batch.py), Fig. 2 (tasks.py), Table 5 (table.py) and the test-time-scaling figures
+(tts.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from paper_figs.batch import batch_figures
+from paper_figs.laws import law_figures, plot_law
+from paper_figs.table import TABLE_NAME, throughput_table
+from paper_figs.tasks import task_figures
+from paper_figs.tts import tts_figures
+
+LAW_YS = ("mean_accepted_length", "heldout_accuracy")
+
+
+def _fittable(records: list[dict], x: str, by: str) -> list[dict]:
+    """The records of the groups (equal ``by``) that a log-linear fit in ``x`` takes: 3+ distinct x > 0."""
+    def usable(r: dict) -> bool:
+        return isinstance(r.get(x), (int, float)) and r[x] > 0
+
+    xs: dict = {}
+    for r in filter(usable, records):
+        xs.setdefault(r[by], set()).add(r[x])
+    return [r for r in records if usable(r) and len(xs[r[by]]) >= 3]
+
+
+def _laws(records: list[dict], out_dir: Path, y: str) -> list[Path]:
+    """Law 1 of the depths with 3+ checkpoints and law 2 of the token counts reached by 3+ draft sizes (when 3+
+    depths are left); law_figures itself when it can take all of them."""
+    train = [r for r in records if r["kind"] == "train" and isinstance(r.get(y), (int, float))]
+    law1 = _fittable(train, "train_tokens", "draft_layers")
+    if not law1:
+        return []
+    law2 = _fittable(law1, "draft_params", "train_tokens")
+    depths = {r["draft_layers"] for r in law1}
+    if len(depths) < 3 or law2 == law1:
+        return law_figures(law1, out_dir, y)
+    paths = plot_law(law1, "train_tokens", y, "draft_layers", out_dir, f"law1_tokens_{y}")
+    if law2 and len({r["draft_layers"] for r in law2}) >= 3:
+        paths += plot_law(law2, "draft_params", y, "train_tokens", out_dir, f"law2_capacity_{y}")
+    return paths
+
+
+def all_figures(records: list[dict], out_dir: Path, scylla_config: str | None = None) -> list[Path]:
+    """Draw and write everything the records support into ``out_dir``; returns the written paths (figures as PNG
+    and PDF, Table 5 as .md and .tex). ``scylla_config``: a Scylla configuration (scylla select) naming Scylla's
+    drafts, else the trained draft with the highest mean MAT stands for Scylla."""
+    out_dir = Path(out_dir)
+    paths = [p for y in LAW_YS for p in _laws(records, out_dir, y)]
+    paths += batch_figures(records, out_dir)
+    paths += task_figures(records, out_dir, scylla_config=scylla_config)
+    paths += tts_figures(records, out_dir)
+    if throughput_table(records, out_dir, scylla_config=scylla_config):
+        paths += [out_dir / f"{TABLE_NAME}.{suffix}" for suffix in ("md", "tex")]
+    return paths

@@ -1,0 +1,179 @@
+"""Paper figures and Table 5 from synthetic records (paper_figs/): files written, contents, empty cases."""
+
+from __future__ import annotations
+
+import math
+
+import yaml
+
+from paper_figs.all import all_figures
+from paper_figs.batch import batch_figures
+from paper_figs.table import (DEFAULT_TREE, default_baseline, default_baseline_shape, default_scylla_methods,
+                              throughput_table)
+from paper_figs.tasks import task_figures
+from scylla.evaluate import parse_shape
+from scylla.records import new_record, validate_record
+
+SCYLLA = "draft:runs/t/eagle-layers2/tokens-524288"
+BASELINE = "draft:runs/t/eagle-layers1/tokens-524288"
+SMALL = "draft:runs/t/eagle-layers1/tokens-65536"
+TREE16 = "tree:top_k=4,depth=4,total_tokens=16"
+# (method, layers, train_tokens, drafter_type) -> {shape: MAT on code (gsm: +0.2)}
+DRAFTS = {
+    (SCYLLA, 2, 524288, "eagle"): {"chain:2": 2.4, "chain:4": 3.0, TREE16: 3.4},
+    (BASELINE, 1, 524288, "eagle"): {DEFAULT_TREE: 3.2, "chain:2": 2.2},
+    (SMALL, 1, 65536, "eagle"): {TREE16: 2.5},
+    ("prompt-lookup", 0, 0, "prompt-lookup"): {"chain:4": 1.6},
+    ("truncated:2", 0, 0, "truncated:2"): {"chain:2": 1.8},
+}
+
+
+def _record(kind: str, **fields) -> dict:
+    base = dict(run_id="r", sweep="test", target="tiny", drafter_type="eagle", draft_layers=0, draft_width=0,
+                draft_params=0, draft_params_with_embeddings=0, train_tokens=0, data="", seed=0)
+    return validate_record(new_record(kind, **{**base, **fields}))
+
+
+def _eval(method, layers, tokens, drafter_type, shape, task, temperature, batch, mat, mode="online") -> dict:
+    """Plain decoding runs at 100 * batch tokens/s; a draft's speed-up is MAT / (1 + 0.01 * width * batch)."""
+    s = parse_shape(shape) if shape != "chain:0" else None
+    fields = s.fields() if s else dict(draft_shape="chain:0", num_draft_tokens=0, tree_top_k=None, tree_depth=None,
+                                       tree_total_tokens=None)
+    up = mat / (1 + 0.01 * (s.verify_tokens - 1) * batch) if s else 1.0
+    timed = mode == "online"
+    return _record("eval", run_id=method, drafter_type=drafter_type, draft_layers=layers, train_tokens=tokens,
+                   task=task, temperature=temperature, batch_size=batch, method=method, mode=mode, **fields,
+                   mean_accepted_length=mat, tokens_per_second=100.0 * batch * up if timed else None,
+                   speedup=up if timed else None)
+
+
+def make_records() -> list[dict]:
+    records = []
+    for i, (layers, tokens) in enumerate((d, 2**e) for d in (1, 2, 3) for e in (16, 17, 18, 19)):
+        grow, wiggle = math.log(tokens / 2**16), 0.01 * (-1) ** i
+        records.append(_record("train", run_id=f"eagle-l{layers}", drafter_type="eagle", draft_layers=layers,
+                               draft_width=64, draft_params=layers * 10**6 + 5 * 10**5, train_tokens=tokens,
+                               mean_accepted_length=1.4 + 0.15 * layers + 0.12 * grow + wiggle,
+                               heldout_accuracy=0.3 + 0.03 * layers + 0.02 * grow + wiggle))
+    for task, offset in (("code", 0.0), ("gsm", 0.2)):
+        for temperature, batches in ((0.0, (1, 4, 16)), (0.6, (1,))):
+            for batch in batches:
+                records.append(_eval("none", 0, 0, "none", "chain:0", task, temperature, batch, 1.0))
+                for (method, layers, tokens, kind), shapes in DRAFTS.items():
+                    for shape, mat in shapes.items():
+                        records.append(_eval(method, layers, tokens, kind, shape, task, temperature, batch,
+                                             mat + offset))
+        records.append(_eval("truncated:2", 0, 0, "truncated:2", "chain:4", task, 0.0, 1, 2.0, mode="replay"))
+    return records
+
+
+RECORDS = make_records()
+
+
+def _files_ok(paths) -> None:
+    assert paths and {p.suffix for p in paths} == {".png", ".pdf"}
+    for p in paths:
+        assert p.stat().st_size > 1000, p
+
+
+def test_batch_figures(tmp_path):
+    paths = batch_figures(RECORDS, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(f"law3_batch_{t}_T0.{s}" for t in ("code", "gsm")
+                                                   for s in ("png", "pdf"))
+    _files_ok(paths)
+
+
+def test_batch_figures_need_two_batch_sizes_and_shapes(tmp_path):
+    assert batch_figures([r for r in RECORDS if r.get("batch_size") == 1], tmp_path) == []
+    one_shape = [r for r in RECORDS if r.get("draft_shape") in ("chain:0", "chain:2")]
+    assert batch_figures(one_shape, tmp_path) == []
+    assert batch_figures([], tmp_path) == []
+    assert not list(tmp_path.iterdir())
+
+
+def test_default_drafts():
+    assert default_scylla_methods(RECORDS) == {SCYLLA}  # highest mean MAT of the trained drafts
+    assert default_baseline(RECORDS) == BASELINE  # 1-layer, tree, most tokens
+    assert default_baseline_shape(RECORDS, BASELINE) == DEFAULT_TREE
+    assert default_baseline_shape(RECORDS, SMALL) == TREE16
+
+
+def test_task_figures(tmp_path):
+    paths = task_figures(RECORDS, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(f"fig2_mat_by_task_T{t}.{s}" for t in ("0", "0.6")
+                                                   for s in ("png", "pdf"))
+    _files_ok(paths)
+    config = tmp_path / "scylla.yaml"
+    config.write_text(yaml.safe_dump({"selection": {"1": {"draft": SMALL, "draft_shape": TREE16}}}))
+    greedy = [r for r in RECORDS if r.get("temperature") == 0]
+    assert len(task_figures(greedy, tmp_path / "config", scylla_config=str(config))) == 2
+    assert len(task_figures(greedy, tmp_path / "given", scylla_methods={SMALL})) == 2
+
+
+def test_task_figures_nothing_to_compare(tmp_path):
+    untrained = [r for r in RECORDS if r["kind"] == "eval" and r["draft_layers"] == 0]
+    assert task_figures(untrained, tmp_path) == []  # no Scylla draft
+    assert task_figures([r for r in RECORDS if r.get("method") in ("none", SCYLLA)], tmp_path) == []  # no baseline
+    assert task_figures([], tmp_path) == []
+
+
+def test_throughput_table(tmp_path):
+    md = throughput_table(RECORDS, tmp_path)
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "batch size" not in line]
+    assert len(rows) == 2 * (3 + 1) * 2  # tasks x (batch sizes at T=0, at T=0.6) x (Scylla, baseline)
+    # at batch size 4 Scylla's fastest shape is the 4-token chain: 3.2 / (1 + 0.01 * 4 * 4) = 2.7586
+    assert ("| gsm | 0 | 4 | Scylla (eagle 2-layer, 524k tokens) | `chain:4` | 3.20 | 1103.4 | **2.76×** |"
+            in rows)
+    assert ("| gsm | 0 | 16 | EAGLE-2-style (eagle 1-layer, 524k tokens) | "
+            f"`{DEFAULT_TREE}` | 3.40 | 513.2 | 0.32× |" in rows)
+    assert (tmp_path / "table5_throughput.md").read_text() == md
+    tex = (tmp_path / "table5_throughput.tex").read_text()
+    for line in ("\\toprule", "\\midrule", "\\bottomrule", "\\end{tabular}"):
+        assert line in tex.splitlines()
+    assert "\\texttt{tree:top\\_k=10,depth=5,total\\_tokens=60}" in tex
+    assert "gsm & 0 & 4 & Scylla (eagle 2-layer, 524k tokens) & \\texttt{chain:4} & 3.20 & 1103.4 & " \
+           "\\textbf{2.76$\\times$} \\\\" in tex
+    assert tex.count("\\\\\n") == len(rows) + 1
+
+
+def test_throughput_table_follows_the_configuration(tmp_path):
+    config = tmp_path / "scylla.yaml"  # batch size 4 takes the entry of 1 (the nearest at or below)
+    config.write_text(yaml.safe_dump({"selection": {"1": {"draft": SCYLLA, "draft_shape": TREE16},
+                                                    "8": {"draft": SCYLLA, "draft_shape": "chain:2"}}}))
+    md = throughput_table(RECORDS, tmp_path, scylla_config=str(config))
+    assert f"| code | 0 | 4 | Scylla (eagle 2-layer, 524k tokens) | `{TREE16}` | 3.40 | 829.3 | **2.07×** |" in md
+    assert "| code | 0 | 16 | Scylla (eagle 2-layer, 524k tokens) | `chain:2` | 2.40 | 2909.1 | **1.82×** |" in md
+
+
+def test_throughput_table_empty(tmp_path):
+    replayed = [r for r in RECORDS if r["kind"] == "train" or r.get("mode") == "replay"]
+    assert throughput_table(replayed, tmp_path) == ""
+    assert throughput_table([], tmp_path) == ""
+    assert not list(tmp_path.iterdir())
+
+
+def test_all_figures(tmp_path):
+    config = tmp_path / "scylla.yaml"
+    config.write_text(yaml.safe_dump({"selection": {"1": {"draft": SCYLLA, "draft_shape": TREE16}}}))
+    paths = all_figures(RECORDS, tmp_path / "out", scylla_config=str(config))
+    names = {p.name for p in paths}
+    for y in ("mean_accepted_length", "heldout_accuracy"):
+        assert {f"law1_tokens_{y}.pdf", f"law2_capacity_{y}.pdf"} <= names
+    assert {"law3_batch_gsm_T0.png", "fig2_mat_by_task_T0.6.pdf", "table5_throughput.md",
+            "table5_throughput.tex"} <= names
+    assert all(p.exists() for p in paths)
+    assert all_figures([], tmp_path / "none") == []
+
+
+def test_laws_skip_what_cannot_be_fitted(tmp_path):
+    train = [r for r in RECORDS if r["kind"] == "train"]
+    # a milestone only depth 3 reached: law 2 cannot fit it (one draft size), law 1 still takes it
+    extra = _record("train", run_id="eagle-l3", draft_layers=3, draft_width=64, draft_params=35 * 10**5,
+                    train_tokens=2**20, mean_accepted_length=2.5)
+    names = {p.name for p in all_figures([*train, extra], tmp_path)}
+    assert {"law1_tokens_mean_accepted_length.png", "law2_capacity_mean_accepted_length.png"} <= names
+    # depth 1 with 2 checkpoints is left out; with 2 depths left there is no law 2, and no held-out accuracy at all
+    few = [r for r in train if r["draft_layers"] > 1 or r["train_tokens"] <= 2**17]
+    few = [{k: v for k, v in r.items() if k != "heldout_accuracy"} for r in few]
+    assert {p.name for p in all_figures(few, tmp_path / "few")} == {"law1_tokens_mean_accepted_length.png",
+                                                                   "law1_tokens_mean_accepted_length.pdf"}
