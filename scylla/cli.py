@@ -183,7 +183,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.run_dir:
             config.run_dir = args.run_dir
     elif args.run_dir:
-        config = EvalConfig(args.run_dir, args.drafts, args.target, args.tasks.split(","), args.temperatures, args.batch_sizes,
+        config = EvalConfig(args.run_dir, args.drafts, args.target, args.tasks.split(","), args.temperatures,
+                            args.batch_sizes,
                             args.shapes, args.baselines.split(",") if args.baselines else [], args.prompts,
                             args.max_new_tokens, args.replay, args.cost, args.seed, args.device, args.dtype)
     else:
@@ -374,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--grid", default="experiments/demo.yaml")
     demo.set_defaults(func=cmd_demo)
 
-    figs = sub.add_parser("figs", help="draw every figure and table (laws 1-3, per task, throughput) from records alone")
+    figs = sub.add_parser("figs", help="draw every figure and table (laws 1-3, per task, throughput) from records")
     figs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     figs.add_argument("--out", default="paper_figs/out", help="output folder (default paper_figs/out, ignored by git)")
     figs.add_argument("--config", help="a Scylla configuration (scylla select): which draft is Scylla's")

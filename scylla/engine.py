@@ -229,7 +229,8 @@ class SpeculativeDecoder:
         Updates generated and the row stats; returns done (B,) bool.
         """
         counts = (accepted + 1).tolist()
-        new_l, drafted_l, accepted_l, positions_l = new.tolist(), drafted.tolist(), accepted.tolist(), positions.tolist()
+        new_l, drafted_l = new.tolist(), drafted.tolist()
+        accepted_l, positions_l = accepted.tolist(), positions.tolist()
         done = []
         for i, r in enumerate(rows):
             toks = new_l[i][: counts[i]][: max_new_tokens - len(generated[r])]

@@ -174,12 +174,13 @@ def evaluate(config: EvalConfig) -> int:
         sources = [(spec, None) for spec in config.drafts]
         if not sources and not config.baselines:
             raise ScyllaError("nothing to evaluate: no drafts and no baselines")
-    trained = read_records(run_dir, kind="train") if (run_dir / "records.jsonl").exists() else []
+    has_records = (run_dir / "records.jsonl").exists()
+    trained = read_records(run_dir, kind="train") if has_records else []
     target_name = config.target or (trained[0]["target"] if trained else "smollm2-135m")
     cost = CostTable.load(config.cost) if config.cost else None
     texts = {task: [p.prompt for p in get_task(task).problems(config.prompts)] for task in config.tasks}
     target, tokenizer = load_model(target_name, device=config.device, dtype=config.dtype)
-    done = {record_key(r) for r in read_records(run_dir, kind="eval")} if (run_dir / "records.jsonl").exists() else set()
+    done = {record_key(r) for r in read_records(run_dir, kind="eval")} if has_records else set()
     shapes = [parse_shape(s) for s in config.shapes]
     methods = [(b, None, shape) for b in config.baselines if b != "none" for shape in shapes]
     methods += [(spec, source, shape) for spec, source in sources for shape in shapes]

@@ -10,12 +10,12 @@ import torch
 from scylla.errors import ScyllaError
 
 
-def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
-    """Prompts from a jsonl file: one object per line with a string under ``field``."""
+def read_jsonl_rows(path: str | Path, field: str = "prompt") -> list[dict]:
+    """The objects of a jsonl file (blank lines skipped), each with a non-empty string under ``field``."""
     path = Path(path)
     if not path.is_file():
         raise ScyllaError(f"prompts file {path} does not exist")
-    prompts = []
+    rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -23,12 +23,17 @@ def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise ScyllaError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get(field), str):
-            raise ScyllaError(f'{path}:{number}: expected an object with a string "{field}" field')
-        prompts.append(record[field])
-    if not prompts:
+        if not isinstance(record, dict) or not isinstance(record.get(field), str) or not record[field].strip():
+            raise ScyllaError(f'{path}:{number}: expected an object with a non-empty string "{field}" field')
+        rows.append(record)
+    if not rows:
         raise ScyllaError(f"{path} holds no prompts")
-    return prompts
+    return rows
+
+
+def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
+    """Prompts from a jsonl file: one object per line with a string under ``field``."""
+    return [row[field] for row in read_jsonl_rows(path, field)]
 
 
 def format_prompt(tokenizer, text: str, chat: bool = True) -> str:

@@ -2,7 +2,8 @@
 
 At T=0 the output is the target's greedy continuation y whatever the drafter does, so every verification starts
 from a prefix of y. Replay asks the drafter for its draft after every prefix y[:j] at once (one batch of prefixes
-per prompt), counts how many draft tokens match y from there (for a tree: the deepest node whose path matches), and walks j -> j + accepted + 1 as the engine would.
+per prompt), counts how many draft tokens match y from there (for a tree: the deepest node whose path matches),
+and walks j -> j + accepted + 1 as the engine would.
 The counts (new tokens, target calls, drafted, accepted, per position) equal online decoding's exactly; only the
 time is not measured. The greedy continuations come from plain decoding by this engine, computed once.
 """

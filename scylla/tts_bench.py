@@ -13,7 +13,8 @@ Config file (experiments/tts.yaml); the top level holds the full settings, ``red
     max_new_tokens: 1024
     reduced: {problems: 2, ...}    # replaces top-level values; paradigm sections are merged key by key
 
-A method is a drafter spec (scylla.drafters.spec) or {spec: SPEC, num_draft_tokens: K}. ``run:RUN_DIR[@RUN_ID]``
+A method is a drafter spec (scylla.drafters.spec) or {spec: SPEC, num_draft_tokens: K, tree: "top_k=..,depth=..,
+total_tokens=.."} (a tree: EAGLE-2 dynamic tree drafting, or several matches as branches for prompt lookup). ``run:RUN_DIR[@RUN_ID]``
 inside a spec stands for the newest trained draft folder of that run directory (its train records). Plain decoding
 (spec ``none``) is always measured, first, in every setting: speed-ups are over it, in the same run. One "tts"
 record per task x paradigm x temperature x batch size x method; records already present are skipped (the plain
@@ -31,12 +32,13 @@ from pathlib import Path
 
 import yaml
 
+from scylla.drafters.tree import TREE_FORM, TreeShape, parse_tree
 from scylla.errors import ScyllaError
 
 CONFIG_KEYS = ("name", "target", "device", "dtype", "methods", "tasks", "paradigms", "problems", "max_new_tokens",
                "num_draft_tokens", "seed", "top_k", "top_p", "repetition_ngram", "reduced")
 PARADIGMS = {"best_of_n": ("n", "temperature", "batched"), "multi_round": ("rounds", "temperatures", "template")}
-METHOD_KEYS = ("spec", "num_draft_tokens")
+METHOD_KEYS = ("spec", "num_draft_tokens", "tree")
 PLAIN = "none"
 TABLE_FILE = "tts_table.md"
 CONFIG_FILE = "tts_config.json"
@@ -47,12 +49,17 @@ _GUARDED = ("target", "device", "dtype", "problems", "max_new_tokens", "seed", "
 @dataclass
 class Method:
     """label (the record's method), the drafter spec with run: resolved, its draft length (None: the drafter's
-    default) and the train record of its trained draft (None: untrained)."""
+    default), the train record of its trained draft (None: untrained) and its tree shape (None: chains)."""
 
     label: str
     spec: str
     num_draft_tokens: int | None = None
     source: dict | None = None
+    tree: TreeShape | None = None
+
+    @property
+    def draft_shape(self) -> str:
+        return f"tree:{self.tree.label()}" if self.tree else f"chain:{self.num_draft_tokens or 'default'}"
 
 
 @dataclass
@@ -152,7 +159,13 @@ def _method(label, raw, num_draft_tokens, where: str) -> Method:
         raise ScyllaError(f"{where}: {err}") from None
     _need(kind != "draft" or Path(arg).is_dir(), where, f"draft folder {arg} does not exist (train a head with "
           "scylla sweep, or name a run directory as run:RUN_DIR)")
-    return Method(label, spec, k, source)
+    tree = raw.get("tree")
+    _need(tree is None or isinstance(tree, str), where, f"tree takes {TREE_FORM}, got {tree!r}")
+    try:
+        tree = parse_tree(tree) if tree else None
+    except ScyllaError as err:
+        raise ScyllaError(f"{where}: {err}") from None
+    return Method(label, spec, k, source, tree)
 
 
 def _settings(raw, where: str, top_k: int, top_p: float) -> tuple[list[Setting], str]:
@@ -265,7 +278,7 @@ def _guard(run_dir: Path, config: BenchConfig, recorded: set[str]) -> dict:
 
     path = run_dir / CONFIG_FILE
     mine = {k: getattr(config, k) for k in _GUARDED}
-    mine["methods"] = {m.label: [m.spec, m.num_draft_tokens] for m in config.methods}
+    mine["methods"] = {m.label: [m.spec, m.num_draft_tokens, m.draft_shape] for m in config.methods}
     if path.is_file():
         theirs = json.loads(path.read_text())
         for key in _GUARDED:
@@ -321,7 +334,7 @@ def _metrics(results: list, plain: list, setting: Setting, method: Method) -> di
         drafted_by_side=sides or None,
         drafted_share={k: v / drafted for k, v in sides.items()} if drafted else None,
         matches_plain=all(r.tokens == p.tokens for r, p in zip(results, plain)) if setting.temperature == 0 else None,
-        spec=method.spec, num_draft_tokens=method.num_draft_tokens,
+        spec=method.spec, num_draft_tokens=method.num_draft_tokens, draft_shape=method.draft_shape,
         batched=setting.kwargs.get("batched", False),
     )
     for key in results[0].accuracy:
@@ -351,7 +364,7 @@ def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[i
 
     def drafter(method: Method):  # built afresh per record: drafters with state (pools) start empty
         return drafter_from_spec(method.spec, target, method.num_draft_tokens, device=config.device,
-                                 dtype=config.dtype)
+                                 dtype=config.dtype, tree=method.tree)
 
     ids, mask = encode_prompts(tokenizer, ["Say hello."], device=config.device)
     for method in config.methods:  # fail before measuring anything, and warm up: every draft loads, fits, decodes

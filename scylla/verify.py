@@ -153,4 +153,5 @@ def verify_tree_sampled(p: torch.Tensor, tokens: torch.Tensor, parents: torch.Te
         accepted.append(len(path))
         order.append(_path_order(path, g))
     device = tokens.device
-    return torch.tensor(accepted, device=device), torch.tensor(next_tokens, device=device), torch.tensor(order, device=device)
+    return (torch.tensor(accepted, device=device), torch.tensor(next_tokens, device=device),
+            torch.tensor(order, device=device))

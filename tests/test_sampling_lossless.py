@@ -145,7 +145,8 @@ def test_chi_square_catches_a_wrong_tree_verifier(small_target, monkeypatch):
             node, path = -1, []
             while True:
                 children = [s for s in range(int(num_draft[b])) if int(parents[b, s]) == node]
-                hit = [c for c in children if float(torch.rand(1, generator=generator)) < float(p[b, node + 1, tokens[b, c]])]
+                hit = [c for c in children
+                       if float(torch.rand(1, generator=generator)) < float(p[b, node + 1, tokens[b, c]])]
                 if not hit:
                     next_tokens.append(int(torch.multinomial(p[b, node + 1], 1, generator=generator)))
                     break

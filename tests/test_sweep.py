@@ -203,7 +203,8 @@ def test_eval_replay_trees_costs_and_best_shape(smoke_run, tmp_path, capsys):
     assert main(["costs", "--target", "tiny-random-llama", "--draft", f"draft:{head}", "--batch-sizes", "1,2",
                  "--tokens", "1,2,3,7", "--contexts", "16", "--reps", "2", "--out", str(cost)]) == 0
     run = tmp_path / "run"
-    common = ["eval", str(run), "--target", "tiny-random-llama", "--drafts", f"draft:{head}", "--baselines", "none,truncated:1", "--tasks", "copy",
+    common = ["eval", str(run), "--target", "tiny-random-llama", "--drafts", f"draft:{head}", "--baselines",
+              "none,truncated:1", "--tasks", "copy",
               "--temperatures", "0", "--prompts", "2", "--max-new-tokens", "8",
               "--shapes", "chain:2;tree:top_k=2,depth=2,total_tokens=6", "--cost", str(cost)]
     assert main(common + ["--batch-sizes", "1,2"]) == 0

@@ -60,5 +60,6 @@ def test_verify_tree_sampled_certain_child_and_residual():
     p = torch.zeros(1, 3, 10)
     p[0, 0, 7] = 1.0  # the target surely picks 7: the first sibling (3) is rejected, the second accepted
     p[0, 2, 5] = 1.0
-    accepted, next_token, order = verify_tree_sampled(p, tokens, parents, torch.tensor([2]), torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    accepted, next_token, order = verify_tree_sampled(p, tokens, parents, torch.tensor([2]), generator)
     assert (accepted.tolist(), next_token.tolist(), order[0, :2].tolist()) == ([1], [5], [0, 2])

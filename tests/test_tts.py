@@ -184,6 +184,7 @@ def write_config(tmp_path, **overrides) -> str:
     ({"paradigms": {"multi_round": {"template": "{question}"}}}, "must contain {previous}"),
     ({"problems": 0}, "problems must be an integer >= 1"),
     ({"reduced": {"name": "x"}}, "reduced: unknown key 'name'"),
+    ({"methods": {"x": {"spec": "suffix", "tree": "top_k=2,depth=5,total_tokens=3"}}}, "total_tokens=3 < depth=5"),
 ])
 def test_config_errors_are_one_line(tmp_path, capsys, overrides, message):
     path = write_config(tmp_path, **overrides)
@@ -217,18 +218,19 @@ def test_bench_end_to_end_resumes(tmp_path):
     head = tmp_path / "head"
     make_head(target).save(head, card={"target": "tiny-random-llama", "train_tokens": 0})
     methods = {"sps": {"spec": "truncated:1", "num_draft_tokens": 2}, "pld": "prompt-lookup", "head": f"draft:{head}",
-               "suffix": "suffix", "hybrid": f"hybrid:draft:{head}"}
+               "suffix": "suffix", "hybrid": f"hybrid:draft:{head}",
+               "head-tree": {"spec": f"draft:{head}", "tree": "top_k=2,depth=2,total_tokens=4"}}
     path = write_config(tmp_path, methods=methods, reduced={"problems": 1})
     run = tmp_path / "run"
     assert main(["tts-bench", path, "--out", str(run)]) == 0
     records = read_records(run, kind="tts")
-    assert len(records) == 3 * 6  # (best-of-2 batched, best-of-2 sequential, multi-round-2 T=0) x 6 methods
+    assert len(records) == 3 * 7  # (best-of-2 batched, best-of-2 sequential, multi-round-2 T=0) x 7 methods
     assert {(r["paradigm"], r["batch_size"]) for r in records} == {("best-of-2", 2), ("best-of-2", 1),
                                                                     ("multi-round-2", 1)}
     plain = [r for r in records if r["method"] == "plain"]
     assert all(r["speedup"] == 1.0 and r["mean_accepted_length"] == 1.0 for r in plain)
     greedy = [r for r in records if r["temperature"] == 0]
-    assert len(greedy) == 6 and all(r["matches_plain"] is True for r in greedy)
+    assert len(greedy) == 7 and all(r["matches_plain"] is True for r in greedy)  # trees included
     assert all(r["n_problems"] == 1 and 0 <= r["repetition_self"] <= r["repetition"] <= 1 for r in records)
     assert {r["drafter_type"] for r in records} == {"none", "truncated", "prompt-lookup", "eagle", "suffix", "hybrid"}
     assert all("accuracy_round_2" in r for r in greedy)
@@ -236,7 +238,7 @@ def test_bench_end_to_end_resumes(tmp_path):
     assert all(set(r["drafted_by_side"]) == {"suffix", "fallback"} for r in hybrid)
     assert all(r["drafted_share"] is None for r in records if r["method"] != "hybrid")
     table = (run / "tts_table.md").read_text()
-    assert table.count("| multi-round-2 |") == 6 and "one after another at batch 1" in table
+    assert table.count("| multi-round-2 |") == 7 and "one after another at batch 1" in table
 
     assert run_bench(load_bench(path), run)[0] == 0  # everything recorded: nothing decoded again
     methods["pld"] = {"spec": "prompt-lookup", "num_draft_tokens": 3}

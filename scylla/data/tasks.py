@@ -9,7 +9,6 @@ Scores lie in [0, 1] (reasoning-gym gives partial credit); None means the proble
 from __future__ import annotations
 
 import difflib
-import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -195,20 +194,10 @@ class JsonlTask(Task):
             raise ScyllaError(f"task file {self.path} does not exist")
 
     def problems(self, n: int, seed: int | None = None) -> list[Problem]:
-        out = []
-        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ScyllaError(f"{self.path}:{number}: not valid JSON ({err.msg})") from None
-            answer = row.get("answer") if isinstance(row, dict) else None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                raise ScyllaError(f'{self.path}:{number}: expected an object with a non-empty string "prompt"')
-            out.append(Problem(row["prompt"], None if answer is None else str(answer)))
-        if not out:
-            raise ScyllaError(f"{self.path} holds no prompts")
+        from scylla.prompts import read_jsonl_rows
+
+        out = [Problem(row["prompt"], None if row.get("answer") is None else str(row["answer"]))
+               for row in read_jsonl_rows(self.path)]
         return out[:n]
 
 
