@@ -122,17 +122,23 @@ def checkpoint_for(run_dirs: list[str], layers: int, tokens: int) -> str | None:
 
 
 def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, drafts: dict[int, str | None],
-                 target: str, tasks: list[str]) -> dict:
+                 target: str, tasks: list[str], also: list[tuple[str, str]] = ()) -> dict:
     """The Scylla configuration: an eval config (``scylla eval --config``) that measures the chosen draft at each
-    batch size, whose ``selection`` section (also read by ``scylla generate --config``) holds the choice and its
-    prediction per batch size. Written atomically; returns it."""
-    specs = sorted({f"draft:{d}" for d in drafts.values() if d})
+    batch size (and ``also`` these (draft spec, shape) pairs, e.g. a baseline), whose ``selection`` section (read by
+    ``scylla generate --config``) holds the choice and its prediction per batch size. Where even the best draft is
+    predicted slower than plain decoding, the choice is plain decoding (``draft: none``) and the best draft stays in
+    ``best_draft``. Written atomically; returns it."""
+    specs = sorted({f"draft:{d}" for d in drafts.values() if d} | {spec for spec, _ in also})
+    selection = {}
+    for b, c in chosen.items():
+        best = f"draft:{drafts[b]}" if drafts[b] else None
+        selection[str(b)] = {**asdict(c), "best_draft": best, "draft": best if c.predicted_speedup > 1 else "none",
+                             "predicted_mat_ci95": list(c.predicted_mat_ci95),
+                             "predicted_speedup_ci95": list(c.predicted_speedup_ci95)}
     config = dict(
         run_dir=run_dir, target=target, drafts=specs, baselines=["none"], tasks=tasks, temperatures=[0.0],
-        batch_sizes=sorted(chosen), shapes=sorted({c.draft_shape for c in chosen.values()}),
-        selection={str(b): {**asdict(c), "draft": f"draft:{drafts[b]}" if drafts[b] else None,
-                            "predicted_mat_ci95": list(c.predicted_mat_ci95),
-                            "predicted_speedup_ci95": list(c.predicted_speedup_ci95)} for b, c in chosen.items()},
+        batch_sizes=sorted(chosen), shapes=sorted({c.draft_shape for c in chosen.values()} | {s for _, s in also}),
+        selection=selection,
     )
     with atomic_path(path) as tmp:
         Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False))

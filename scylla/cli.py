@@ -51,8 +51,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         entry = selection_for(args.config, args.batch_size)
         shape = parse_shape(entry["draft_shape"])
         args.drafter, args.tree, args.num_draft_tokens = entry["draft"], shape.tree, shape.num_draft_tokens
-        print(f"[{args.config}] batch {args.batch_size}: {entry['draft']} {entry['draft_shape']}, predicted "
-              f"speed-up {entry['predicted_speedup']:.2f}x", file=sys.stderr)
+        print(f"[{args.config}] batch {args.batch_size}: {entry['draft']} {entry['draft_shape']} (best draft "
+              f"predicted at {entry['predicted_speedup']:.2f}x plain decoding)", file=sys.stderr)
     parse_spec(args.drafter)
     prompts = read_prompts(args.prompts) if args.prompts else list(args.prompt)
     if len(prompts) < args.batch_size:  # one prompt, batch 8: eight samples of it
@@ -222,7 +222,8 @@ def cmd_select(args: argparse.Namespace) -> int:
         print(f"{b:>5}  {c.draft_layers:>6}  {c.draft_shape:<36} {c.train_tokens:>8}  {c.predicted_mat:.2f} "
               f"[{c.predicted_mat_ci95[0]:.2f}, {c.predicted_mat_ci95[1]:.2f}]   {c.step_cost:5.2f}  "
               f"{c.predicted_speedup:.2f}x [{lo:.2f}, {hi:.2f}]" + ("  (extrapolated)" if c.extrapolated else "")
-              + ("" if drafts[b] else "  (no trained draft)"))
+              + ("" if drafts[b] else "  (no trained draft)")
+              + ("" if c.predicted_speedup > 1 else "  -> plain decoding"))
     print(f"wrote {args.out} ({len(found)} candidates)")
     if args.check:
         if not all(drafts.values()):

@@ -129,6 +129,20 @@ def _trained_drafts(run_dir: Path) -> list[dict]:
     return drafts
 
 
+def _train_record_of(spec: str) -> dict | None:
+    """For ``draft:FOLDER``: the train record of that folder, from the run directory holding it, if any."""
+    from scylla.records import read_records, records_path
+
+    folder = Path(spec.partition(":")[2]).resolve()
+    if not spec.startswith("draft:") or not folder.is_dir():
+        return None
+    for parent in folder.parents:
+        if records_path(parent).exists():
+            return next((r for r in read_records(parent, kind="train")
+                         if Path(r.get("checkpoint", "")).resolve() == folder), None)
+    return None
+
+
 def _baseline_identity(method: str, seed: int) -> dict:
     return dict(run_id="baseline", sweep="", drafter_type=method, draft_layers=0, draft_width=0, draft_params=0,
                 draft_params_with_embeddings=0, train_tokens=0, data="", seed=seed)
@@ -171,7 +185,7 @@ def evaluate(config: EvalConfig) -> int:
     if config.drafts is None:
         sources = [(f"draft:{r['checkpoint']}", r) for r in _trained_drafts(run_dir)]
     else:
-        sources = [(spec, None) for spec in config.drafts]
+        sources = [(spec, _train_record_of(spec)) for spec in config.drafts]
         if not sources and not config.baselines:
             raise ScyllaError("nothing to evaluate: no drafts and no baselines")
     has_records = (run_dir / "records.jsonl").exists()

@@ -255,7 +255,8 @@ def test_select_writes_a_scylla_config_and_checks_it(smoke_run, tmp_path, capsys
     assert set(config["selection"]) == {"1", "2"}
     entry = config["selection"]["1"]
     lo, hi = entry["predicted_speedup_ci95"]
-    assert lo <= entry["predicted_speedup"] <= hi and entry["draft"].startswith("draft:")
+    assert lo <= entry["predicted_speedup"] <= hi and entry["best_draft"].startswith("draft:")
+    assert entry["draft"] == (entry["best_draft"] if entry["predicted_speedup"] > 1 else "none")
     assert main(["generate", "--target", "tiny-random-llama", "--config", str(out), "--prompt", "1 2 3",
                  "--max-new-tokens", "6", "--quiet", "--no-chat-template"]) == 0
     assert main(["select", "--fits", str(cost), "--cost", str(cost)]) == 2
