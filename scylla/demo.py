@@ -124,8 +124,8 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         "## Law 1: MAT against training tokens, per depth and draft shape",
         "",
         f"Exact replay at T=0 on {REPLAY_PROMPTS} held-out GSM-style prompts x {NEW_TOKENS} new tokens. OLS with HC3 "
-        "errors; the bootstrap resamples runs (points when a group is one run); the last column compares the log-linear law with a saturating one "
-        "fitted without the largest token count (docs/fitting.md).",
+        "errors; the bootstrap resamples runs (points when a group is one run); the last column compares the "
+        "log-linear law with a saturating one fitted without the largest token count (docs/fitting.md).",
         "",
         "```", *mat_table, "```",
         "",
