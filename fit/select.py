@@ -121,6 +121,18 @@ def checkpoint_for(run_dirs: list[str], layers: int, tokens: int) -> str | None:
     return None
 
 
+def measured(check_dir: str | Path, chosen: dict[int, Candidate], drafts: dict[int, str | None]) -> dict:
+    """Per batch size, the check's online eval record of its best draft and shape (None if not measured)."""
+    from scylla.records import read_records
+
+    out = {}
+    for b, c in chosen.items():
+        rows = read_records(check_dir, kind="eval", where=dict(method=f"draft:{drafts[b]}", batch_size=b,
+                                                               draft_shape=c.draft_shape, mode="online"))
+        out[b] = rows[-1] if rows else None
+    return out
+
+
 def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, drafts: dict[int, str | None],
                  target: str, tasks: list[str], also: list[tuple[str, str]] = ()) -> dict:
     """The Scylla configuration: an eval config (``scylla eval --config``) that measures the chosen draft at each

@@ -200,7 +200,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from fit.select import candidates, checkpoint_for, load_fits, select, write_config
+    from fit.select import candidates, checkpoint_for, load_fits, measured, select, write_config
     from scylla.costs import CostTable
     from scylla.evaluate import EvalConfig, evaluate
     from scylla.records import read_records
@@ -234,13 +234,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         config.prompts, config.max_new_tokens = args.prompts, args.max_new_tokens
         evaluate(config)
         print("check: predicted vs measured speed-up (online, T=0)")
+        found = measured(check_dir, chosen, drafts)
         for b, c in chosen.items():
-            rows = read_records(check_dir, kind="eval", where=dict(method=f"draft:{drafts[b]}", batch_size=b,
-                                                                   draft_shape=c.draft_shape, mode="online"))
-            measured = rows[-1]["speedup"] if rows else float("nan")
-            mat = rows[-1]["mean_accepted_length"] if rows else float("nan")
+            r = found[b] or {"speedup": float("nan"), "mean_accepted_length": float("nan")}
+            speedup, mat = r["speedup"], r["mean_accepted_length"]
             print(f"  batch {b:>3}: predicted {c.predicted_speedup:.2f}x [{c.predicted_speedup_ci95[0]:.2f}, "
-                  f"{c.predicted_speedup_ci95[1]:.2f}], measured {measured:.2f}x (MAT predicted "
+                  f"{c.predicted_speedup_ci95[1]:.2f}], measured {speedup:.2f}x (MAT predicted "
                   f"{c.predicted_mat:.2f}, measured {mat:.2f})")
     return 0
 

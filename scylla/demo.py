@@ -49,7 +49,7 @@ def _costs(run_dir: Path, target_name: str, layers: list[int], width: int) -> Pa
 def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/demo.yaml") -> Path:
     """Run every stage; returns the report's path."""
     from fit.cli import run_fit
-    from fit.select import candidates, checkpoint_for, load_fits, select, write_config
+    from fit.select import candidates, checkpoint_for, load_fits, measured, select, write_config
     from scylla.costs import CostTable
     from scylla.evaluate import EvalConfig, evaluate
     from scylla.records import read_records
@@ -89,11 +89,7 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
     also = [(f"draft:{baseline}", TREE)] if baseline else []
     config = write_config(config_path, chosen, str(check_dir), drafts, target, ["gsm"], also)
     evaluate(EvalConfig(**{**config, "prompts": max(BATCH_SIZES), "max_new_tokens": NEW_TOKENS}))
-    measured = {}
-    for b, c in chosen.items():
-        rows = read_records(check_dir, kind="eval", where=dict(method=f"draft:{drafts[b]}", batch_size=b,
-                                                               draft_shape=c.draft_shape, mode="online"))
-        measured[b] = rows[-1] if rows else None
+    checked = measured(check_dir, chosen, drafts)
 
     _banner(start, "6/7 figures from the records alone")
     from paper_figs.all import all_figures
@@ -103,7 +99,7 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
 
     _banner(start, "7/7 report")
     report = run_dir / "report.md"
-    text = _report(run_dir, train, mat_table, acc_table, chosen, drafts, measured, figures,
+    text = _report(run_dir, train, mat_table, acc_table, chosen, drafts, checked, figures,
                    (time.perf_counter() - start) / 60)
     with atomic_path(report) as tmp:
         Path(tmp).write_text(text)

@@ -25,6 +25,9 @@ from scylla.errors import ScyllaError
 DEFAULT_BASELINES = ("none", "prompt-lookup")
 IDENTITY = ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width", "draft_params",
             "draft_params_with_embeddings", "train_tokens", "data")
+TYPES = {"run_dir": str, "drafts": list, "target": str, "tasks": list, "temperatures": list, "batch_sizes": list,
+         "shapes": list, "baselines": list, "prompts": int, "max_new_tokens": int, "replay": bool, "cost": str,
+         "seed": int, "device": str, "dtype": str, "selection": dict}  # the YAML form's types
 SHAPE_FORM = f"chain:G (G draft tokens) or tree:{TREE_FORM}"
 
 
@@ -112,6 +115,9 @@ def load_eval_config(path: str | Path) -> EvalConfig:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ScyllaError(f"{path}: unknown eval setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    for key, kind in TYPES.items():
+        if raw.get(key) is not None and not isinstance(raw[key], kind):
+            raise ScyllaError(f"{path}: eval setting {key!r} must be of type {kind.__name__}, got {raw[key]!r}")
     if "run_dir" not in raw:
         raise ScyllaError(f"{path}: missing 'run_dir' (where the drafts are and the records go)")
     return EvalConfig(**raw).check()
