@@ -38,9 +38,9 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def plot_law(records: list[dict], x: str, y: str, by: str, out_dir: Path, name: str) -> list[Path]:
-    """y against x (log axis) per group of ``by``, with each group's log-linear fit and 95% confidence band."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def draw_law(records: list[dict], x: str, y: str, by: str) -> plt.Figure:
+    """y against x (log axis) per group of ``by``: the points, each group's log-linear fit (a line) and its 95%
+    confidence band. The lines are the fits of fit.fit_log_linear, drawn, not refitted."""
     fits = fit_log_linear(records, x=x, y=y, by=(by,))
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, f in enumerate(fits):
@@ -57,7 +57,13 @@ def plot_law(records: list[dict], x: str, y: str, by: str, out_dir: Path, name: 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(f"{LABELS.get(y, y)} vs {LABELS.get(x, x)}", fontsize=10)
-    return _save(fig, out_dir, name)
+    return fig
+
+
+def plot_law(records: list[dict], x: str, y: str, by: str, out_dir: Path, name: str) -> list[Path]:
+    """``draw_law``, written to out_dir/name.png and .pdf."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _save(draw_law(records, x, y, by), out_dir, name)
 
 
 def law_figures(records: list[dict], out_dir: Path, y: str = "mean_accepted_length") -> list[Path]:

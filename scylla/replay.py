@@ -6,6 +6,8 @@ per prompt), counts how many draft tokens match y from there (for a tree: the de
 and walks j -> j + accepted + 1 as the engine would.
 The counts (new tokens, target calls, drafted, accepted, per position) equal online decoding's exactly; only the
 time is not measured. The greedy continuations come from plain decoding by this engine, computed once.
+This holds for drafters whose rows draft independently: a drafter that reads its sibling rows (a suffix drafter
+with ``share_rows``) would see other prefixes of the same reference, the row's own future, so replay refuses it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from scylla.drafters.base import DraftContext, Drafter
 from scylla.engine import SpeculativeDecoder
+from scylla.errors import ScyllaError
 from scylla.metrics import DecodeStats, RowStats
 from scylla.sampling import SamplingConfig
 
@@ -51,6 +54,9 @@ def replay(
 ) -> DecodeStats:
     """Greedy decoding statistics of ``drafter`` on these prompts, by replay (no timing). ``references``: the
     target's greedy continuations, if already cached (as DecodeOutput.generated of plain decoding)."""
+    if getattr(drafter, "share_rows", False):
+        raise ScyllaError(f"replay cannot run {drafter.name} with share_rows: its rows would read each other's "
+                          "prefixes of one reference; decode online instead")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if references is None:

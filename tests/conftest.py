@@ -1,4 +1,11 @@
-"""Shared fixtures: tiny random-init Llama models, built in-process (no hub, no network)."""
+"""Shared fixtures: tiny Llama models built in-process (no hub, no network).
+
+The shared ``target`` is trained for a few seconds on a task that only a position-aware model can solve (the next
+token is a fixed permutation of the token LAG places back), so its predictions depend sharply on positions and on
+which token sits in which cache column: a test target that ignores positions or cache order cannot catch bugs in
+tree positions or cache reordering (tests/mutations.md). Random ``tiny_llama`` models stay for drafts and for the
+chi-square tests, which need flat distributions.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +46,53 @@ def tiny_llama(vocab_size: int = 64, layers: int = 3, hidden: int = 32, seed: in
     return model
 
 
+LAG = 3  # the positional task: x_t = PERMUTATION[x_{t-LAG}] over tokens 1..63 (0 is left for padding)
+
+
+def short_cycle_permutation(seed: int = 0) -> torch.Tensor:
+    """A random permutation of 1..63 made of cycles of 2-5 tokens (0 maps to itself), so that continuations repeat
+    within a few dozen tokens and prompt lookup or suffix drafts get accepted."""
+    order = (torch.randperm(63, generator=torch.Generator().manual_seed(seed)) + 1).tolist()
+    perm, start, k = list(range(64)), 0, 0
+    while start < len(order):
+        cycle = order[start : start + 2 + k % 4]
+        for a, b in zip(cycle, cycle[1:] + cycle[:1]):
+            perm[a] = b
+        start, k = start + len(cycle), k + 1
+    return torch.tensor(perm)
+
+
+PERMUTATION = short_cycle_permutation()
+
+
+def lag_sequences(n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, length) sequences of the positional task: LAG random tokens, then x_t = PERMUTATION[x_{t-LAG}]."""
+    x = torch.zeros(n, length, dtype=torch.long)
+    x[:, :LAG] = torch.randint(1, 64, (n, LAG), generator=generator)
+    for t in range(LAG, length):
+        x[:, t] = PERMUTATION[x[:, t - LAG]]
+    return x
+
+
+def positional_llama(steps: int = 300, hidden: int = 64, layers: int = 2) -> LlamaForCausalLM:
+    """A tiny Llama trained on the positional task until it solves it (about 5 s on 2 cores).
+
+    Shifting the positions of the last 4 tokens by one flips about half of its argmaxes (a random tiny Llama: none),
+    and its top-1 margins are several logits wide, so greedy ties do not occur."""
+    model = tiny_llama(vocab_size=64, layers=layers, hidden=hidden, seed=0).train()
+    generator = torch.Generator().manual_seed(1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        x = lag_sequences(32, 40, generator)
+        logits = model(x[:, :-1]).logits[:, LAG - 1 :]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), x[:, LAG:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval().requires_grad_(False)
+    return model
+
+
 @pytest.fixture(scope="session")
 def target():
-    return tiny_llama(seed=0, peak=30.0)
+    return positional_llama()

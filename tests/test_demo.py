@@ -1,10 +1,41 @@
-"""`make demo` end to end on the tiny target (the smoke grid): every stage runs, the report has the laws with R^2 and
-intervals and the chosen configuration, and a re-run reuses all finished work."""
+"""`make demo` end to end on the tiny target (the smoke grid): every stage runs, the report's numbers are those of the
+records (laws refitted from the eval records, measured MAT and speed-up from the check's records), and a re-run
+reuses all finished work."""
 
 from __future__ import annotations
 
+import json
+import re
+
+import pytest
+import yaml
+
+from fit import fit_log_linear
+from fit.loglinear import group_label
 from scylla.demo import run_demo
 from scylla.records import read_records
+
+
+def check_report_against_records(run_dir, text: str) -> None:
+    fits = json.loads((run_dir / "fits.json").read_text())["fits"]
+    replayed = read_records(run_dir, kind="eval", where={"drafter_type": "eagle", "mode": "replay"})
+    refit = fit_log_linear(replayed, by=("draft_layers", "draft_shape"))
+    assert [f["group"] for f in fits] == [g.group for g in refit] and fits
+    for f, g in zip(fits, refit):
+        assert f["slope"] == pytest.approx(g.slope, abs=1e-9) and f["n"] == g.n
+        row = next(line for line in text.splitlines() if line.startswith(group_label(g.group) + " "))
+        assert row.split()[1:3] == [str(g.n), f"{g.slope:.4g}"]
+    selection = yaml.safe_load((run_dir / "scylla.yaml").read_text())["selection"]
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \| \d+ \|", line)]
+    assert len(rows) == len(selection)
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        chosen = selection[cells[0]]
+        (record,) = read_records(run_dir / "check", kind="eval", where=dict(
+            method=chosen["best_draft"], batch_size=int(cells[0]), draft_shape=chosen["draft_shape"], mode="online"))
+        assert cells[2] == chosen["draft_shape"] and cells[5] == f"{record['mean_accepted_length']:.2f}"
+        assert cells[7] == f"{record['speedup']:.2f}x"
+        assert cells[8] == ("the draft" if chosen["draft"] != "none" else "plain decoding")
 
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
@@ -15,6 +46,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert "## The Scylla configuration" in text and "| 16 |" in text
     assert (run_dir / "scylla.yaml").exists() and (run_dir / "fits.json").exists()
     assert list((run_dir / "figs").glob("law1_*.png")) and list((run_dir / "figs").glob("*.pdf"))
+    check_report_against_records(run_dir, text)
     counts = len(read_records(run_dir)), len(read_records(run_dir / "check"))
     mtime = (run_dir / "costs.json").stat().st_mtime
     run_demo(run_dir, "experiments/smoke.yaml")  # everything is reused: no new records, no new cost table

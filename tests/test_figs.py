@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
 import yaml
 
 from paper_figs.all import all_figures
@@ -71,9 +74,14 @@ RECORDS = make_records()
 
 
 def _files_ok(paths) -> None:
+    """Every PNG decodes to an image of a figure's size, every PDF is a PDF."""
     assert paths and {p.suffix for p in paths} == {".png", ".pdf"}
     for p in paths:
-        assert p.stat().st_size > 1000, p
+        if p.suffix == ".png":
+            height, width, _ = plt.imread(p).shape
+            assert height > 300 and width > 400, p
+        else:
+            assert p.read_bytes().startswith(b"%PDF"), p
 
 
 def test_batch_figures(tmp_path):
@@ -177,3 +185,24 @@ def test_laws_skip_what_cannot_be_fitted(tmp_path):
     few = [{k: v for k, v in r.items() if k != "heldout_accuracy"} for r in few]
     assert {p.name for p in all_figures(few, tmp_path / "few")} == {"law1_tokens_mean_accepted_length.png",
                                                                    "law1_tokens_mean_accepted_length.pdf"}
+
+
+def test_law_figure_reads_back():
+    """The law-1 figure, read back: its axes, one line and one point series per depth, and each line's slope in ln x
+    (from the plotted data) equal to the fit's and near the synthetic law's 0.12 per e-fold."""
+    from fit import fit_log_linear
+    from paper_figs.laws import draw_law
+
+    train = [r for r in RECORDS if r["kind"] == "train"]
+    fig = draw_law(train, "train_tokens", "mean_accepted_length", "draft_layers")
+    (ax,) = fig.axes
+    assert ax.get_xlabel() == "draft training tokens" and ax.get_ylabel() == "mean accepted length (MAT)"
+    assert ax.get_xscale() == "log" and len(ax.lines) == 3 and len(ax.collections) == 6  # 3 point sets, 3 bands
+    fits = fit_log_linear(train, x="train_tokens", y="mean_accepted_length", by=("draft_layers",))
+    for line, points, f in zip(ax.lines, ax.collections[::2], fits):
+        x, y = line.get_data()
+        slope = np.polyfit(np.log(x), y, 1)[0]
+        assert slope == pytest.approx(f.slope, rel=1e-6) and abs(slope - 0.12) < 0.02
+        assert sorted(map(tuple, points.get_offsets().tolist())) == sorted(zip(f.x_values, f.y_values))
+        assert f"{f.slope:+.3f} ln x" in line.get_label()
+    plt.close(fig)

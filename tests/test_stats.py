@@ -1,9 +1,10 @@
-"""Statistics add up, with the definitions of scylla.metrics; pinned values on a fixed tiny model."""
+"""Statistics add up, with the definitions of scylla.metrics; counts derived by hand on the positional target."""
 
 from __future__ import annotations
 
 import torch
 
+from conftest import LAG, PERMUTATION
 from scylla import DraftModel, PromptLookup, SpeculativeDecoder, truncated_draft
 from scylla.metrics import DecodeStats, RowStats
 from scylla.verify import verify_greedy
@@ -39,15 +40,25 @@ def test_counts_add_up_with_a_drafter(target):
     assert s.draft_seconds > 0 and s.verify_seconds > 0
 
 
-def test_pinned_prompt_lookup_values(target):
-    """Regression values for a fixed model and prompt (change only with a reason)."""
-    ids = torch.tensor([[5, 9, 13, 5, 9, 13, 5, 9]])
-    out = SpeculativeDecoder(target, PromptLookup(max_ngram=2, num_draft_tokens=4)).generate(ids, max_new_tokens=16)
+def test_prompt_lookup_counts_derived_by_hand(target):
+    """Counts derived by hand, not by the code under test. The prompt follows the target's task with three seed
+    tokens from different 2-cycles of the permutation, so the text repeats with period 6 and every bigram occurs
+    at one phase only: each step prompt lookup (bigram match, 4 tokens) finds a full continuation that is right.
+    16 new tokens = 1 (prefill) + 3 steps x (4 accepted + 1): 4 target calls, 12 drafted, 12 accepted."""
+    two_cycles = [t for t in range(1, 64) if PERMUTATION[PERMUTATION[t]] == t != PERMUTATION[t]]
+    seeds = []
+    for t in two_cycles:
+        if int(PERMUTATION[t]) not in seeds:
+            seeds.append(t)
+    text = seeds[:3]
+    while len(text) < 14 + 16:
+        text.append(int(PERMUTATION[text[-LAG]]))
+    out = SpeculativeDecoder(target, PromptLookup(max_ngram=2, num_draft_tokens=4)).generate(
+        torch.tensor([text[:14]]), max_new_tokens=16)
+    assert out.generated[0] == text[14:]  # the target solves its task: the continuation is known without it
     s = out.stats
-    assert (s.new_tokens, s.target_calls, s.drafted, s.accepted) == PINNED
-
-
-PINNED = (16, 10, 8, 6)
+    assert (s.new_tokens, s.target_calls, s.drafted, s.accepted) == (16, 4, 12, 12)
+    assert s.per_position_acceptance == [1.0] * 4
 
 
 def test_merge_sums_parts():

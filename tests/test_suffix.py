@@ -311,7 +311,7 @@ def test_greedy_identity(target, batch):
     assert out.stats.accepted > 0
 
     fallback = CacheChecked(DraftModel(truncated_draft(target, 1), num_draft_tokens=3))
-    hybrid = HybridDrafter(SuffixDrafter(num_draft_tokens=5), fallback, min_match=3)
+    hybrid = HybridDrafter(SuffixDrafter(num_draft_tokens=5), fallback, min_match=2)
     out = SpeculativeDecoder(target, hybrid).generate(ids, mask, max_new_tokens=MAX_NEW)
     assert torch.equal(out.sequences, ref.sequences)
     assert hybrid.share["suffix"] > 0 and hybrid.share["fallback"] > 0 and fallback.checked > 0

@@ -1,9 +1,11 @@
-"""Draft trees: shape checks, the trie layout, and tree verification on hand-made logits (pinned values)."""
+"""Draft trees: shape checks, the trie layout, tree verification on hand-made logits and on exact distributions."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from scipy.stats import chisquare
 
 from scylla import ScyllaError
 from scylla.drafters.tree import TreeShape, parse_tree, trie_draft
@@ -63,3 +65,32 @@ def test_verify_tree_sampled_certain_child_and_residual():
     generator = torch.Generator().manual_seed(0)
     accepted, next_token, order = verify_tree_sampled(p, tokens, parents, torch.tensor([2]), generator)
     assert (accepted.tolist(), next_token.tolist(), order[0, :2].tolist()) == ([1], [5], [0, 2])
+
+
+def test_verify_tree_sampled_follows_the_target_exactly():
+    """The first two tokens a tree verification emits are distributed as p1(t1) p2(t2 | t1), exactly.
+
+    Tree (V=5): x -> a, b (siblings); a -> c, e; b -> c. p1(a) = 0.5 makes the second sibling's test sensitive to
+    the residual: against an un-renormalised one, b is accepted with p1(b) instead of p1(b) / (1 - p1(a)), halving
+    its mass (tests/mutations.md: tree-residual-unnormalised, caught at p < 1e-100). A row that emits one token gets
+    its second from p2 here, as the next engine step would."""
+    V, N = 5, 20_000
+    a, b, c, e = 0, 1, 2, 3
+    rng = np.random.default_rng(0)
+    p1 = np.array([0.5, 0.2, 0.15, 0.1, 0.05])
+    p2 = rng.dirichlet(np.ones(V), size=V)  # p2[t]: the target's distribution after t
+    tokens = torch.tensor([[a, b, c, e, c]])
+    parents = torch.tensor([[-1, -1, 0, 0, 1]])
+    p = torch.tensor(np.stack([p1, p2[a], p2[b], p2[c], p2[e], p2[c]]), dtype=torch.float64)  # over [x, slots]
+    generator = torch.Generator().manual_seed(0)
+    accepted, next_token, order = verify_tree_sampled(p[None].expand(N, -1, -1), tokens.expand(N, -1),
+                                                      parents.expand(N, -1), torch.full((N,), 5), generator)
+    path = tokens[0][(order[:, 1:3] - 1).clamp(min=0)]  # the accepted path's first two tokens
+    first = torch.where(accepted >= 1, path[:, 0], next_token).numpy()
+    second = torch.where(accepted >= 2, path[:, 1], torch.where(accepted == 1, next_token, -1)).numpy()
+    alone = second < 0
+    second[alone] = [rng.choice(V, p=p2[t]) for t in first[alone]]
+    observed = np.bincount(first * V + second, minlength=V * V)
+    expected = (p1[:, None] * p2).reshape(-1) * N
+    assert chisquare(observed, expected).pvalue > 1e-3
+    assert 0 < int(alone.sum()) < N and int((accepted == 2).sum()) > 0  # every kind of outcome occurs
