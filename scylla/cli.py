@@ -145,7 +145,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
     from scylla.costs import measure_costs
     from scylla.drafters.eagle import EagleConfig, EagleDrafter, EagleHead
     from scylla.drafters.spec import drafter_from_spec, parse_spec
-    from scylla.models import load_model
+    from scylla.models import load_model, target_quantization
 
     for spec in args.draft or []:
         if parse_spec(spec)[0] not in ("truncated", "draft"):
@@ -160,6 +160,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
         config = EagleConfig.for_target(target, num_layers=layers, width=args.head_width)
         models[f"head:{layers}"] = EagleHead(config, target.get_input_embeddings()).to(param.device, param.dtype)
     table = measure_costs(models, args.batch_sizes, args.tokens, args.contexts, reps=args.reps)
+    table.target_quantization = target_quantization(args.target, target)
     table.save(args.out)
     for e in table.entries:
         print(f"{e['model'][-24:]:>24}  batch {e['batch']:>3}  tokens {e['tokens']:>3}  context {e['context']:>5}  "

@@ -4,7 +4,9 @@ Costs are seconds per forward of ``tokens`` new tokens per row, at a batch size,
 ``context`` tokens (median of repeats, this engine's RaggedKV, so the same code path as decoding). They are saved
 per device as JSON. With c = draft step / target step and v = verify of g+1 tokens / target step (both at the same
 batch size), a chain drafter with mean accepted length MAT is predicted to run at MAT / (g c + v) times plain
-decoding (FIELD.md's bound, with the verify cost measured rather than assumed to be one step).
+decoding (Leviathan et al. 2023's expected speed-up, with the measured MAT in place of the i.i.d. model and the
+verify cost measured rather than assumed to be one step). A prediction, not a bound: it leaves out the per-step work
+outside the forwards (docs/benchmarks.md gives its measured error).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class CostTable:
     device: str
     dtype: str
     entries: list[dict] = field(default_factory=list)
+    target_quantization: str = ""  # scylla.models.target_quantization of the measured target ("" in old tables)
 
     def nearest(self, model: str, batch: int, tokens: int, context: int | None = None) -> float:
         """The cost at this model, batch and tokens, at the measured context nearest to ``context`` (None: the

@@ -29,7 +29,7 @@ def _costs(run_dir: Path, target_name: str, layers: list[int], width: int) -> Pa
     from scylla.costs import measure_costs
     from scylla.drafters.eagle import EagleConfig, EagleHead
     from scylla.evaluate import parse_shape
-    from scylla.models import load_model
+    from scylla.models import load_model, target_quantization
 
     path = run_dir / "costs.json"
     if path.exists():
@@ -42,6 +42,7 @@ def _costs(run_dir: Path, target_name: str, layers: list[int], width: int) -> Pa
     table = measure_costs({"target": target}, BATCH_SIZES, sorted({1} | {s.verify_tokens for s in shapes}), [128],
                           reps=5)
     table.entries += measure_costs(heads, BATCH_SIZES, draft_tokens, [128], reps=5).entries
+    table.target_quantization = target_quantization(target_name, target)
     table.save(path)
     return path
 
@@ -112,7 +113,8 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
     lines = [
         "# Scylla demo report",
         "",
-        f"Target {train[0]['target']}; {len({r['run_id'] for r in train})} EAGLE-style heads "
+        f"Target {train[0]['target']} (weights: {train[0].get('target_quantization', 'quantisation not recorded')}); "
+        f"{len({r['run_id'] for r in train})} EAGLE-style heads "
         f"(depths {sorted({r['draft_layers'] for r in train})}, width {train[0]['draft_width']}) trained on the "
         f"target's own GSM-style answers to {sorted({r['train_tokens'] for r in train})} tokens; "
         f"this run took {minutes:.1f} min (stages that were already done are reused).",

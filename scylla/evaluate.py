@@ -181,7 +181,7 @@ def evaluate(config: EvalConfig) -> int:
     from scylla.drafters.spec import drafter_from_spec
     from scylla.engine import SpeculativeDecoder
     from scylla.metrics import DecodeStats
-    from scylla.models import load_model
+    from scylla.models import load_model, target_quantization
     from scylla.prompts import encode_prompts
     from scylla.records import append_record, new_record, read_records, record_key
     from scylla.replay import replay
@@ -200,6 +200,7 @@ def evaluate(config: EvalConfig) -> int:
     cost = CostTable.load(config.cost) if config.cost else None
     texts = {task: [p.prompt for p in get_task(task).problems(config.prompts)] for task in config.tasks}
     target, tokenizer = load_model(target_name, device=config.device, dtype=config.dtype)
+    quantization = target_quantization(target_name, target)
     done = {record_key(r) for r in read_records(run_dir, kind="eval")} if has_records else set()
     shapes = [parse_shape(s) for s in config.shapes]
     methods = [(b, None, shape) for b in config.baselines if b != "none" for shape in shapes]
@@ -241,7 +242,8 @@ def evaluate(config: EvalConfig) -> int:
         if mode == "replay" and batch != config.batch_sizes[0]:
             continue  # replay counts do not depend on the batch size: one set of records per task
         settings = dict(task=task, temperature=temperature, batch_size=batch, mode=mode, device=config.device,
-                        n_prompts=len(texts[task]), max_new_tokens=config.max_new_tokens)
+                        n_prompts=len(texts[task]), max_new_tokens=config.max_new_tokens,
+                        target_quantization=quantization)
 
         def key(method, source, shape):
             return record_key(new_record("eval", **identity(method, source), target=target_name, seed=config.seed,

@@ -1,4 +1,5 @@
-"""Decoding statistics. Every formula the toolkit reports is defined here, once (FIELD.md definitions).
+"""Decoding statistics. Every formula the toolkit reports is defined here, once (the definitions of Leviathan et al.
+2023 and of vLLM's spec-decode metrics).
 
 - new_tokens: tokens emitted (EOS included, nothing after it, never more than max_new_tokens).
 - target_calls: target forward passes a row took part in (the prefill counts: it yields the first token).

@@ -15,6 +15,7 @@ from scylla.errors import ScyllaError
 SMOLLM2 = "smollm2-135m"
 TINY = "tiny-random-llama"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_QUANTIZATION = "Q4_1 GGUF, de-quantised to float32"
 ALIASES = (SMOLLM2, TINY)
 _TINY_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -136,6 +137,20 @@ def load_model(name_or_path: str | os.PathLike, device: str = "cpu", dtype: str 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
+
+
+def target_quantization(name_or_path: str | os.PathLike, model: torch.nn.Module | None = None) -> str:
+    """How the target's weights were quantised before they reached this toolkit; "none" for full-precision weights.
+
+    The packaged ``smollm2-135m`` is a 4-bit (Q4_1) GGUF de-quantised to float32: every acceptance and speed-up
+    measured on it is that model's, so train and eval records and cost tables carry this string."""
+    if str(name_or_path) == SMOLLM2:
+        return SMOLLM2_QUANTIZATION
+    quant = getattr(getattr(model, "config", None), "quantization_config", None)
+    if quant is None:
+        return "none"
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    return str(getattr(method, "value", method) or "unknown")
 
 
 def truncated_draft(target: torch.nn.Module, num_layers: int) -> torch.nn.Module:

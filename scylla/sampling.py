@@ -1,4 +1,5 @@
-"""Sampling settings, applied identically to the target's p and the draft's q (FIELD.md: settings before the test)."""
+"""Sampling settings, applied identically to the target's p and the draft's q (the settings are applied
+before the acceptance test, Leviathan et al. 2023)."""
 
 from __future__ import annotations
 

@@ -352,7 +352,7 @@ def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[i
     from scylla.data.tasks import get_task
     from scylla.drafters.spec import drafter_from_spec
     from scylla.engine import SpeculativeDecoder
-    from scylla.models import load_model
+    from scylla.models import load_model, target_quantization
     from scylla.prompts import encode_prompts
     from scylla.records import append_record, new_record, read_records, record_key, records_path
     from scylla.tts import best_of_n, multi_round
@@ -381,7 +381,8 @@ def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[i
         records = {}
         for method in config.methods:
             fields = dict(task=task_name, temperature=setting.temperature, batch_size=setting.batch_size,
-                          method=method.label, paradigm=setting.paradigm)
+                          method=method.label, paradigm=setting.paradigm,
+                          target_quantization=target_quantization(config.target, target))
             records[method.label] = new_record("tts", **_identity(method, config), **fields)
         missing = [m for m in config.methods if record_key(records[m.label]) not in done]
         if not missing:

@@ -46,6 +46,7 @@ def test_smoke_sweep_records(smoke_run):
     assert {record_key(r)[:3] for r in records} == EXPECTED
     for r in records:
         assert r["sweep"] == "smoke" and r["drafter_type"] == "eagle" and r["target"] == "tiny-random-llama"
+        assert r["target_quantization"] == "none"  # full-precision weights (the packaged SmolLM2: Q4_1)
         assert 0 < r["draft_params"] < r["draft_params_with_embeddings"]
         assert r["mean_accepted_length"] >= 1.0 and len(r["per_position_acceptance"]) == 3
         assert r["heldout_loss"] > 0 and 0 <= r["heldout_accuracy"] <= 1

@@ -328,7 +328,7 @@ class Trainer:
 def run(cfg: TrainConfig) -> None:
     import deepspeed
 
-    from scylla.models import load_model
+    from scylla.models import load_model, target_quantization
     from scylla.records import append_record, new_record
 
     ensure_distributed_env()
@@ -390,6 +390,7 @@ def run(cfg: TrainConfig) -> None:
             save_draft(cfg, model, tokenizer, folder, card)
             record = new_record(
                 "train", run_id=cfg.run_id, sweep=cfg.sweep, target=cfg.target, drafter_type=cfg.drafter,
+                target_quantization=target_quantization(cfg.target, target),
                 draft_layers=cfg.layers, draft_width=cfg.width or int(target.config.hidden_size),
                 draft_params=params, draft_params_with_embeddings=params_embed, train_tokens=milestone,
                 data=cfg.data.source, seed=cfg.seed, checkpoint=str(folder), schedule=cfg.schedule,
