@@ -91,7 +91,7 @@ def gsm_texts(n: int, seed: int, exclude: str = "") -> list[str]:
     which is in the training corpus ``exclude`` (SOURCE:N, as train/config.py's data.source and data.examples)."""
     import reasoning_gym
 
-    from scylla.data import load_corpus
+    from train.data import load_corpus
 
     seen: set[str] = set()
     if exclude:

@@ -68,7 +68,7 @@ def main() -> None:
     import deepspeed
 
     from scylla.atomic import write_json_atomic
-    from scylla.features import build_feature_store
+    from train.features import build_feature_store
     from scylla.models import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="scylla-bench-train-"))

@@ -1,6 +1,6 @@
 """Law 3 figure: the best draft width and the throughput against the decoding batch size, from timed eval records
 (the batch-size study, experiments/batch.yaml); one figure per task and temperature with 2+ batch sizes and 2+ draft
-shapes. Per method (plain decoding aside) and batch size the fastest shape is kept, as scylla.evaluate.best_settings
+shapes. Per method (plain decoding aside) and batch size the fastest shape is kept, as pipeline.evaluate.best_settings
 does:
 
 (a) its tokens verified per step (a chain's length, a tree's total_tokens), each point labelled with the shape;

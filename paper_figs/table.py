@@ -2,7 +2,7 @@
 batch size, from online eval records alone, as markdown and LaTeX (booktabs).
 
 Also the rules naming the drafts that the paper's comparisons (this table, tasks.py) put side by side:
-- Scylla: the drafts of a Scylla configuration's ``selection`` (fit/select.py), or given; by default the trained
+- Scylla: the drafts of a Scylla configuration's ``selection`` (pipeline/select.py), or given; by default the trained
   draft with the highest mean MAT;
 - the EAGLE-2-style baseline: given, or by default the 1-layer trained draft evaluated with a tree (else any 1-layer
   trained draft), the one trained on the most tokens, at one fixed shape: EAGLE-2's default tree when recorded,

@@ -101,6 +101,18 @@ def measure_costs(models: dict[str, torch.nn.Module], batch_sizes: list[int], to
     return table
 
 
+def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int, draft_forwards: int = 0,
+              draft_width: int = 1) -> float:
+    """Seconds of one speculative step / seconds of one plain target step, at this batch size: ``draft_forwards``
+    forwards of the draft model named ``draft`` in the table on ``draft_width`` new tokens each (a chain of g: g
+    forwards of 1; a tree: depth forwards of top_k; none for a drafter without a model, draft=None), plus one target
+    forward on ``verify_tokens``. A chain drafter with mean accepted length MAT is predicted to run at
+    MAT / step_cost times plain decoding. ScyllaError if the table lacks a size."""
+    step = cost.nearest("target", batch, 1)
+    drafting = draft_forwards * cost.nearest(draft, batch, draft_width) if draft is not None and draft_forwards else 0.0
+    return (drafting + cost.nearest("target", batch, verify_tokens)) / step
+
+
 def predicted_speedup(mat: float, g: int, draft_cost: float, verify_cost: float) -> float:
     """MAT / (g c + v): c = one draft step and v = verifying g+1 tokens, both relative to one target step."""
     return mat / (g * draft_cost + verify_cost)

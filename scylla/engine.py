@@ -54,6 +54,44 @@ def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) 
     return mask
 
 
+@dataclass
+class StepResult:
+    """What one target call settled, per active row: new (B, k) holds the accepted draft tokens then the target's
+    token (accepted[b] + 1 of them count); drafted (B,): draft tokens verified; accepted (B,); positions (B,): the
+    draft's depth (see RowStats.add_step)."""
+
+    new: torch.Tensor
+    drafted: torch.Tensor
+    accepted: torch.Tensor
+    positions: torch.Tensor
+
+
+@dataclass
+class _Decoding:
+    """The state of one ``generate`` call. seq (B', T): active rows' tokens, right-aligned; seq_len (B',); rows: the
+    original index of each active row; generated: every row's new tokens so far."""
+
+    kv: RaggedKV
+    sampling: SamplingConfig
+    generator: torch.Generator | None
+    eos: set[int]
+    max_new_tokens: int
+    layers: tuple[int, ...]
+    stats: DecodeStats
+    generated: list[list[int]]
+    rows: list[int]
+    seq: torch.Tensor | None = None
+    seq_len: torch.Tensor | None = None
+    t_start: float = 0.0
+
+    def context(self, budget: torch.Tensor, out=None) -> DraftContext:
+        """What the drafter sees; out: a target output whose hidden states the drafter's layers are taken from."""
+        hidden = None
+        if self.layers and out is not None:
+            hidden = torch.cat([out.hidden_states[i] for i in self.layers], dim=-1)
+        return DraftContext(self.seq, self.seq_len, budget, self.sampling, self.generator, hidden)
+
+
 class SpeculativeDecoder:
     """Decode with ``target`` (a HF causal LM), drafting with ``drafter`` (None = plain decoding)."""
 
@@ -94,105 +132,110 @@ class SpeculativeDecoder:
         if eos_token_id is None and gen_config is not None:
             eos_token_id = gen_config.eos_token_id
         eos = _eos_list(eos_token_id)
-        eos_set = set(eos)
         if pad_token_id is None:
             pad_token_id = getattr(gen_config, "pad_token_id", None)
         if pad_token_id is None:
             pad_token_id = eos[0] if eos else 0
-        device = input_ids.device
         generator = None
         if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
-
+            generator = torch.Generator(device=input_ids.device).manual_seed(seed)
         B = input_ids.shape[0]
-        stats = DecodeStats(rows=[RowStats() for _ in range(B)])
-        generated: list[list[int]] = [[] for _ in range(B)]
-        rows = list(range(B))  # original index of each active row
-        kv = RaggedKV(self.target)
-        layers = self.drafter.feature_layers if self.drafter is not None else ()
-        hidden = bool(layers)
+        run = _Decoding(RaggedKV(self.target), sampling, generator, set(eos), max_new_tokens,
+                        self.drafter.feature_layers if self.drafter is not None else (),
+                        DecodeStats(rows=[RowStats() for _ in range(B)]), [[] for _ in range(B)], list(range(B)))
+        done = self._prefill(run, input_ids, mask)
+        while self._drop_finished(run, done):
+            done = self._step(run)
+        return self._finish(run, input_ids, pad_token_id)
 
-        def features(out) -> torch.Tensor | None:
-            return torch.cat([out.hidden_states[i] for i in layers], dim=-1) if hidden else None
-
-        t_start = self._clock(device)
-
-        out = kv.forward(input_ids, mask, output_hidden_states=hidden, logits_to_keep=1)  # hidden states: all P
-        first = sampling.pick(out.logits[:, -1], generator)
-        seq = torch.cat([input_ids, first[:, None]], dim=1)
-        seq_len = mask.sum(1) + 1
-        stats.forward_passes += 1
+    def _prefill(self, run: _Decoding, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The target reads the prompts and picks each row's first token; the drafter starts. Returns done (B,)."""
+        device = input_ids.device
+        run.t_start = self._clock(device)
+        out = run.kv.forward(input_ids, mask, output_hidden_states=bool(run.layers), logits_to_keep=1)  # all P
+        first = run.sampling.pick(out.logits[:, -1], run.generator)
+        run.seq = torch.cat([input_ids, first[:, None]], dim=1)
+        run.seq_len = mask.sum(1) + 1
+        run.stats.forward_passes += 1
         nothing = torch.zeros_like(first)
-        done = self._commit(first[:, None], nothing, nothing, rows, generated, stats, eos_set, max_new_tokens, nothing)
+        done = self._commit(run, StepResult(first[:, None], nothing, nothing, nothing))
         t_now = self._clock(device)
-        stats.verify_seconds += t_now - t_start
-
-        def context(budget: torch.Tensor, hidden_states=None) -> DraftContext:
-            return DraftContext(seq, seq_len, budget, sampling, generator, hidden_states)
-
+        run.stats.verify_seconds += t_now - run.t_start
         if self.drafter is not None:
-            self.drafter.start(context(torch.zeros_like(seq_len), features(out)))
-            stats.draft_seconds += self._clock(device) - t_now
+            self.drafter.start(run.context(torch.zeros_like(run.seq_len), out))
+            run.stats.draft_seconds += self._clock(device) - t_now
+        return done
 
-        while True:
-            if bool(done.any()):
-                keep = (~done).nonzero().squeeze(1)
-                t_now = self._clock(device)
-                for i in done.nonzero().squeeze(1).tolist():
-                    stats.rows[rows[i]].wall_seconds = t_now - t_start
-                if keep.numel() == 0:
-                    break
-                rows = [rows[i] for i in keep.tolist()]
-                kv.select(keep)
-                seq, seq_len = seq[keep], seq_len[keep]
-                if self.drafter is not None:
-                    self.drafter.select(keep)
-            remaining = torch.tensor([max_new_tokens - len(generated[r]) for r in rows], device=device)
+    def _drop_finished(self, run: _Decoding, done: torch.Tensor) -> bool:
+        """Finished rows leave the batch (cache, sequences, drafter); returns whether any row goes on."""
+        if not bool(done.any()):
+            return True
+        keep = (~done).nonzero().squeeze(1)
+        t_now = self._clock(run.seq.device)
+        for i in done.nonzero().squeeze(1).tolist():
+            run.stats.rows[run.rows[i]].wall_seconds = t_now - run.t_start
+        if keep.numel() == 0:
+            return False
+        run.rows = [run.rows[i] for i in keep.tolist()]
+        run.kv.select(keep)
+        run.seq, run.seq_len = run.seq[keep], run.seq_len[keep]
+        if self.drafter is not None:
+            self.drafter.select(keep)
+        return True
 
-            t0 = self._clock(device)
-            if self.drafter is not None:
-                draft = self.drafter.propose(context(remaining - 1))
+    def _step(self, run: _Decoding) -> torch.Tensor:
+        """One speculative step: draft, verify in one target call, roll the cache back to what was accepted, emit,
+        and tell the drafter. Returns done (B,)."""
+        kv, seq_len, device = run.kv, run.seq_len, run.seq.device
+        remaining = torch.tensor([run.max_new_tokens - len(run.generated[r]) for r in run.rows], device=device)
+        t0 = self._clock(device)
+        if self.drafter is not None:
+            draft = self.drafter.propose(run.context(remaining - 1))
+        else:
+            draft = Draft.empty(len(run.rows), device)
+        t1 = self._clock(device)
+        g = draft.tokens.shape[1]
+        verify_input = torch.cat([run.seq[:, -1:], draft.tokens], dim=1)
+        hidden = bool(run.layers)
+        if draft.parents is None or g == 0:  # a chain (an empty tree is an empty chain)
+            out = kv.forward(verify_input, output_hidden_states=hidden)
+            if run.sampling.greedy:
+                accepted, next_token = verify_greedy(out.logits, draft.tokens, draft.lengths)
             else:
-                draft = Draft.empty(len(rows), device)
-            t1 = self._clock(device)
-            g = draft.tokens.shape[1]
-            verify_input = torch.cat([seq[:, -1:], draft.tokens], dim=1)
-            if draft.parents is None or g == 0:  # a chain (an empty tree is an empty chain)
-                out = kv.forward(verify_input, output_hidden_states=hidden)
-                if sampling.greedy:
-                    accepted, next_token = verify_greedy(out.logits, draft.tokens, draft.lengths)
-                else:
-                    p = sampling.probs(out.logits)
-                    accepted, next_token = verify_sampled(p, draft.probs, draft.tokens, draft.lengths, generator)
-                path, positions = draft.tokens, draft.lengths
-            else:
-                out, accepted, next_token, path, positions = self._verify_tree(kv, verify_input, draft, sampling,
-                                                                                generator, hidden)
-            kv.trim(kv.lengths - g + accepted)
-            new = torch.cat([path, next_token[:, None]], dim=1)
-            new.scatter_(1, accepted[:, None], next_token[:, None])  # row b: d_1..d_k, then the target's token
-            seq = realign(torch.cat([seq, new], dim=1), 1, seq_len + g + 1, seq_len + accepted + 1)
-            seq_len = seq_len + accepted + 1
-            stats.forward_passes += 1
-            done = self._commit(new, draft.lengths, accepted, rows, generated, stats, eos_set, max_new_tokens,
-                                positions)
-            t2 = self._clock(device)
-            if self.drafter is not None:
-                self.drafter.update(accepted, context(torch.zeros_like(seq_len), features(out)))
-            t3 = self._clock(device)
-            stats.draft_seconds += (t1 - t0) + (t3 - t2)
-            stats.verify_seconds += t2 - t1
+                p = run.sampling.probs(out.logits)
+                accepted, next_token = verify_sampled(p, draft.probs, draft.tokens, draft.lengths, run.generator)
+            path, positions = draft.tokens, draft.lengths
+        else:
+            out, accepted, next_token, path, positions = self._verify_tree(kv, verify_input, draft, run.sampling,
+                                                                            run.generator, hidden)
+        kv.trim(kv.lengths - g + accepted)
+        new = torch.cat([path, next_token[:, None]], dim=1)
+        new.scatter_(1, accepted[:, None], next_token[:, None])  # row b: d_1..d_k, then the target's token
+        run.seq = realign(torch.cat([run.seq, new], dim=1), 1, seq_len + g + 1, seq_len + accepted + 1)
+        run.seq_len = seq_len + accepted + 1
+        run.stats.forward_passes += 1
+        done = self._commit(run, StepResult(new, draft.lengths, accepted, positions))
+        t2 = self._clock(device)
+        if self.drafter is not None:
+            self.drafter.update(accepted, run.context(torch.zeros_like(run.seq_len), out))
+        t3 = self._clock(device)
+        run.stats.draft_seconds += (t1 - t0) + (t3 - t2)
+        run.stats.verify_seconds += t2 - t1
+        return done
 
+    def _finish(self, run: _Decoding, input_ids: torch.Tensor, pad_token_id: int) -> DecodeOutput:
+        """Totals, and the sequences in the layout of ``target.generate``."""
         if self.drafter is not None:
             self.drafter.finish()
-        stats.wall_seconds = self._clock(device) - t_start
+        stats = run.stats
+        stats.wall_seconds = self._clock(input_ids.device) - run.t_start
         for row in stats.rows:
             stats.absorb(row)
-        width = max(len(g) for g in generated)
-        tail = torch.full((B, width), pad_token_id, dtype=input_ids.dtype, device=device)
-        for b, toks in enumerate(generated):
+        width = max(len(g) for g in run.generated)
+        tail = torch.full((len(run.generated), width), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
+        for b, toks in enumerate(run.generated):
             tail[b, : len(toks)] = torch.tensor(toks, dtype=input_ids.dtype)
-        return DecodeOutput(torch.cat([input_ids, tail], dim=1), generated, stats)
+        return DecodeOutput(torch.cat([input_ids, tail], dim=1), run.generated, stats)
 
     @staticmethod
     def _verify_tree(kv: RaggedKV, verify_input: torch.Tensor, draft: Draft, sampling: SamplingConfig,
@@ -221,28 +264,27 @@ class SpeculativeDecoder:
         return out, accepted, next_token, verify_input.gather(1, order)[:, 1:], depth
 
     @staticmethod
-    def _commit(new, drafted, accepted, rows, generated, stats, eos: set[int], max_new_tokens, positions
-                ) -> torch.Tensor:
-        """Emit each row's accepted[b] + 1 tokens from new (B, >=1), stopping at EOS or max_new_tokens.
-        drafted (B,): draft tokens verified; positions (B,): the draft's depth (see RowStats.add_step).
+    def _commit(run: _Decoding, step: StepResult) -> torch.Tensor:
+        """Emit each active row's accepted[b] + 1 tokens of step.new, stopping at EOS or max_new_tokens.
 
-        Updates generated and the row stats; returns done (B,) bool.
+        Updates run.generated and the row stats; returns done (B,) bool.
         """
-        counts = (accepted + 1).tolist()
-        new_l, drafted_l = new.tolist(), drafted.tolist()
-        accepted_l, positions_l = accepted.tolist(), positions.tolist()
+        counts = (step.accepted + 1).tolist()
+        new_l, drafted_l = step.new.tolist(), step.drafted.tolist()
+        accepted_l, positions_l = step.accepted.tolist(), step.positions.tolist()
         done = []
-        for i, r in enumerate(rows):
-            toks = new_l[i][: counts[i]][: max_new_tokens - len(generated[r])]
+        for i, r in enumerate(run.rows):
+            generated = run.generated[r]
+            toks = new_l[i][: counts[i]][: run.max_new_tokens - len(generated)]
             finished = False
             for j, t in enumerate(toks):
-                if t in eos:
+                if t in run.eos:
                     toks, finished = toks[: j + 1], True
                     break
-            generated[r].extend(toks)
+            generated.extend(toks)
             drafted, accepted, positions = drafted_l[i], accepted_l[i], positions_l[i]
             if len(toks) <= accepted:  # EOS among the accepted drafts: the drafts after it do not count
                 drafted = accepted = positions = len(toks)
-            stats.rows[r].add_step(len(toks), drafted, accepted, positions)
-            done.append(finished or len(generated[r]) >= max_new_tokens)
-        return torch.tensor(done, device=new.device)
+            run.stats.rows[r].add_step(len(toks), drafted, accepted, positions)
+            done.append(finished or len(generated) >= run.max_new_tokens)
+        return torch.tensor(done, device=step.new.device)

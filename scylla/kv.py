@@ -84,7 +84,7 @@ class RaggedKV:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
             **kwargs,
         )

@@ -307,3 +307,12 @@ def append_record(run_dir: str | Path, record: dict) -> bool:
     if written != len(line):
         raise OSError(f"{path}: wrote {written} of {len(line)} bytes (disk full?); delete the partial last line")
     return True
+
+
+def find_checkpoints(run_dir: str | Path, where: dict | None = None) -> list[dict]:
+    """The train records of ``run_dir`` (with fields equal to those in ``where``) whose draft folder, their
+    ``checkpoint``, exists, in file order; [] when run_dir has no records file. The one place that maps train
+    records to trained drafts."""
+    if not records_path(run_dir).is_file():
+        return []
+    return [r for r in read_records(run_dir, kind="train", where=where) if Path(r.get("checkpoint", "")).is_dir()]

@@ -54,7 +54,7 @@ def replay(
 ) -> DecodeStats:
     """Greedy decoding statistics of ``drafter`` on these prompts, by replay (no timing). ``references``: the
     target's greedy continuations, if already cached (as DecodeOutput.generated of plain decoding)."""
-    if getattr(drafter, "share_rows", False):
+    if drafter.share_rows:
         raise ScyllaError(f"replay cannot run {drafter.name} with share_rows: its rows would read each other's "
                           "prefixes of one reference; decode online instead")
     if attention_mask is None:

@@ -3,7 +3,7 @@
 Both decode one problem with a ``SpeculativeDecoder`` and return the texts, tokens, merged decode statistics,
 accuracy and a repetition measure of the traces.
 
-Drafter hooks (duck-typed, all optional):
+Drafter hooks (declared on scylla.drafters.base.Drafter, with defaults that do nothing):
 - ``drafter.pool.add(tokens)``: a drafter with a shared ``pool`` receives every finished sample (Best-of-N) or round
   (multi-round) as a list of generated token ids, so later samples and rounds can draft from earlier ones.
 - ``drafter.share_rows``: a bool; batched Best-of-N sets it to True for its call (the rows are samples of one
@@ -99,20 +99,18 @@ def final_answer(text: str) -> str:
 
 
 def _side_counts(drafter) -> dict[str, int]:
-    counts = getattr(drafter, "side_counts", None)
-    return dict(counts()) if callable(counts) else {}
+    return {} if drafter is None else dict(drafter.side_counts())
 
 
 def _feed_pool(drafter, sequences: list[list[int]]) -> None:
-    pool = getattr(drafter, "pool", None)
-    if pool is not None:
+    if drafter is not None and drafter.pool is not None:
         for tokens in sequences:
-            pool.add(list(tokens))
+            drafter.pool.add(list(tokens))
 
 
 @contextmanager
 def _rows_shared(drafter):
-    if drafter is None or not hasattr(drafter, "share_rows"):
+    if drafter is None:
         yield
         return
     before = drafter.share_rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scylla import ScyllaError, truncated_draft
-from scylla.costs import CostTable, measure_costs, predicted_speedup
+from scylla.costs import CostTable, measure_costs, predicted_speedup, step_cost
 
 
 def test_measure_save_load(target, tmp_path):
@@ -31,7 +31,7 @@ def test_predicted_speedup_formula():
 
 
 def test_costs_cli(tmp_path, capsys):
-    from scylla.cli import main
+    from pipeline.cli import main
 
     out = tmp_path / "costs.json"
     argv = ["costs", "--target", "tiny-random-llama", "--draft", "truncated:1", "--batch-sizes", "1,2", "--tokens",
@@ -40,3 +40,16 @@ def test_costs_cli(tmp_path, capsys):
     assert len(CostTable.load(out).entries) == 8
     assert main(["costs", "--draft", "prompt-lookup", "--out", str(out)]) == 2
     assert "truncated:K or draft:PATH" in capsys.readouterr().err
+
+
+def test_step_cost_chain_tree_and_lookup():
+    """One formula for every caller: (draft forwards x their cost + one verify) / one target step."""
+    table = CostTable("cpu", "float32", [
+        {"model": m, "batch": 1, "tokens": t, "context": 128, "seconds": s}
+        for m, t, s in [("target", 1, 0.10), ("target", 4, 0.15), ("target", 9, 0.2), ("head:1", 1, 0.01),
+                        ("head:1", 3, 0.02)]])
+    assert step_cost(table, "head:1", 1, 4, 3) == pytest.approx((3 * 0.01 + 0.15) / 0.10)  # chain of 3
+    assert step_cost(table, "head:1", 1, 9, 3, 3) == pytest.approx((3 * 0.02 + 0.2) / 0.10)  # tree: depth 3, top_k 3
+    assert step_cost(table, None, 1, 9, 8) == pytest.approx(0.2 / 0.10)  # prompt lookup: no model forward
+    with pytest.raises(ScyllaError, match="no measured cost"):
+        step_cost(table, "head:2", 1, 4, 3)

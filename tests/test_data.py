@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from scylla.data import (
+from train.data import (
     draft_vocabulary,
     heldout_prompts,
     load_corpus,
@@ -172,7 +172,7 @@ def test_onpolicy_responses_are_the_targets_own_and_cached(tmp_path, monkeypatch
     import datasets
 
     from scylla import SpeculativeDecoder, load_model
-    from scylla.data import regenerate_responses
+    from train.data import regenerate_responses
 
     target, tokenizer = load_model("tiny-random-llama")
     ds = datasets.Dataset.from_dict({"prompt": ["What is 2 + 2?", "Name a colour.", "What is 2 + 2?"],

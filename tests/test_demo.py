@@ -12,7 +12,7 @@ import yaml
 
 from fit import fit_log_linear
 from fit.loglinear import group_label
-from scylla.demo import run_demo
+from pipeline.demo import run_demo
 from scylla.records import read_records
 
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import tiny_llama
 from scylla import DraftModel, PromptLookup, ScyllaError, SpeculativeDecoder
-from scylla.cli import main
+from pipeline.cli import main
 
 
 def test_mismatched_vocabulary(target):
@@ -76,5 +76,5 @@ def test_cli_bad_jsonl(tmp_path, capsys):
 
 
 def test_cli_usage_error_exits_2():
-    proc = subprocess.run([sys.executable, "-m", "scylla.cli", "generate"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "generate"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--prompt" in proc.stderr

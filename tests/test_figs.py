@@ -14,7 +14,7 @@ from paper_figs.batch import batch_figures
 from paper_figs.table import (DEFAULT_TREE, default_baseline, default_baseline_shape, default_scylla_methods,
                               throughput_table)
 from paper_figs.tasks import task_figures
-from scylla.evaluate import parse_shape
+from pipeline.evaluate import parse_shape
 from scylla.records import new_record, validate_record
 
 SCYLLA = "draft:runs/t/eagle-layers2/tokens-524288"

@@ -10,7 +10,7 @@ import pytest
 
 from fit import bootstrap_slope, extrapolation_check, fit_joint, fit_log_linear, fit_saturating
 from fit.cli import parse_where
-from scylla.cli import main
+from pipeline.cli import main
 from scylla.errors import ScyllaError
 from scylla.records import append_record, new_record
 

@@ -10,10 +10,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from conftest import tiny_llama
-from scylla import ScyllaError, SpeculativeDecoder, load_model, truncated_draft
-from scylla.cli import main
-from scylla.drafters.spec import drafter_from_spec
-from scylla.prompts import encode_prompts
+from pipeline.cli import main
+from scylla import ScyllaError, load_model, truncated_draft
 
 TEXT = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog", "numbers 1 2 3 4 5 6 7 8 9"] * 20
 

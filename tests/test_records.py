@@ -210,3 +210,16 @@ def test_where_filtering(tmp_path):
     assert keys(where={"nonexistent": "x"}) == []
     with pytest.raises(ScyllaError, match="unknown record kind"):
         read_records(tmp_path, kind="evals")
+
+
+def test_find_checkpoints_keeps_records_whose_draft_folder_exists(tmp_path):
+    from scylla.records import find_checkpoints
+
+    assert find_checkpoints(tmp_path) == []  # no records file
+    for layers in (1, 2):
+        folder = tmp_path / "jobs" / f"L{layers}"
+        if layers == 1:
+            folder.mkdir(parents=True)
+        append_record(tmp_path, train_record(run_id=f"L{layers}", draft_layers=layers, checkpoint=str(folder)))
+    assert [r["run_id"] for r in find_checkpoints(tmp_path)] == ["L1"]
+    assert find_checkpoints(tmp_path, where={"draft_layers": 2}) == []

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from scylla import SpeculativeDecoder, load_model
-from scylla.cli import main
+from pipeline.cli import main
 from scylla.drafters.eagle import EagleDrafter, EagleHead
 from scylla.records import read_records, record_key
 
@@ -24,7 +24,7 @@ EXPECTED = {("train", f"eagle-layers{d}", m) for d in (1, 2) for m in (1024, 204
 
 
 def sweep(run_dir: Path, **popen) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "scylla.cli", "sweep", str(SMOKE), "--run-dir", str(run_dir)]
+    argv = [sys.executable, "-m", "pipeline.cli", "sweep", str(SMOKE), "--run-dir", str(run_dir)]
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
@@ -197,7 +197,7 @@ def test_eval_writes_records_for_every_draft_and_resumes(smoke_run, capsys):
 
 def test_eval_replay_trees_costs_and_best_shape(smoke_run, tmp_path, capsys):
     """Replay at T=0 gives the online MAT; trees and chains are separate records; the cost model predicts."""
-    from scylla.evaluate import best_settings
+    from pipeline.evaluate import best_settings
 
     head = read_records(smoke_run, kind="train")[-1]["checkpoint"]
     cost = tmp_path / "costs.json"

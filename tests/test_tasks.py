@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scylla.data import load_corpus
+from train.data import load_corpus
 from scylla.data.tasks import get_task
 from scylla.errors import ScyllaError
 

@@ -13,14 +13,14 @@ from transformers import PreTrainedTokenizerFast
 
 from conftest import tiny_llama
 from scylla import DecodeOutput, DecodeStats, ScyllaError, SpeculativeDecoder, load_model
-from scylla.cli import main
+from pipeline.cli import main
 from scylla.data.tasks import Problem, Task
 from scylla.drafters.eagle import EagleConfig, EagleDrafter, EagleHead
 from scylla.drafters.spec import drafter_from_spec
 from scylla.metrics import RowStats
 from scylla.records import append_record, new_record, read_records
 from scylla.tts import best_of_n, check_template, final_answer, multi_round, repetition_share
-from scylla.tts_bench import load_bench, run_bench
+from pipeline.tts_bench import load_bench, run_bench
 
 WORDS = "what is seven plus eight it is fifteen the answer repeat again check previous 7 8 15 yes no".split()
 TEMPLATE = "{question} check previous {previous} again"

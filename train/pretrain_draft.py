@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from scylla.atomic import atomic_folder
 from scylla.errors import ScyllaError
+from scylla.ports import free_port
 from train.config import TrainConfig, load_config
 from train.schedule import branch_start, lr_at
 
@@ -35,8 +36,6 @@ DS_CONFIGS = Path(__file__).parent / "ds_configs"
 
 def ensure_distributed_env() -> None:
     """Without a launcher, run as a world of one (deepspeed otherwise looks for MPI)."""
-    from scylla.sweep import free_port
-
     if "RANK" in os.environ:
         return
     port = free_port()
@@ -63,8 +62,8 @@ def data_key(cfg: TrainConfig) -> list:
 def prepare_data(cfg: TrainConfig, tokenizer, vocab_size: int, target=None) -> Data:
     """Deterministic data: the corpus, its held-out split and packing do not depend on the job's seed, so every
     draft of a sweep sees the same blocks (and can share one feature store)."""
-    from scylla.data import draft_vocabulary, heldout_prompts, load_corpus, pack_blocks, split_heldout
-    from scylla.data import regenerate_responses, tokenize_examples
+    from train.data import draft_vocabulary, heldout_prompts, load_corpus, pack_blocks, split_heldout
+    from train.data import regenerate_responses, tokenize_examples
 
     corpus = load_corpus(cfg.data.source, cfg.data.examples, seed=0)
     train_ds, held_ds = split_heldout(corpus, cfg.data.heldout, seed=0)
@@ -226,7 +225,7 @@ def feature_store_for(cfg: TrainConfig, target, data: Data, rank: int):
     """The shared target-feature store for this job's target, data and layers (built once, by rank 0)."""
     import deepspeed
 
-    from scylla.features import FeatureStore, build_feature_store
+    from train.features import FeatureStore, build_feature_store
 
     layers = sorted(set(cfg.feature_layers) | ({-1} if cfg.optim.loss == "kl" else set()))
     key = json.dumps(data_key(cfg) + [layers])

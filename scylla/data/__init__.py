@@ -1,16 +1,2 @@
-"""Offline corpora for draft training: load and split (prompt, response) pairs, tokenize and pack them."""
-
-from scylla.data.corpus import load_corpus, split_heldout
-from scylla.data.onpolicy import regenerate_responses
-from scylla.data.packing import draft_vocabulary, heldout_prompts, pack_blocks, token_frequencies, tokenize_examples
-
-__all__ = [
-    "draft_vocabulary",
-    "heldout_prompts",
-    "load_corpus",
-    "pack_blocks",
-    "regenerate_responses",
-    "split_heldout",
-    "token_frequencies",
-    "tokenize_examples",
-]
+"""Evaluation prompt sets (scylla.data.tasks): held-out problems with their own scorers. Training corpora live in
+train/data."""

@@ -57,10 +57,22 @@ class Draft:
 
 
 class Drafter:
-    """Base class: override ``propose``; the other hooks default to doing nothing."""
+    """Base class: override ``propose``; the other hooks default to doing nothing.
+
+    Optional hooks that the test-time-scaling protocols (scylla/tts.py) and replay use, declared here once:
+    ``pool``: a shared SuffixPool fed with every finished sample or round (None: the drafter keeps none);
+    ``share_rows``: the rows of a batch are samples of one problem and may draft from each other (drafters that
+    cannot read sibling rows ignore it; replay refuses drafters that do); ``side_counts()``: tokens drafted per
+    source so far, for hybrids ({} for the others).
+    """
 
     feature_layers: tuple[int, ...] = ()
     name: str = "drafter"
+    pool = None
+    share_rows: bool = False
+
+    def side_counts(self) -> dict[str, int]:
+        return {}
 
     def bind(self, target: torch.nn.Module) -> None:
         """Check that this drafter can serve ``target``; raise ScyllaError if not."""

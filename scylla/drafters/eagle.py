@@ -127,7 +127,7 @@ class EagleHead(nn.Module):
         own_features: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
         **_: object,
@@ -141,7 +141,7 @@ class EagleHead(nn.Module):
             inputs_embeds=x,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
         ).last_hidden_state
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)

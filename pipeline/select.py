@@ -17,10 +17,12 @@ from pathlib import Path
 
 import yaml
 
+from fit.results import LogLinearFit
+from pipeline.evaluate import parse_shape
 from scylla.atomic import atomic_path
-from scylla.costs import CostTable, predicted_speedup
+from scylla.costs import CostTable, predicted_speedup, step_cost
 from scylla.errors import ScyllaError
-from scylla.evaluate import DraftShape, parse_shape
+from scylla.records import find_checkpoints, read_records
 
 
 @dataclass
@@ -53,22 +55,9 @@ def load_fits(path: str | Path) -> list[dict]:
     return fits
 
 
-def _law(fit: dict):
-    from fit.results import LogLinearFit
-
+def _law(fit: dict) -> LogLinearFit:
     names = LogLinearFit.__dataclass_fields__
     return LogLinearFit(**{k: v for k, v in fit.items() if k in names})
-
-
-def step_cost(cost: CostTable, layers: int, shape: DraftShape, batch: int) -> float:
-    """(draft + verify seconds per step) / one plain target step, at this batch size (ScyllaError if unmeasured)."""
-    step = cost.nearest("target", batch, 1)
-    verify = cost.nearest("target", batch, shape.verify_tokens)
-    if shape.tree:
-        draft = shape.tree.depth * cost.nearest(f"head:{layers}", batch, shape.tree.top_k)
-    else:
-        draft = shape.num_draft_tokens * cost.nearest(f"head:{layers}", batch, 1)
-    return (draft + verify) / step
 
 
 def candidates(fits: list[dict], cost: CostTable, batch_sizes: list[int], token_budget: int | None = None,
@@ -90,7 +79,8 @@ def candidates(fits: list[dict], cost: CostTable, batch_sizes: list[int], token_
         mat, lo, hi = (max(1.0, v) for v in (mat, lo, hi))  # a step always yields at least one token
         for batch in batch_sizes:
             try:
-                c = step_cost(cost, int(fit["group"]["draft_layers"]), shape, batch)
+                c = step_cost(cost, f"head:{int(fit['group']['draft_layers'])}", batch, shape.verify_tokens,
+                              shape.draft_forwards, shape.draft_width)
             except ScyllaError:
                 continue
             out.append(Candidate(batch, int(fit["group"]["draft_layers"]), shape_text, tokens, mat, (lo, hi), c,
@@ -112,19 +102,14 @@ def select(found: list[Candidate]) -> dict[int, Candidate]:
 
 def checkpoint_for(run_dirs: list[str], layers: int, tokens: int) -> str | None:
     """The trained draft folder of that depth and token count in these run directories, if one exists."""
-    from scylla.records import read_records
-
     for run_dir in run_dirs:
-        for r in read_records(run_dir, kind="train", where=dict(draft_layers=layers, train_tokens=tokens)):
-            if Path(r.get("checkpoint", "")).is_dir():
-                return r["checkpoint"]
+        for r in find_checkpoints(run_dir, where=dict(draft_layers=layers, train_tokens=tokens)):
+            return r["checkpoint"]
     return None
 
 
 def measured(check_dir: str | Path, chosen: dict[int, Candidate], drafts: dict[int, str | None]) -> dict:
     """Per batch size, the check's online eval record of its best draft and shape (None if not measured)."""
-    from scylla.records import read_records
-
     out = {}
     for b, c in chosen.items():
         rows = read_records(check_dir, kind="eval", where=dict(method=f"draft:{drafts[b]}", batch_size=b,

@@ -21,7 +21,6 @@ import copy
 import itertools
 import os
 import shlex
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import yaml
 
 from scylla.atomic import atomic_path
 from scylla.errors import ScyllaError
+from scylla.ports import free_port
 
 SWEEP_KEYS = ("sweep", "launcher", "processes", "hosts", "slurm", "base", "grid", "run_dir")
 LAUNCHERS = ("local", "hostfile", "slurm")
@@ -150,13 +150,6 @@ def write_job(job) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(job.to_dict(), sort_keys=False))
     return path
-
-
-def free_port() -> int:
-    """A free local TCP port, so concurrent local sweeps do not collide on the launcher's default 29500."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch_command(sweep: Sweep, job_yaml: Path, hostfile: Path | None = None, port: int | None = None) -> list[str]:

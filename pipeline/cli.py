@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from scylla.atomic import write_json_atomic
+from scylla.drafters.spec import SPECS
+from scylla.drafters.tree import TREE_FORM
 from scylla.errors import ScyllaError
 
 
@@ -45,8 +47,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     SamplingConfig(args.temperature, args.top_k, args.top_p)  # fail fast, before loading models
     if args.config:  # a Scylla configuration: its choice for this batch size
-        from fit.select import selection_for
-        from scylla.evaluate import parse_shape
+        from pipeline.select import selection_for
+        from pipeline.evaluate import parse_shape
 
         entry = selection_for(args.config, args.batch_size)
         shape = parse_shape(entry["draft_shape"])
@@ -93,7 +95,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from scylla.sweep import load_sweep, run_sweep
+    from pipeline.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.grid, args.run_dir)
     for line in run_sweep(sweep, dry_run=args.dry_run):
@@ -177,7 +179,7 @@ def _floats(text: str) -> list[float]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from scylla.evaluate import EvalConfig, best_settings, evaluate, load_eval_config
+    from pipeline.evaluate import EvalConfig, best_settings, evaluate, load_eval_config
 
     if args.config:
         config = load_eval_config(args.config)
@@ -201,9 +203,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from fit.select import candidates, checkpoint_for, load_fits, measured, select, write_config
+    from pipeline.select import candidates, checkpoint_for, load_fits, measured, select, write_config
     from scylla.costs import CostTable
-    from scylla.evaluate import EvalConfig, evaluate
+    from pipeline.evaluate import EvalConfig, evaluate
     from scylla.records import read_records
 
     fits = load_fits(args.fits)
@@ -246,7 +248,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from scylla.demo import run_demo
+    from pipeline.demo import run_demo
 
     print(f"report: {run_demo(args.run_dir, args.grid)}")
     return 0
@@ -262,21 +264,22 @@ def _tree(text: str):
 
 
 def cmd_tts_bench(args: argparse.Namespace) -> int:
-    from scylla.tts_bench import load_bench, run_bench
+    from pipeline.tts_bench import load_bench, run_bench
 
     written, table = run_bench(load_bench(args.config, full=args.full), args.out)
     print(f"wrote {written} tts records; table: {table}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from scylla.drafters.spec import SPECS
-    from scylla.drafters.tree import TREE_FORM
+# The model flags every verb that runs a model shares (one definition, one help text).
+MODEL_ARGS = argparse.ArgumentParser(add_help=False)
+MODEL_ARGS.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+MODEL_ARGS.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
 
-    parser = argparse.ArgumentParser(prog="scylla", description="Speculative decoding research toolkit.")
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="decode prompts speculatively and print text and statistics")
+def _generate_parser(sub) -> None:
+    gen = sub.add_parser("generate", parents=[MODEL_ARGS],
+                         help="decode prompts speculatively and print text and statistics")
     src = gen.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     src.add_argument("--prompts", help='jsonl file, one {"prompt": "..."} per line')
@@ -292,19 +295,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
     gen.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
     gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--device", default="cpu")
-    gen.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     gen.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
     gen.add_argument("--json", help="also write texts and statistics to this JSON file")
     gen.add_argument("--quiet", action="store_true", help="statistics only, no texts")
     gen.set_defaults(func=cmd_generate)
 
+
+def _sweep_parser(sub) -> None:
     sweep = sub.add_parser("sweep", help="train the drafts of a grid (experiments/*.yaml) through DeepSpeed")
     sweep.add_argument("grid", help="grid YAML, e.g. experiments/smoke.yaml")
     sweep.add_argument("--run-dir", help="where records, drafts and features go (default runs/SWEEP)")
     sweep.add_argument("--dry-run", action="store_true", help="list the jobs and launch commands, run nothing")
     sweep.set_defaults(func=cmd_sweep)
 
+
+def _fit_parser(sub) -> None:
     fit = sub.add_parser("fit", help="fit scaling laws y = a + b ln x to run records (docs/fitting.md)")
     fit.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or records .jsonl files)")
     fit.add_argument("--x", default="train_tokens", help="x field, > 0; y is fitted on ln x (default train_tokens)")
@@ -318,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--json", help="also write the fits to this JSON file")
     fit.set_defaults(func=cmd_fit)
 
-    ev = sub.add_parser("eval", help="evaluate drafts of a run directory (and baselines) into eval records")
+
+def _eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", parents=[MODEL_ARGS],
+                        help="evaluate drafts of a run directory (and baselines) into eval records")
     ev.add_argument("run_dir", nargs="?", help="run directory: its trained drafts; records go there")
     ev.add_argument("--config", help="YAML with these settings (e.g. experiments/batch.yaml); flags are ignored")
     ev.add_argument("--drafts", action="append", help="evaluate these draft specs instead of the run's drafts")
@@ -334,11 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--replay", action="store_true", help="at T=0 count acceptance by exact replay (no timing)")
     ev.add_argument("--cost", help="cost table JSON (scylla costs): adds the predicted speed-up")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--device", default="cpu")
-    ev.add_argument("--dtype", default=None)
     ev.set_defaults(func=cmd_eval)
 
-    costs = sub.add_parser("costs", help="measure forward costs of the target and drafts (the cost model) to JSON")
+
+def _costs_parser(sub) -> None:
+    costs = sub.add_parser("costs", parents=[MODEL_ARGS],
+                           help="measure forward costs of the target and drafts (the cost model) to JSON")
     costs.add_argument("--target", default="smollm2-135m")
     costs.add_argument("--draft", action="append", help="truncated:K or draft:PATH (repeat for several)")
     costs.add_argument("--head-layers", type=_ints, help="also untrained EAGLE heads of these depths (head:L)")
@@ -348,11 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="new tokens per forward (verify sizes, tree widths)")
     costs.add_argument("--contexts", type=_ints, default=[128, 512], help="tokens already in the KV cache")
     costs.add_argument("--reps", type=_positive(int), default=10)
-    costs.add_argument("--device", default="cpu")
-    costs.add_argument("--dtype", default=None)
     costs.add_argument("--out", default="costs.json")
     costs.set_defaults(func=cmd_costs)
 
+
+def _select_parser(sub) -> None:
     sel = sub.add_parser("select", help="pick the fastest draft configuration per batch size from laws and costs")
     sel.add_argument("--fits", required=True, help="scylla fit --by draft_layers[,draft_shape] --json output")
     sel.add_argument("--cost", required=True, help="scylla costs --head-layers ... output")
@@ -370,23 +379,43 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--max-new-tokens", type=_positive(int), default=64, help="check: new tokens per prompt")
     sel.set_defaults(func=cmd_select)
 
+
+def _demo_parser(sub) -> None:
     demo = sub.add_parser("demo", help="the whole study on SmolLM2 (train, replay, fit, select, check, figures, "
                           "report); re-runs reuse finished work")
     demo.add_argument("--run-dir", default="runs/demo")
     demo.add_argument("--grid", default="experiments/demo.yaml")
     demo.set_defaults(func=cmd_demo)
 
+
+def _figs_parser(sub) -> None:
     figs = sub.add_parser("figs", help="draw every figure and table (laws 1-3, per task, throughput) from records")
     figs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     figs.add_argument("--out", default="paper_figs/out", help="output folder (default paper_figs/out, ignored by git)")
     figs.add_argument("--config", help="a Scylla configuration (scylla select): which draft is Scylla's")
     figs.set_defaults(func=cmd_figs)
 
+
+def _tts_bench_parser(sub) -> None:
     tts = sub.add_parser("tts-bench", help="drafters under Best-of-N and multi-round thinking into tts records")
     tts.add_argument("config", help="benchmark YAML, e.g. experiments/tts.yaml")
     tts.add_argument("--out", help="run directory (default runs/NAME-reduced, or runs/NAME with --full)")
     tts.add_argument("--full", action="store_true", help="the full settings instead of the reduced: section")
     tts.set_defaults(func=cmd_tts_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scylla", description="Speculative decoding research toolkit.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _generate_parser(sub)
+    _sweep_parser(sub)
+    _fit_parser(sub)
+    _eval_parser(sub)
+    _costs_parser(sub)
+    _select_parser(sub)
+    _demo_parser(sub)
+    _figs_parser(sub)
+    _tts_bench_parser(sub)
     return parser
 
 

@@ -28,7 +28,7 @@ def _costs(run_dir: Path, target_name: str, layers: list[int], width: int) -> Pa
     """The cost table of the target and untrained heads of these depths (measured once, then reused)."""
     from scylla.costs import measure_costs
     from scylla.drafters.eagle import EagleConfig, EagleHead
-    from scylla.evaluate import parse_shape
+    from pipeline.evaluate import parse_shape
     from scylla.models import load_model, target_quantization
 
     path = run_dir / "costs.json"
@@ -50,11 +50,11 @@ def _costs(run_dir: Path, target_name: str, layers: list[int], width: int) -> Pa
 def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/demo.yaml") -> Path:
     """Run every stage; returns the report's path."""
     from fit.cli import run_fit
-    from fit.select import candidates, checkpoint_for, load_fits, measured, select, write_config
+    from pipeline.select import candidates, checkpoint_for, load_fits, measured, select, write_config
     from scylla.costs import CostTable
-    from scylla.evaluate import EvalConfig, evaluate
+    from pipeline.evaluate import EvalConfig, evaluate
     from scylla.records import read_records
-    from scylla.sweep import load_sweep, run_sweep
+    from pipeline.sweep import load_sweep, run_sweep
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -133,7 +133,7 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         "",
         "## The Scylla configuration",
         "",
-        "Chosen per batch size from the laws and the measured costs (fit/select.py); then measured online on "
+        "Chosen per batch size from the laws and the measured costs (pipeline/select.py); then measured online on "
         f"{max(BATCH_SIZES)} prompts x {NEW_TOKENS} new tokens against plain decoding in the same run.",
         "",
         "The best draft per batch size is measured whether or not it is chosen: where even it is predicted slower "

@@ -31,9 +31,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from tqdm import tqdm
 
+from scylla.atomic import atomic_path, write_json_atomic
+from scylla.data.tasks import get_task
+from scylla.drafters.eagle import is_head_folder
+from scylla.drafters.spec import drafter_from_spec, parse_spec
 from scylla.drafters.tree import TREE_FORM, TreeShape, parse_tree
+from scylla.engine import SpeculativeDecoder
 from scylla.errors import ScyllaError
+from scylla.metrics import DecodeStats
+from scylla.models import load_model, target_quantization
+from scylla.prompts import encode_prompts
+from scylla.records import append_record, find_checkpoints, new_record, read_records, record_key, records_path
+from scylla.sampling import SamplingConfig
+from scylla.tts import DEFAULT_ROUND2_TEMPLATE, best_of_n, check_template, multi_round
+
 
 CONFIG_KEYS = ("name", "target", "device", "dtype", "methods", "tasks", "paradigms", "problems", "max_new_tokens",
                "num_draft_tokens", "seed", "top_k", "top_p", "repetition_ngram", "reduced")
@@ -120,12 +133,11 @@ def _keys(raw, known, where: str) -> dict:
 
 def resolve_run(arg: str, where: str) -> tuple[str, dict]:
     """``RUN_DIR[@RUN_ID]`` -> the newest draft folder of that run directory and its train record."""
-    from scylla.records import read_records, records_path
 
     run_dir, _, run_id = arg.partition("@")
     _need(records_path(run_dir).is_file(), where, f"run directory {run_dir} has no records.jsonl: train drafts "
           "there first (scylla sweep)")
-    drafts = [r for r in read_records(run_dir, kind="train") if Path(r.get("checkpoint", "")).is_dir()]
+    drafts = find_checkpoints(run_dir)
     runs = sorted({r["run_id"] for r in drafts})
     _need(bool(drafts), where, f"run directory {run_dir} has no trained draft folders")
     _need(not run_id or run_id in runs, where, f"run directory {run_dir} has no run {run_id!r} (runs: "
@@ -137,7 +149,6 @@ def resolve_run(arg: str, where: str) -> tuple[str, dict]:
 
 
 def _method(label, raw, num_draft_tokens, where: str) -> Method:
-    from scylla.drafters.spec import parse_spec
 
     where = f"{where} method {label!r}"
     _need(isinstance(label, str) and re.fullmatch(r"[\w.+-]+", label) is not None, where,
@@ -169,8 +180,6 @@ def _method(label, raw, num_draft_tokens, where: str) -> Method:
 
 
 def _settings(raw, where: str, top_k: int, top_p: float) -> tuple[list[Setting], str]:
-    from scylla.sampling import SamplingConfig
-    from scylla.tts import DEFAULT_ROUND2_TEMPLATE, check_template
 
     raw = _keys(raw, tuple(PARADIGMS), f"{where} paradigms")
     _need(bool(raw), where, f"paradigms must name at least one of {', '.join(PARADIGMS)}")
@@ -217,7 +226,6 @@ def _settings(raw, where: str, top_k: int, top_p: float) -> tuple[list[Setting],
 def load_bench(path: str | Path, full: bool = False) -> BenchConfig:
     """Parse and validate a tts-bench config (the ``reduced:`` settings unless full); one ScyllaError line for the
     first problem. Tasks and methods are checked (run directories resolved) before any model loads."""
-    from scylla.data.tasks import get_task
 
     path = Path(path)
     _need(path.is_file(), str(path), "config file does not exist")
@@ -293,8 +301,6 @@ def _guard(run_dir: Path, config: BenchConfig, recorded: set[str]) -> dict:
 
 
 def _identity(method: Method, config: BenchConfig) -> dict:
-    from scylla.drafters.eagle import is_head_folder
-    from scylla.drafters.spec import parse_spec
 
     kind, arg = parse_spec(method.spec)
     if kind == "draft":
@@ -313,7 +319,6 @@ def _mean(values: list) -> float | None:
 
 def _metrics(results: list, plain: list, setting: Setting, method: Method) -> dict:
     """A record's metrics from one method's per-problem results and plain decoding's in the same setting."""
-    from scylla.metrics import DecodeStats
 
     s = DecodeStats.merge([r.stats for r in results])
     tps = _mean([r.new_tokens / r.stats.wall_seconds for r in results])
@@ -342,21 +347,23 @@ def _metrics(results: list, plain: list, setting: Setting, method: Method) -> di
     return out
 
 
+def _run_protocol(decoder, tokenizer, problems: list, task, setting: Setting, config: BenchConfig) -> list:
+    """One method under one setting's protocol (Best-of-N or multi-round) on every problem of a task."""
+    protocol = best_of_n if setting.paradigm.startswith("best-of") else multi_round
+    results = []
+    for i, problem in enumerate(problems):
+        if decoder.drafter is not None and decoder.drafter.pool is not None:
+            decoder.drafter.pool.clear()  # a pool holds the samples or rounds of one problem
+        results.append(protocol(decoder, tokenizer, problem, task, max_new_tokens=config.max_new_tokens,
+                                seed=config.seed + 1000 * i, top_k=config.top_k, top_p=config.top_p,
+                                ngram=config.repetition_ngram, **setting.kwargs))
+    return results
+
+
 def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[int, Path]:
     """Run every missing (task, setting, method) and append its tts record; write the markdown table.
 
     Returns (records written, table path)."""
-    from tqdm import tqdm
-
-    from scylla.atomic import write_json_atomic
-    from scylla.data.tasks import get_task
-    from scylla.drafters.spec import drafter_from_spec
-    from scylla.engine import SpeculativeDecoder
-    from scylla.models import load_model, target_quantization
-    from scylla.prompts import encode_prompts
-    from scylla.records import append_record, new_record, read_records, record_key, records_path
-    from scylla.tts import best_of_n, multi_round
-
     run_dir = Path(run_dir or Path("runs") / (config.name + ("-reduced" if config.reduced else "")))
     previous = read_records(run_dir, kind="tts") if records_path(run_dir).is_file() else []
     settings = _guard(run_dir, config, {r["method"] for r in previous})
@@ -395,14 +402,7 @@ def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[i
                 continue
             bar.set_postfix_str(f"{task_name} {setting.paradigm} T={setting.temperature:g} {method.label}")
             decoder = SpeculativeDecoder(target, drafter(method))
-            protocol = best_of_n if setting.paradigm.startswith("best-of") else multi_round
-            results = []
-            for i, problem in enumerate(problems[task_name]):
-                if hasattr(getattr(decoder.drafter, "pool", None), "clear"):
-                    decoder.drafter.pool.clear()  # a pool holds the samples or rounds of one problem
-                results.append(protocol(decoder, tokenizer, problem, task, max_new_tokens=config.max_new_tokens,
-                                        seed=config.seed + 1000 * i, top_k=config.top_k, top_p=config.top_p,
-                                        ngram=config.repetition_ngram, **setting.kwargs))
+            results = _run_protocol(decoder, tokenizer, problems[task_name], task, setting, config)
             plain = results if method.spec == PLAIN else plain
             bar.update()
             if method not in missing:
@@ -423,8 +423,6 @@ def _cell(value, digits: int = 2) -> str:
 
 def write_table(run_dir: Path, config: BenchConfig) -> Path:
     """The markdown table of this config's tts records in run_dir (all tasks, settings and methods found)."""
-    from scylla.atomic import atomic_path
-    from scylla.records import read_records
 
     order = {m.label: i for i, m in enumerate(config.methods)}
     records = [r for r in read_records(run_dir, kind="tts") if r["method"] in order and r["task"] in config.tasks]

@@ -19,8 +19,17 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from scylla.costs import CostTable, step_cost
+from scylla.data.tasks import get_task
+from scylla.drafters.spec import drafter_from_spec, parse_spec
 from scylla.drafters.tree import TREE_FORM, TreeShape, parse_tree
+from scylla.engine import SpeculativeDecoder
 from scylla.errors import ScyllaError
+from scylla.metrics import DecodeStats
+from scylla.models import load_model, target_quantization
+from scylla.prompts import encode_prompts
+from scylla.records import append_record, find_checkpoints, new_record, read_records, record_key, records_path
+from scylla.replay import replay
 
 DEFAULT_BASELINES = ("none", "prompt-lookup")
 IDENTITY = ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width", "draft_params",
@@ -41,6 +50,16 @@ class DraftShape:
     @property
     def label(self) -> str:
         return f"tree:{self.tree.label()}" if self.tree else f"chain:{self.num_draft_tokens}"
+
+    @property
+    def draft_forwards(self) -> int:
+        """Draft-model forwards per step: one per chain token, one per tree depth."""
+        return self.tree.depth if self.tree else self.num_draft_tokens
+
+    @property
+    def draft_width(self) -> int:
+        """New tokens per draft-model forward: 1 for a chain, top_k for a tree."""
+        return self.tree.top_k if self.tree else 1
 
     @property
     def verify_tokens(self) -> int:
@@ -81,12 +100,9 @@ class EvalConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str | None = None
-    selection: dict | None = None  # a Scylla configuration's choice per batch size (fit/select.py); not read here
+    selection: dict | None = None  # a Scylla configuration's choice per batch size (pipeline/select.py); not read here
 
     def check(self) -> "EvalConfig":
-        from scylla.data.tasks import get_task
-        from scylla.drafters.spec import parse_spec
-
         for task in self.tasks:
             get_task(task)
         for spec in [*self.baselines, *(self.drafts or [])]:
@@ -125,11 +141,9 @@ def load_eval_config(path: str | Path) -> EvalConfig:
 
 def _trained_drafts(run_dir: Path) -> list[dict]:
     """Train records whose draft folder exists."""
-    from scylla.records import read_records, records_path
-
     if not records_path(run_dir).exists():
         raise ScyllaError(f"{run_dir} has no records.jsonl: train drafts there first (scylla sweep)")
-    drafts = [r for r in read_records(run_dir, kind="train") if Path(r.get("checkpoint", "")).is_dir()]
+    drafts = find_checkpoints(run_dir)
     if not drafts:
         raise ScyllaError(f"{run_dir} has no trained draft folders to evaluate")
     return drafts
@@ -137,15 +151,12 @@ def _trained_drafts(run_dir: Path) -> list[dict]:
 
 def _train_record_of(spec: str) -> dict | None:
     """For ``draft:FOLDER``: the train record of that folder, from the run directory holding it, if any."""
-    from scylla.records import read_records, records_path
-
     folder = Path(spec.partition(":")[2]).resolve()
     if not spec.startswith("draft:") or not folder.is_dir():
         return None
     for parent in folder.parents:
         if records_path(parent).exists():
-            return next((r for r in read_records(parent, kind="train")
-                         if Path(r.get("checkpoint", "")).resolve() == folder), None)
+            return next((r for r in find_checkpoints(parent) if Path(r["checkpoint"]).resolve() == folder), None)
     return None
 
 
@@ -156,44 +167,76 @@ def _baseline_identity(method: str, seed: int) -> dict:
 
 def _predicted(cost, method: str, shape: DraftShape, batch: int, mat: float) -> float | None:
     """The cost model's speed-up for this MAT, or None when the table lacks the draft or the sizes."""
-    from scylla.costs import predicted_speedup
-
     if cost is None or method == "none":
         return None
+    draft = None if method == "prompt-lookup" else method  # a lookup costs no model forward
     try:
-        step = cost.nearest("target", batch, 1)
-        verify = cost.nearest("target", batch, shape.verify_tokens) / step
-        if method == "prompt-lookup":
-            draft = 0.0
-        elif shape.tree:
-            draft = shape.tree.depth * cost.nearest(method, batch, shape.tree.top_k) / step
-        else:
-            draft = shape.num_draft_tokens * cost.nearest(method, batch, 1) / step
+        return mat / step_cost(cost, draft, batch, shape.verify_tokens, shape.draft_forwards, shape.draft_width)
     except ScyllaError:
         return None
-    return predicted_speedup(mat, 1, draft, verify)
+
+
+class _Runner:
+    """Decodes one method on one task's prompts, batch by batch (replayed when given the greedy references);
+    each draft loads once, since shapes are drafter settings."""
+
+    def __init__(self, config: EvalConfig, target, tokenizer, texts: dict[str, list[str]]):
+        self.config, self.target, self.tokenizer, self.texts = config, target, tokenizer, texts
+        self.cache: dict = {}
+
+    def drafter(self, spec: str, shape: DraftShape):
+        if (spec, shape) not in self.cache:
+            self.cache[(spec, shape)] = drafter_from_spec(spec, self.target, shape.num_draft_tokens,
+                                                          device=self.config.device, dtype=self.config.dtype,
+                                                          tree=shape.tree)
+        return self.cache[(spec, shape)]
+
+    def __call__(self, method: str, shape: DraftShape, task: str, temperature: float, batch: int,
+                 references: list[list[int]] | None = None) -> tuple[DecodeStats, list[list[int]]]:
+        """Stats and generated tokens of ``method`` on ``task``."""
+        config, tokenizer, texts = self.config, self.tokenizer, self.texts[task]
+        d = None if method == "none" else self.drafter(method, shape)
+        parts, generated = [], []
+        for start in range(0, len(texts), batch):
+            ids, mask = encode_prompts(tokenizer, texts[start : start + batch], device=config.device)
+            kwargs = dict(max_new_tokens=config.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+            if references is not None:
+                parts.append(replay(self.target, d, ids, mask, references=references[start : start + batch],
+                                    **kwargs))
+            else:
+                out = SpeculativeDecoder(self.target, d).generate(ids, mask, temperature=temperature,
+                                                                  seed=config.seed + start, **kwargs)
+                parts.append(out.stats)
+                generated += out.generated
+        return DecodeStats.merge(parts), generated
+
+
+def _metrics(s: DecodeStats, plain: DecodeStats, timed: bool, predicted: float | None) -> dict:
+    """The metric fields of an eval record (timing ones null for replay)."""
+    return dict(new_tokens=s.new_tokens, target_calls=s.target_calls, mean_accepted_length=s.mean_accepted_length,
+                acceptance_rate=s.acceptance_rate if s.drafted else None,
+                per_position_acceptance=s.per_position_acceptance,
+                tokens_per_second=s.tokens_per_second if timed else None,
+                speedup=s.tokens_per_second / plain.tokens_per_second if timed else None,
+                predicted_speedup=predicted)
+
+
+def _sources(config: EvalConfig, run_dir: Path) -> list[tuple[str, dict | None]]:
+    """(draft spec, its train record or None) for every draft to evaluate."""
+    if config.drafts is None:
+        return [(f"draft:{r['checkpoint']}", r) for r in _trained_drafts(run_dir)]
+    sources = [(spec, _train_record_of(spec)) for spec in config.drafts]
+    if not sources and not config.baselines:
+        raise ScyllaError("nothing to evaluate: no drafts and no baselines")
+    return sources
 
 
 def evaluate(config: EvalConfig) -> int:
     """Append eval records for the drafts and baselines of ``config``; returns how many were written."""
-    from scylla.costs import CostTable
-    from scylla.data.tasks import get_task
-    from scylla.drafters.spec import drafter_from_spec
-    from scylla.engine import SpeculativeDecoder
-    from scylla.metrics import DecodeStats
-    from scylla.models import load_model, target_quantization
-    from scylla.prompts import encode_prompts
-    from scylla.records import append_record, new_record, read_records, record_key
-    from scylla.replay import replay
-
     config.check()
     run_dir = Path(config.run_dir)
-    if config.drafts is None:
-        sources = [(f"draft:{r['checkpoint']}", r) for r in _trained_drafts(run_dir)]
-    else:
-        sources = [(spec, _train_record_of(spec)) for spec in config.drafts]
-        if not sources and not config.baselines:
-            raise ScyllaError("nothing to evaluate: no drafts and no baselines")
+    sources = _sources(config, run_dir)
     has_records = (run_dir / "records.jsonl").exists()
     trained = read_records(run_dir, kind="train") if has_records else []
     target_name = config.target or (trained[0]["target"] if trained else "smollm2-135m")
@@ -205,34 +248,11 @@ def evaluate(config: EvalConfig) -> int:
     shapes = [parse_shape(s) for s in config.shapes]
     methods = [(b, None, shape) for b in config.baselines if b != "none" for shape in shapes]
     methods += [(spec, source, shape) for spec, source in sources for shape in shapes]
-    cache: dict = {}
-
-    def drafter(spec: str, shape: DraftShape):
-        if (spec, shape) not in cache:  # each draft loads once; shapes are drafter settings
-            cache[(spec, shape)] = drafter_from_spec(spec, target, shape.num_draft_tokens, device=config.device,
-                                                     dtype=config.dtype, tree=shape.tree)
-        return cache[(spec, shape)]
+    run = _Runner(config, target, tokenizer, texts)
 
     def identity(method, source):
         base = source or _baseline_identity(method, config.seed)
         return {k: base[k] for k in IDENTITY}
-
-    def run(method, shape, task, temperature, batch, references=None) -> tuple[DecodeStats, list[list[int]]]:
-        """Stats and generated tokens of one method on a task, batch by batch (replayed if references)."""
-        d = None if method == "none" else drafter(method, shape)
-        parts, generated = [], []
-        for start in range(0, len(texts[task]), batch):
-            ids, mask = encode_prompts(tokenizer, texts[task][start : start + batch], device=config.device)
-            kwargs = dict(max_new_tokens=config.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id)
-            if references is not None:
-                parts.append(replay(target, d, ids, mask, references=references[start : start + batch], **kwargs))
-            else:
-                out = SpeculativeDecoder(target, d).generate(ids, mask, temperature=temperature,
-                                                             seed=config.seed + start, **kwargs)
-                parts.append(out.stats)
-                generated += out.generated
-        return DecodeStats.merge(parts), generated
 
     written = 0
     plain_shape = DraftShape(num_draft_tokens=0)
@@ -245,12 +265,12 @@ def evaluate(config: EvalConfig) -> int:
                         n_prompts=len(texts[task]), max_new_tokens=config.max_new_tokens,
                         target_quantization=quantization)
 
-        def key(method, source, shape):
-            return record_key(new_record("eval", **identity(method, source), target=target_name, seed=config.seed,
-                                         method=method, **settings, **shape.fields()))
+        def record(method, source, shape, **metrics):
+            return new_record("eval", **identity(method, source), target=target_name, seed=config.seed,
+                              method=method, **settings, **shape.fields(), **metrics)
 
-        todo = [m for m in methods if key(*m) not in done]
-        plain_key = key("none", None, plain_shape)
+        todo = [m for m in methods if record_key(record(*m)) not in done]
+        plain_key = record_key(record("none", None, plain_shape))
         if not todo and plain_key in done:
             continue
         # Plain decoding: the baseline every speed-up is over, and at T=0 the greedy references replay needs.
@@ -258,26 +278,16 @@ def evaluate(config: EvalConfig) -> int:
         references = greedy if mode == "replay" else None
         for method, source, shape in [("none", None, plain_shape)] * (plain_key not in done) + todo:
             s = plain if method == "none" else run(method, shape, task, temperature, batch, references)[0]
-            timed = mode == "online" or method == "none"
-            metrics = dict(new_tokens=s.new_tokens, target_calls=s.target_calls,
-                           mean_accepted_length=s.mean_accepted_length,
-                           acceptance_rate=s.acceptance_rate if s.drafted else None,
-                           per_position_acceptance=s.per_position_acceptance,
-                           tokens_per_second=s.tokens_per_second if timed else None,
-                           speedup=s.tokens_per_second / plain.tokens_per_second if timed else None,
-                           predicted_speedup=_predicted(cost, method, shape, batch, s.mean_accepted_length))
-            record = new_record("eval", **identity(method, source), target=target_name, seed=config.seed,
-                                method=method, **settings, **shape.fields(), **metrics)
-            written += append_record(run_dir, record)
-            done.add(record_key(record))
+            predicted = _predicted(cost, method, shape, batch, s.mean_accepted_length)
+            new = record(method, source, shape, **_metrics(s, plain, mode == "online" or method == "none", predicted))
+            written += append_record(run_dir, new)
+            done.add(record_key(new))
     return written
 
 
 def best_settings(run_dir: str | Path, task: str | None = None, temperature: float | None = None) -> list[dict]:
     """Per (method, batch size): the online eval record with the highest tokens/s over draft shapes, i.e. the
     best draft width at that batch size (the data of the third law). Sorted by method, then batch size."""
-    from scylla.records import read_records
-
     where = {k: v for k, v in dict(task=task, temperature=temperature, mode="online").items() if v is not None}
     best: dict = {}
     for r in read_records(run_dir, kind="eval", where=where):
