@@ -15,12 +15,10 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
-import yaml
-
 from paper_figs.laws import LABELS
 from scylla.atomic import atomic_path
 from scylla.drafters.tree import TreeShape
-from scylla.errors import ScyllaError
+from scylla.selection import entry_for, load_selection
 
 UNTRAINED = ("none", "prompt-lookup", "truncated", "suffix", "hybrid")  # drafter kinds without training
 DEFAULT_TREE = f"tree:{TreeShape().label()}"
@@ -62,15 +60,6 @@ def draft_label(record: dict) -> str:
     return f"{record['drafter_type']} {record['draft_layers']}-layer, {count} tokens"
 
 
-def load_selection(path: str | Path) -> dict[int, dict]:
-    """A Scylla configuration's ``selection``: batch size -> entry with ``draft`` (method or None), ``draft_shape``."""
-    try:
-        selection = yaml.safe_load(Path(path).read_text())["selection"]
-        return {int(b): entry for b, entry in selection.items()}
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
-        raise ScyllaError(f"{path} is not a Scylla configuration (write one with scylla select)") from None
-
-
 def default_scylla_methods(records: list[dict], scylla_config: str | Path | None = None) -> set[str]:
     """The configuration's selected drafts, else the trained draft with the highest mean MAT in ``records``."""
     if scylla_config:
@@ -100,12 +89,6 @@ def default_baseline_shape(records: list[dict], method: str) -> str | None:
     return max(pool, key=lambda s: (pool[s], s)) if pool else None
 
 
-def _entry(selection: dict[int, dict], batch: int) -> dict:
-    """The selection entry for a batch size: the nearest chosen one at or below it (as scylla generate does)."""
-    below = [b for b in selection if b <= batch]
-    return selection[max(below) if below else min(selection)]
-
-
 def table_rows(records: list[dict], scylla_config: str | Path | None = None, scylla_methods: set[str] | None = None,
                baseline: str | None = None, baseline_shape: str | None = None) -> list[dict]:
     """One row per draft (Scylla, baseline) and (task, temperature, batch size) that has timed records.
@@ -125,7 +108,7 @@ def table_rows(records: list[dict], scylla_config: str | Path | None = None, scy
         here = [r for r in timed if (r["task"], r["temperature"], r["batch_size"]) == (task, temp, batch)]
         plain = [r["tokens_per_second"] for r in here if r["method"] == "none"]
         if selection:
-            entry = _entry(selection, batch)
+            entry = entry_for(selection, batch)
             use_plain = entry.get("draft") == "none"  # the configuration chose plain decoding at this batch size
             chosen = ("none", "chain:0") if use_plain else (entry.get("draft"), entry.get("draft_shape"))
             scylla = [r for r in here if (r["method"], r.get("draft_shape")) == chosen]

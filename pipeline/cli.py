@@ -6,10 +6,27 @@ import argparse
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
+from fit.cli import run_fit
+from paper_figs.all import all_figures
+from pipeline.demo import run_demo
+from pipeline.evaluate import EvalConfig, best_settings, evaluate, load_eval_config, parse_shape
+from pipeline.select import run_selection, selection_for
+from pipeline.sweep import load_sweep, run_sweep
+from pipeline.tts_bench import load_bench, run_bench
 from scylla.atomic import write_json_atomic
-from scylla.drafters.spec import SPECS
-from scylla.drafters.tree import TREE_FORM
+from scylla.costs import measure_costs, untrained_heads
+from scylla.drafters.eagle import EagleDrafter
+from scylla.drafters.spec import SPECS, drafter_from_spec, parse_spec
+from scylla.drafters.tree import TREE_FORM, parse_tree
+from scylla.engine import SpeculativeDecoder
 from scylla.errors import ScyllaError
+from scylla.metrics import DecodeStats
+from scylla.models import load_model, target_quantization
+from scylla.prompts import encode_prompts, read_prompts
+from scylla.records import read_records
+from scylla.sampling import SamplingConfig
 
 
 def _positive(kind):
@@ -36,19 +53,9 @@ def format_stats(label: str, stats) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from scylla.drafters.spec import drafter_from_spec, parse_spec
-    from scylla.engine import SpeculativeDecoder
-    from scylla.metrics import DecodeStats
-    from scylla.models import load_model
-    from scylla.prompts import encode_prompts, read_prompts
-    from scylla.sampling import SamplingConfig
 
     SamplingConfig(args.temperature, args.top_k, args.top_p)  # fail fast, before loading models
     if args.config:  # a Scylla configuration: its choice for this batch size
-        from pipeline.select import selection_for
-        from pipeline.evaluate import parse_shape
 
         entry = selection_for(args.config, args.batch_size)
         shape = parse_shape(entry["draft_shape"])
@@ -95,8 +102,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pipeline.sweep import load_sweep, run_sweep
-
     sweep = load_sweep(args.grid, args.run_dir)
     for line in run_sweep(sweep, dry_run=args.dry_run):
         print(line)
@@ -104,8 +109,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from fit.cli import run_fit
-
     lines = run_fit(
         args.run_dirs,
         x=args.x,
@@ -124,9 +127,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_figs(args: argparse.Namespace) -> int:
-    from paper_figs.all import all_figures
-    from scylla.records import read_records
-
     records = [r for run_dir in args.run_dirs for r in read_records(run_dir)]
     for path in all_figures(records, Path(args.out), scylla_config=args.config):
         print(path)
@@ -144,11 +144,6 @@ def _ints(text: str) -> list[int]:
 
 
 def cmd_costs(args: argparse.Namespace) -> int:
-    from scylla.costs import measure_costs
-    from scylla.drafters.eagle import EagleConfig, EagleDrafter, EagleHead
-    from scylla.drafters.spec import drafter_from_spec, parse_spec
-    from scylla.models import load_model, target_quantization
-
     for spec in args.draft or []:
         if parse_spec(spec)[0] not in ("truncated", "draft"):
             raise ScyllaError(f"--draft takes truncated:K or draft:PATH (a draft LM or head), got {spec!r}")
@@ -157,10 +152,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
     for spec in args.draft or []:
         d = drafter_from_spec(spec, target, device=args.device, dtype=args.dtype)
         models[spec] = d.head if isinstance(d, EagleDrafter) else d.model
-    param = next(target.parameters())
-    for layers in args.head_layers or []:  # untrained heads: the cost depends on the shape only
-        config = EagleConfig.for_target(target, num_layers=layers, width=args.head_width)
-        models[f"head:{layers}"] = EagleHead(config, target.get_input_embeddings()).to(param.device, param.dtype)
+    models.update(untrained_heads(target, args.head_layers or [], args.head_width))
     table = measure_costs(models, args.batch_sizes, args.tokens, args.contexts, reps=args.reps)
     table.target_quantization = target_quantization(args.target, target)
     table.save(args.out)
@@ -179,8 +171,6 @@ def _floats(text: str) -> list[float]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import EvalConfig, best_settings, evaluate, load_eval_config
-
     if args.config:
         config = load_eval_config(args.config)
         if args.run_dir:
@@ -203,21 +193,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from pipeline.select import candidates, checkpoint_for, load_fits, measured, select, write_config
-    from scylla.costs import CostTable
-    from pipeline.evaluate import EvalConfig, evaluate
-    from scylla.records import read_records
-
-    fits = load_fits(args.fits)
-    found = candidates(fits, CostTable.load(args.cost), args.batch_sizes, args.token_budget,
-                       default_shape=args.fitted_shape)
-    chosen = select(found)
     run_dirs = args.run_dir or []
-    drafts = {b: checkpoint_for(run_dirs, c.draft_layers, c.train_tokens) for b, c in chosen.items()}
     target = args.target or next((r["target"] for d in run_dirs for r in read_records(d, kind="train")),
                                  "smollm2-135m")
     check_dir = args.check_dir or str(Path(args.out).with_suffix("")) + "-check"
-    write_config(args.out, chosen, check_dir, drafts, target, args.tasks.split(","))
+    done = run_selection(args.fits, args.cost, args.batch_sizes, run_dirs, args.out, check_dir, target,
+                         args.tasks.split(","), args.token_budget, args.fitted_shape,
+                         check=(args.prompts, args.max_new_tokens) if args.check else None)
+    chosen, drafts = done.chosen, done.drafts
     print(f"{'batch':>5}  {'layers':>6}  {'shape':<36} {'tokens':>8}  {'MAT (95% CI)':<20} {'cost':>5}  "
           f"predicted speed-up (95% CI)")
     for b, c in chosen.items():
@@ -227,19 +210,11 @@ def cmd_select(args: argparse.Namespace) -> int:
               f"{c.predicted_speedup:.2f}x [{lo:.2f}, {hi:.2f}]" + ("  (extrapolated)" if c.extrapolated else "")
               + ("" if drafts[b] else "  (no trained draft)")
               + ("" if c.predicted_speedup > 1 else "  -> plain decoding"))
-    print(f"wrote {args.out} ({len(found)} candidates)")
-    if args.check:
-        if not all(drafts.values()):
-            raise ScyllaError("--check needs a trained draft for every choice: give --run-dir with those drafts")
-        import yaml
-
-        config = EvalConfig(**yaml.safe_load(Path(args.out).read_text()))
-        config.prompts, config.max_new_tokens = args.prompts, args.max_new_tokens
-        evaluate(config)
+    print(f"wrote {args.out} ({len(done.candidates)} candidates)")
+    if done.measured is not None:
         print("check: predicted vs measured speed-up (online, T=0)")
-        found = measured(check_dir, chosen, drafts)
         for b, c in chosen.items():
-            r = found[b] or {"speedup": float("nan"), "mean_accepted_length": float("nan")}
+            r = done.measured[b] or {"speedup": float("nan"), "mean_accepted_length": float("nan")}
             speedup, mat = r["speedup"], r["mean_accepted_length"]
             print(f"  batch {b:>3}: predicted {c.predicted_speedup:.2f}x [{c.predicted_speedup_ci95[0]:.2f}, "
                   f"{c.predicted_speedup_ci95[1]:.2f}], measured {speedup:.2f}x (MAT predicted "
@@ -248,15 +223,11 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo
-
     print(f"report: {run_demo(args.run_dir, args.grid)}")
     return 0
 
 
 def _tree(text: str):
-    from scylla.drafters.tree import parse_tree
-
     try:
         return parse_tree(text)
     except ScyllaError as err:
@@ -264,8 +235,6 @@ def _tree(text: str):
 
 
 def cmd_tts_bench(args: argparse.Namespace) -> int:
-    from pipeline.tts_bench import load_bench, run_bench
-
     written, table = run_bench(load_bench(args.config, full=args.full), args.out)
     print(f"wrote {written} tts records; table: {table}")
     return 0

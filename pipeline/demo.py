@@ -11,7 +11,15 @@ import sys
 import time
 from pathlib import Path
 
+from fit.cli import run_fit
+from paper_figs.all import all_figures
+from pipeline.evaluate import EvalConfig, evaluate, parse_shape
+from pipeline.select import checkpoint_for, run_selection
+from pipeline.sweep import load_sweep, run_sweep
 from scylla.atomic import atomic_path
+from scylla.costs import measure_costs, untrained_heads
+from scylla.models import load_model, target_quantization
+from scylla.records import read_records
 
 TREE = "tree:top_k=3,depth=3,total_tokens=8"  # the dynamic tree of the study (EAGLE-2's 10/5/60 is too big for a CPU)
 SHAPES = ["chain:1", "chain:3", TREE]
@@ -26,18 +34,12 @@ def _banner(start: float, text: str) -> None:
 
 def _costs(run_dir: Path, target_name: str, layers: list[int], width: int) -> Path:
     """The cost table of the target and untrained heads of these depths (measured once, then reused)."""
-    from scylla.costs import measure_costs
-    from scylla.drafters.eagle import EagleConfig, EagleHead
-    from pipeline.evaluate import parse_shape
-    from scylla.models import load_model, target_quantization
-
     path = run_dir / "costs.json"
     if path.exists():
         return path
     target, _ = load_model(target_name)
     shapes = [parse_shape(s) for s in SHAPES]
-    heads = {f"head:{n}": EagleHead(EagleConfig.for_target(target, num_layers=n, width=width),
-                                    target.get_input_embeddings()) for n in layers}
+    heads = untrained_heads(target, layers, width)
     draft_tokens = sorted({1} | {s.tree.top_k for s in shapes if s.tree})
     table = measure_costs({"target": target}, BATCH_SIZES, sorted({1} | {s.verify_tokens for s in shapes}), [128],
                           reps=5)
@@ -49,13 +51,6 @@ def _costs(run_dir: Path, target_name: str, layers: list[int], width: int) -> Pa
 
 def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/demo.yaml") -> Path:
     """Run every stage; returns the report's path."""
-    from fit.cli import run_fit
-    from pipeline.select import candidates, checkpoint_for, load_fits, measured, select, write_config
-    from scylla.costs import CostTable
-    from pipeline.evaluate import EvalConfig, evaluate
-    from scylla.records import read_records
-    from pipeline.sweep import load_sweep, run_sweep
-
     start = time.perf_counter()
     run_dir = Path(run_dir)
     sweep = load_sweep(grid, run_dir)
@@ -83,17 +78,14 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
     print("\n".join(mat_table + acc_table), file=sys.stderr)
 
     _banner(start, f"5/7 select the Scylla configuration for batch sizes {BATCH_SIZES} and measure it")
-    chosen = select(candidates(load_fits(fits_path), CostTable.load(cost_path), BATCH_SIZES))
-    drafts = {b: checkpoint_for([str(run_dir)], c.draft_layers, c.train_tokens) for b, c in chosen.items()}
     config_path, check_dir = run_dir / "scylla.yaml", run_dir / "check"
     baseline = checkpoint_for([str(run_dir)], 1, max(r["train_tokens"] for r in train))  # EAGLE-2-style: 1 layer
     also = [(f"draft:{baseline}", TREE)] if baseline else []
-    config = write_config(config_path, chosen, str(check_dir), drafts, target, ["gsm"], also)
-    evaluate(EvalConfig(**{**config, "prompts": max(BATCH_SIZES), "max_new_tokens": NEW_TOKENS}))
-    checked = measured(check_dir, chosen, drafts)
+    done = run_selection(fits_path, cost_path, BATCH_SIZES, [str(run_dir)], config_path, str(check_dir), target,
+                         ["gsm"], also=also, check=(max(BATCH_SIZES), NEW_TOKENS))
+    chosen, drafts, checked = done.chosen, done.drafts, done.measured
 
     _banner(start, "6/7 figures from the records alone")
-    from paper_figs.all import all_figures
 
     records = read_records(run_dir) + read_records(check_dir)
     figures = all_figures(records, run_dir / "figs", scylla_config=str(config_path))

@@ -18,11 +18,12 @@ from pathlib import Path
 import yaml
 
 from fit.results import LogLinearFit
-from pipeline.evaluate import parse_shape
+from pipeline.evaluate import EvalConfig, evaluate, parse_shape
 from scylla.atomic import atomic_path
 from scylla.costs import CostTable, predicted_speedup, step_cost
 from scylla.errors import ScyllaError
 from scylla.records import find_checkpoints, read_records
+from scylla.selection import entry_for, load_selection
 
 
 @dataclass
@@ -144,14 +145,43 @@ def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, d
 
 def selection_for(config_path: str | Path, batch_size: int) -> dict:
     """The selection entry of a Scylla configuration for this batch size (the nearest chosen one at or below it)."""
-    try:
-        selection = yaml.safe_load(Path(config_path).read_text())["selection"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        raise ScyllaError(f"{config_path} is not a Scylla configuration (write one with scylla select)") from None
-    sizes = sorted(int(b) for b in selection)
-    below = [b for b in sizes if b <= batch_size]
-    entry = selection[str(below[-1] if below else sizes[0])]
+    entry = entry_for(load_selection(config_path), batch_size)
     if not entry.get("draft"):
         raise ScyllaError(f"{config_path}: no trained draft for batch size {batch_size}; train "
                           f"{entry['draft_layers']} layers on {entry['train_tokens']} tokens first")
     return entry
+
+
+@dataclass
+class Selection:
+    """What ``run_selection`` did: every candidate, the chosen one per batch size, its trained draft folder (None if
+    none was trained), the configuration written, and the check's eval record per batch size (None unchecked)."""
+
+    candidates: list[Candidate]
+    chosen: dict[int, Candidate]
+    drafts: dict[int, str | None]
+    config: dict
+    measured: dict | None
+
+
+def run_selection(fits_path: str | Path, cost_path: str | Path, batch_sizes: list[int], run_dirs: list[str],
+                  out: str | Path, check_dir: str, target: str, tasks: list[str], token_budget: int | None = None,
+                  fitted_shape: str = "chain:2", also: list[tuple[str, str]] = (),
+                  check: tuple[int, int] | None = None) -> Selection:
+    """The selection workflow of ``scylla select`` and the demo: candidates from the fits and the cost table, the
+    fastest per batch size, its trained draft, the Scylla configuration at ``out``; with ``check`` = (prompts,
+    new tokens), the chosen drafts (and ``also``) measured online into check_dir."""
+    found = candidates(load_fits(fits_path), CostTable.load(cost_path), batch_sizes, token_budget,
+                       default_shape=fitted_shape)
+    chosen = select(found)
+    drafts = {b: checkpoint_for(run_dirs, c.draft_layers, c.train_tokens) for b, c in chosen.items()}
+    config = write_config(out, chosen, check_dir, drafts, target, tasks, also)
+    checked = None
+    if check is not None:
+        if not all(drafts.values()):
+            raise ScyllaError("checking the choice needs a trained draft for every batch size: give the run "
+                              "directories that hold them")
+        prompts, new_tokens = check
+        evaluate(EvalConfig(**{**config, "prompts": prompts, "max_new_tokens": new_tokens}))
+        checked = measured(check_dir, chosen, drafts)
+    return Selection(found, chosen, drafts, config, checked)

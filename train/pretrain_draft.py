@@ -24,11 +24,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from scylla.atomic import atomic_folder
+from scylla.drafters import DraftModel, EagleDrafter
+from scylla.drafters.eagle import EagleConfig, EagleHead
+from scylla.engine import SpeculativeDecoder
 from scylla.errors import ScyllaError
+from scylla.models import load_model, target_quantization
 from scylla.ports import free_port
+from scylla.prompts import encode_prompts
+from scylla.records import append_record, new_record, read_records
 from train.config import TrainConfig, load_config
+from train.data import (draft_vocabulary, heldout_prompts, load_corpus, pack_blocks, regenerate_responses,
+                        split_heldout, tokenize_examples)
+from train.features import FeatureStore, build_feature_store
 from train.schedule import branch_start, lr_at
 
 DS_CONFIGS = Path(__file__).parent / "ds_configs"
@@ -45,7 +55,6 @@ def ensure_distributed_env() -> None:
 @dataclass
 class Data:
     """Packed training blocks (N, T), held-out blocks (M, T), held-out prompt texts and the draft vocabulary."""
-
     train: torch.Tensor
     heldout: torch.Tensor
     prompts: list[str]
@@ -62,9 +71,6 @@ def data_key(cfg: TrainConfig) -> list:
 def prepare_data(cfg: TrainConfig, tokenizer, vocab_size: int, target=None) -> Data:
     """Deterministic data: the corpus, its held-out split and packing do not depend on the job's seed, so every
     draft of a sweep sees the same blocks (and can share one feature store)."""
-    from train.data import draft_vocabulary, heldout_prompts, load_corpus, pack_blocks, split_heldout
-    from train.data import regenerate_responses, tokenize_examples
-
     corpus = load_corpus(cfg.data.source, cfg.data.examples, seed=0)
     train_ds, held_ds = split_heldout(corpus, cfg.data.heldout, seed=0)
     if cfg.data.onpolicy:
@@ -97,7 +103,6 @@ def block_order(n_blocks: int, position: int, count: int, seed: int) -> list[int
 def build_draft(cfg: TrainConfig, target, data: Data) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)
     if cfg.drafter == "eagle":
-        from scylla.drafters.eagle import EagleConfig, EagleHead
 
         config = EagleConfig.for_target(target, num_layers=cfg.layers, width=cfg.width,
                                         feature_layers=list(cfg.feature_layers), draft_vocab_size=len(data.draft_vocab))
@@ -107,7 +112,6 @@ def build_draft(cfg: TrainConfig, target, data: Data) -> torch.nn.Module:
             with torch.no_grad():
                 head.lm_head.weight.copy_(target.get_output_embeddings().weight[data.draft_vocab])
         return head
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     heads = max(1, cfg.width // 64)
     config = LlamaConfig(
@@ -130,7 +134,6 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 
 class Objective:
     """The training loss of a draft on a batch of blocks; returns (loss, metrics)."""
-
     def __init__(self, cfg: TrainConfig, target, data: Data, store=None):
         self.cfg = cfg
         self.store = store  # target features (EAGLE heads); draft LMs read data.train
@@ -180,8 +183,6 @@ class Objective:
 
 
 def make_drafter(cfg: TrainConfig, model):
-    from scylla.drafters import DraftModel, EagleDrafter
-
     if cfg.drafter == "eagle":
         return EagleDrafter(model, num_draft_tokens=cfg.eval.num_draft_tokens)
     return DraftModel(model, num_draft_tokens=cfg.eval.num_draft_tokens)
@@ -190,9 +191,6 @@ def make_drafter(cfg: TrainConfig, model):
 @torch.no_grad()
 def measure(cfg: TrainConfig, target, tokenizer, model, objective: Objective, data: Data, heldout_feats) -> dict:
     """Held-out loss/accuracy and a quick greedy acceptance measurement with the engine."""
-    from scylla.engine import SpeculativeDecoder
-    from scylla.prompts import encode_prompts
-
     model.eval()
     _, held = objective(model, data.heldout, heldout_feats)
     ids, mask = encode_prompts(tokenizer, data.prompts, chat=cfg.data.chat, device=cfg.device)
@@ -223,9 +221,8 @@ def save_draft(cfg: TrainConfig, model, tokenizer, folder: Path, card: dict) -> 
 
 def feature_store_for(cfg: TrainConfig, target, data: Data, rank: int):
     """The shared target-feature store for this job's target, data and layers (built once, by rank 0)."""
-    import deepspeed
+    import deepspeed  # heavy (compiles ops, probes accelerators): imported only where a job trains
 
-    from train.features import FeatureStore, build_feature_store
 
     layers = sorted(set(cfg.feature_layers) | ({-1} if cfg.optim.loss == "kl" else set()))
     key = json.dumps(data_key(cfg) + [layers])
@@ -238,8 +235,6 @@ def feature_store_for(cfg: TrainConfig, target, data: Data, rank: int):
 
 def done_milestones(cfg: TrainConfig) -> set[int]:
     """Milestones whose record is written and whose draft folder exists."""
-    from scylla.records import read_records
-
     if not (cfg.run_path / "records.jsonl").exists():
         return set()
     done = set()
@@ -255,7 +250,7 @@ def start_tracking(cfg: TrainConfig):
         return None
     if cfg.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
         raise ScyllaError("wandb: online needs WANDB_API_KEY set; use wandb: offline (the default)")
-    import wandb
+    import wandb  # optional: only when tracking is on
 
     cfg.job_dir.mkdir(parents=True, exist_ok=True)
     return wandb.init(project=cfg.sweep or "scylla", name=cfg.run_id, dir=str(cfg.job_dir), mode=cfg.wandb,
@@ -264,9 +259,8 @@ def start_tracking(cfg: TrainConfig):
 
 class Trainer:
     """The DeepSpeed engine plus the stream position; stable checkpoints make the run resumable."""
-
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module, world: int, rank: int):
-        import deepspeed
+        import deepspeed  # heavy (compiles ops, probes accelerators): imported only where a job trains
 
         self.cfg, self.world, self.rank = cfg, world, rank
         ds_config = json.loads((DS_CONFIGS / f"zero{cfg.zero_stage}.json").read_text())
@@ -325,10 +319,8 @@ class Trainer:
 
 
 def run(cfg: TrainConfig) -> None:
-    import deepspeed
+    import deepspeed  # heavy (compiles ops, probes accelerators): imported only where a job trains
 
-    from scylla.models import load_model, target_quantization
-    from scylla.records import append_record, new_record
 
     ensure_distributed_env()
     deepspeed.init_distributed(dist_backend="nccl" if cfg.device.startswith("cuda") else "gloo")

@@ -6,11 +6,14 @@ import torch
 
 from scylla.drafters.base import Drafter
 from scylla.drafters.draft_model import DraftModel
+from scylla.drafters.eagle import EagleDrafter, EagleHead, is_head_folder
 from scylla.drafters.hybrid import HybridDrafter
 from scylla.drafters.prompt_lookup import PromptLookup
 from scylla.drafters.suffix import SuffixDrafter, SuffixPool
 from scylla.drafters.tree import TreeShape
 from scylla.errors import ScyllaError
+from scylla.models import load_model, truncated_draft
+
 
 SPECS = ("none, truncated:K, prompt-lookup, suffix (suffix automaton with a pool), hybrid:SPEC (suffix where it "
          "matches >= 4 tokens, else SPEC), draft:PATH (a draft LM or a trained head folder)")
@@ -51,8 +54,6 @@ def drafter_from_spec(
     default (a hybrid passes num_draft_tokens to both sides). tree: draft an EAGLE-2 dynamic tree instead of a chain;
     prompt lookup and suffix then draft up to top_k continuations of up to depth tokens as branches (a hybrid's
     suffix side stays a chain)."""
-    from scylla.models import load_model, truncated_draft
-
     kind, arg = parse_spec(spec)
     n = {} if num_draft_tokens is None else {"num_draft_tokens": num_draft_tokens}
     if kind == "none":
@@ -71,7 +72,6 @@ def drafter_from_spec(
     n["tree"] = tree
     if kind == "truncated":
         return DraftModel(truncated_draft(target, int(arg)), **n)
-    from scylla.drafters.eagle import EagleDrafter, EagleHead, is_head_folder
 
     if is_head_folder(arg):
         return EagleDrafter(EagleHead.load(arg, target), **n)

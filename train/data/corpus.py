@@ -83,8 +83,8 @@ def _sample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
 
 def _reasoning_gym(task: str, n: int | None, seed: int) -> datasets.Dataset:
     """Question -> the worked solution (metadata "answer_cot", ending in "#### answer") or else the bare answer."""
-    import reasoning_gym
-    from reasoning_gym.factory import DATASETS
+    import reasoning_gym  # optional: only for rg: corpora
+    from reasoning_gym.factory import DATASETS  # optional: only for rg: corpora
 
     if task not in DATASETS:
         close = difflib.get_close_matches(task, list(DATASETS), n=3)

@@ -15,6 +15,9 @@ import datasets
 import torch
 from tqdm import tqdm
 
+from scylla.engine import SpeculativeDecoder
+from scylla.prompts import encode_prompts
+
 
 def regenerate_responses(
     ds: datasets.Dataset,
@@ -26,9 +29,6 @@ def regenerate_responses(
     chat: bool = True,
 ) -> datasets.Dataset:
     """ds with columns prompt/response -> the same prompts with the target's greedy responses (cached in ``cache``)."""
-    from scylla.engine import SpeculativeDecoder
-    from scylla.prompts import encode_prompts
-
     cache = Path(cache)
     done: dict[str, str] = {}
     if cache.exists():
