@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from scylla.drafters.base import Draft, DraftContext, Drafter
-from scylla.drafters.tree import TreeShape, expand_tree
+from scylla.drafters.base import Draft, DraftContext
+from scylla.drafters.cached import CachedDrafter
+from scylla.drafters.tree import TreeShape
 from scylla.errors import ScyllaError
 from scylla.kv import RaggedKV
 
@@ -15,7 +16,7 @@ def output_vocab_size(model: torch.nn.Module) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
 
-class DraftModel(Drafter):
+class DraftModel(CachedDrafter):
     """Draft ``num_draft_tokens`` tokens autoregressively with ``model``, which must share the target's vocabulary;
     or, with ``tree``, an EAGLE-2 dynamic tree (scylla.drafters.tree).
 
@@ -29,12 +30,8 @@ class DraftModel(Drafter):
     name = "draft-model"
 
     def __init__(self, model: torch.nn.Module, num_draft_tokens: int = 4, tree: TreeShape | None = None):
-        if num_draft_tokens < 1:
-            raise ScyllaError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+        super().__init__(num_draft_tokens, tree)
         self.model = model
-        self.num_draft_tokens = num_draft_tokens
-        self.tree = tree
-        self.kv: RaggedKV | None = None
         self.fed: tuple[torch.Tensor, torch.Tensor] | None = None  # (first position (B,), drafts cached (B, g-1))
 
     def bind(self, target: torch.nn.Module) -> None:
@@ -53,13 +50,10 @@ class DraftModel(Drafter):
         self.kv.forward(prompt, mask, logits_to_keep=1)
 
     def propose(self, ctx: DraftContext) -> Draft:
-        lengths = ctx.budget.clamp(min=0, max=self.num_draft_tokens)
-        g = int(lengths.max()) if self.tree is None else int(ctx.budget.max())
+        lengths, g = self.draft_lengths(ctx)
         if g <= 0:
             return Draft.empty(ctx.tokens.shape[0], ctx.tokens.device)
-        tail = ctx.lengths - self.kv.lengths  # tokens to feed per row (rows with an empty cache may have fewer)
-        n = int(tail.max())
-        mask = (torch.arange(n, device=tail.device)[None, :] >= (n - tail)[:, None]).long()
+        n, mask = self.pending(ctx.lengths - self.kv.lengths)  # rows with an empty cache may feed fewer
         if self.tree is not None:
             return self._propose_tree(ctx, self.kv.forward(ctx.tokens[:, -n:], mask, logits_to_keep=1))
         feed, feed_mask = ctx.tokens[:, -n:], mask
@@ -80,16 +74,13 @@ class DraftModel(Drafter):
         return Draft(torch.stack(tokens, 1), lengths, torch.stack(probs, 1) if probs else None)
 
     def _propose_tree(self, ctx: DraftContext, out) -> Draft:
-        """EAGLE-2 dynamic tree from the logits after the context; the tree's cache columns are dropped after."""
-        base = self.kv.lengths.clone()
+        """EAGLE-2 dynamic tree from the logits after the context."""
 
         def step(tokens, parent, tree, depth):
             logits = self.kv.forward(tokens, tree=tree, depth=torch.full_like(tokens, depth - 1)).logits
             return torch.log_softmax(logits.float(), dim=-1)
 
-        draft = expand_tree(self.tree, torch.log_softmax(out.logits[:, -1].float(), dim=-1), step, ctx.budget)
-        self.kv.trim(base)
-        return draft
+        return self.tree_draft(torch.log_softmax(out.logits[:, -1].float(), dim=-1), step, ctx)
 
     def update(self, accepted: torch.Tensor, ctx: DraftContext) -> None:
         real = torch.minimum(self.kv.lengths, ctx.lengths - 2)  # committed tokens the cache holds
@@ -103,8 +94,6 @@ class DraftModel(Drafter):
         tail = int((ctx.lengths - real).max())
         self.kv.trim((ctx.lengths - tail).clamp(min=0))
 
-    def select(self, rows: torch.Tensor) -> None:
-        self.kv.select(rows)
-
     def finish(self) -> None:
-        self.kv = self.fed = None
+        super().finish()
+        self.fed = None

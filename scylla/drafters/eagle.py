@@ -21,8 +21,9 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel
 
 from scylla.atomic import atomic_folder
-from scylla.drafters.base import Draft, DraftContext, Drafter
-from scylla.drafters.tree import TreeShape, expand_tree
+from scylla.drafters.base import Draft, DraftContext
+from scylla.drafters.cached import CachedDrafter
+from scylla.drafters.tree import TreeShape
 from scylla.errors import ScyllaError
 from scylla.kv import RaggedKV, realign
 
@@ -190,7 +191,7 @@ def is_head_folder(path: str | os.PathLike) -> bool:
         return False
 
 
-class EagleDrafter(Drafter):
+class EagleDrafter(CachedDrafter):
     """Drafts ``num_draft_tokens`` tokens with an EagleHead, reading the target's features at accepted positions.
 
     Bookkeeping per row: ``known`` = tokens whose target features we hold (all but the newest token), so pairs
@@ -203,13 +204,9 @@ class EagleDrafter(Drafter):
     name = "eagle"
 
     def __init__(self, head: EagleHead, num_draft_tokens: int = 4, tree: TreeShape | None = None):
-        if num_draft_tokens < 1:
-            raise ScyllaError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+        super().__init__(num_draft_tokens, tree)
         self.head = head
-        self.num_draft_tokens = num_draft_tokens
-        self.tree = tree
         self.feature_layers = tuple(head.head_config.feature_layers)
-        self.kv: RaggedKV | None = None
         self.feats: torch.Tensor | None = None  # (B, W, F)
         self.known: torch.Tensor | None = None  # (B,)
 
@@ -239,13 +236,10 @@ class EagleDrafter(Drafter):
         return d2t[choice], q
 
     def propose(self, ctx: DraftContext) -> Draft:
-        lengths = ctx.budget.clamp(min=0, max=self.num_draft_tokens)
-        g = int(lengths.max()) if self.tree is None else int(ctx.budget.max())
+        lengths, g = self.draft_lengths(ctx)
         if g <= 0:
             return Draft.empty(ctx.tokens.shape[0], ctx.tokens.device)
-        todo = self.known - self.kv.lengths  # pairs to feed per row (rows with an empty cache may have fewer)
-        n = int(todo.max())
-        mask = torch.arange(n, device=todo.device)[None, :] >= (n - todo)[:, None]
+        n, mask = self.pending(self.known - self.kv.lengths)  # pairs to feed; rows with an empty cache may have fewer
         out = self.kv.forward(ctx.tokens[:, -n:], mask, features=self.feats[:, -n:], logits_to_keep=1)
         if self.tree is not None:
             return self._propose_tree(out, ctx)
@@ -260,9 +254,8 @@ class EagleDrafter(Drafter):
         return Draft(torch.stack(tokens, 1), lengths, torch.stack(probs, 1) if probs else None)
 
     def _propose_tree(self, out, ctx: DraftContext) -> Draft:
-        """EAGLE-2 dynamic tree from the head's output after the pending pairs; the tree's cache columns are
-        dropped afterwards (accepted nodes are re-fed with the target's real features by the next propose)."""
-        base = self.kv.lengths.clone()
+        """EAGLE-2 dynamic tree from the head's output after the pending pairs (accepted nodes are fed again with the
+        target's real features by the next propose)."""
         h = out.hidden_states[:, -1:]  # (B, 1, width): what the root's children are drafted from
 
         def step(tokens, parent, tree, depth):
@@ -273,9 +266,7 @@ class EagleDrafter(Drafter):
             return torch.log_softmax(res.logits.float(), dim=-1)
 
         root = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        draft = expand_tree(self.tree, root, step, ctx.budget, self.head.draft_to_target)
-        self.kv.trim(base)
-        return draft
+        return self.tree_draft(root, step, ctx, self.head.draft_to_target)
 
     def update(self, accepted: torch.Tensor, ctx: DraftContext) -> None:
         # ctx.hidden_states (B, g+1, F): features of the verify input [x, d_1..d_g]; the first accepted+1 are real.
@@ -293,9 +284,10 @@ class EagleDrafter(Drafter):
             self.feats = self.feats[:, -keep:]
 
     def select(self, rows: torch.Tensor) -> None:
-        self.kv.select(rows)
+        super().select(rows)
         self.feats = self.feats[rows]
         self.known = self.known[rows]
 
     def finish(self) -> None:
-        self.kv = self.feats = self.known = None
+        super().finish()
+        self.feats = self.known = None
