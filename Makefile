@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export DS_BUILD_OPS ?= 0
 
-.PHONY: demo test bench install clean
+.PHONY: demo test mutations bench install clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+mutations: $(STAMP)  # inject each bug of tests/mutations.md and check that its tests fail
+	$(VENV)/bin/python tests/mutations.py
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/decode.py
