@@ -3,7 +3,8 @@
 - speed-up over plain decoding per method, grouped by task, one panel per protocol setting (paradigm, temperature,
   Best-of-N batched or not): the SpecTTS-Bench per-task comparison;
 - MAT against the repetition share of the generated tokens, one marker per method and one colour per task, with a
-  least-squares line and Pearson's r over all points.
+  least-squares line and Pearson's r over all points;
+- the markdown table of the records (``tts_table_rows``), which scylla tts-bench writes beside them.
 
 Records repeating a (setting, task, method), e.g. from several run directories, are averaged. Plain decoding
 (drafter_type ``none``) is the speed-up baseline and left out of both figures.
@@ -122,3 +123,30 @@ def tts_figures(records: list[dict], out_dir: Path) -> list[Path]:
             out_dir.mkdir(parents=True, exist_ok=True)
             paths += draw(found, out_dir, list(dict.fromkeys(r["method"] for r in found)))
     return paths
+
+
+def _cell(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def tts_table_rows(records: list[dict]) -> list[str]:
+    """The markdown table of tts records, one row per record in the given order (header lines included)."""
+    lines = [
+        "| task | paradigm | T | batch | method | MAT | speed-up | tokens/s | accuracy | repetition (self / +siblings) "
+        "| drafted share | = plain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        if r["paradigm"].startswith("best-of"):
+            keys = ["majority", "best_of", "mean"]
+        else:
+            keys = [f"round_{i}" for i in range(1, int(r["paradigm"].rsplit("-", 1)[1]) + 1)]
+        acc = " / ".join(_cell(r.get(f"accuracy_{k}")) for k in keys)
+        share = ", ".join(f"{k} {v:.0%}" for k, v in (r.get("drafted_share") or {}).items()) or "-"
+        same = {True: "yes", False: "**NO**", None: "-"}[r.get("matches_plain")]
+        lines.append(
+            f"| {r['task']} | {r['paradigm']} | {r['temperature']:g} | {r['batch_size']} | {r['method']} | "
+            f"{_cell(r['mean_accepted_length'])} | {_cell(r['speedup'])} | {_cell(r['problem_tokens_per_second'], 1)}"
+            f" | {acc} | {_cell(r['repetition_self'])} / {_cell(r['repetition'])} | {share} | {same} |"
+        )
+    return lines

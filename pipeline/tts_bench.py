@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from paper_figs.tts import tts_table_rows
 from scylla.atomic import atomic_path, write_json_atomic
 from scylla.data.tasks import get_task
 from scylla.drafters.eagle import is_head_folder
@@ -408,10 +409,6 @@ def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[i
     return written, write_table(run_dir, config)
 
 
-def _cell(value, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def write_table(run_dir: Path, config: BenchConfig) -> Path:
     """The markdown table of this config's tts records in run_dir (all tasks, settings and methods found)."""
     order = {m.label: i for i, m in enumerate(config.methods)}
@@ -431,23 +428,8 @@ def write_table(run_dir: Path, config: BenchConfig) -> Path:
         f"{config.repetition_ngram}-gram already occurred in the same request / also in earlier samples or rounds. "
         "Drafted share: drafted tokens per side of a hybrid. = plain: greedy output identical to plain decoding.",
         "",
-        "| task | paradigm | T | batch | method | MAT | speed-up | tokens/s | accuracy | repetition (self / +siblings) "
-        + "| drafted share | = plain |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *tts_table_rows(records),
     ]
-    for r in records:
-        if r["paradigm"].startswith("best-of"):
-            keys = ["majority", "best_of", "mean"]
-        else:
-            keys = [f"round_{i}" for i in range(1, int(r["paradigm"].rsplit("-", 1)[1]) + 1)]
-        acc = " / ".join(_cell(r.get(f"accuracy_{k}")) for k in keys)
-        share = ", ".join(f"{k} {v:.0%}" for k, v in (r.get("drafted_share") or {}).items()) or "-"
-        same = {True: "yes", False: "**NO**", None: "-"}[r.get("matches_plain")]
-        lines.append(
-            f"| {r['task']} | {r['paradigm']} | {r['temperature']:g} | {r['batch_size']} | {r['method']} | "
-            f"{_cell(r['mean_accepted_length'])} | {_cell(r['speedup'])} | {_cell(r['problem_tokens_per_second'], 1)}"
-            f" | {acc} | {_cell(r['repetition_self'])} / {_cell(r['repetition'])} | {share} | {same} |"
-        )
     path = run_dir / TABLE_FILE
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
