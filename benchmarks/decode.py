@@ -53,9 +53,9 @@ from pathlib import Path
 import torch
 
 from scylla.atomic import write_json_atomic
+from scylla.costs import forward_seconds, predicted_speedup
 from scylla.drafters import DraftModel, EagleDrafter, EagleHead, PromptLookup
 from scylla.engine import SpeculativeDecoder
-from scylla.kv import RaggedKV
 from scylla.metrics import DecodeStats
 from scylla.models import load_model, truncated_draft
 from scylla.prompts import encode_prompts
@@ -361,16 +361,8 @@ class CostMeter:
         return self._cache[key]
 
     def _time(self, model: torch.nn.Module, batch: int, n: int) -> float:
-        kv = RaggedKV(model)
-        kv.forward(self.context.expand(batch, -1))
-        new = self.context[:, -n:].expand(batch, -1).contiguous()
-        times = []
-        for _ in range(self.warmup + self.reps):
-            t0 = time.perf_counter()
-            kv.forward(new)
-            times.append(time.perf_counter() - t0)
-            kv.trim(kv.lengths - n)
-        return statistics.median(times[self.warmup :])
+        """The cost model's own measurement (scylla.costs.forward_seconds: CUDA-synchronised on a GPU)."""
+        return forward_seconds(model, batch, n, self.context.shape[1], reps=self.reps, warmup=self.warmup)
 
 
 def cost_context(batches: list[Batch], reference: dict[int, list[int]], length: int = 128) -> torch.Tensor:
@@ -408,7 +400,7 @@ def cost_model(mode: Mode, run: Run, meter: CostMeter, target, batch: int) -> di
     v = meter.seconds(target, batch, max(1, round(g)) + 1, "target") / step
     a = stats.acceptance_rate
     mat = stats.mean_accepted_length
-    return dict(g=g, c=c, v=v, iid_prediction=iid_prediction(a, g, c, v), mat_prediction=mat / (g * c + v))
+    return dict(g=g, c=c, v=v, iid_prediction=iid_prediction(a, g, c, v), mat_prediction=predicted_speedup(mat, g, c, v))
 
 
 # ---------------------------------------------------------------- results
