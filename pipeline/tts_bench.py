@@ -360,6 +360,7 @@ def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[i
     previous = read_records(run_dir, kind="tts") if records_path(run_dir).is_file() else []
     settings = _guard(run_dir, config, {r["method"] for r in previous})
     target, tokenizer = load_model(config.target, device=config.device, dtype=config.dtype)
+    quantization = target_quantization(config.target, target)
 
     def drafter(method: Method):  # built afresh per record: drafters with state (pools) start empty
         return drafter_from_spec(method.spec, target, method.num_draft_tokens, device=config.device,
@@ -381,7 +382,7 @@ def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[i
         for method in config.methods:
             fields = dict(task=task_name, temperature=setting.temperature, batch_size=setting.batch_size,
                           method=method.label, paradigm=setting.paradigm,
-                          target_quantization=target_quantization(config.target, target))
+                          target_quantization=quantization)
             records[method.label] = new_record("tts", **_identity(method, config), **fields)
         missing = [m for m in config.methods if record_key(records[m.label]) not in done]
         if not missing:
