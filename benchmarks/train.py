@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from train.config import config_from_dict  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
 from train.pretrain_draft import (  # noqa: E402
     Objective, Trainer, block_order, build_draft, ensure_distributed_env, prepare_data,
 )
@@ -72,7 +72,7 @@ def main() -> None:
     from scylla.models import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="scylla-bench-train-"))
-    cfg = config_from_dict({
+    cfg = TrainConfig.from_dict({
         "run_dir": str(tmp), "target": args.target, "layers": args.layers, "width": args.width,
         "zero_stage": args.zero, "wandb": "disabled", "milestones": [args.batch_blocks * args.block_size],
         "data": {"source": "gsm", "examples": args.examples, "block_size": args.block_size},

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 
 
 def _slope(log_x: np.ndarray, y: np.ndarray) -> float:
@@ -29,21 +29,21 @@ def bootstrap_slope(
     """
     log_x, y = np.log(np.asarray(x, dtype=float)), np.asarray(y, dtype=float)
     if n_resamples < 1:
-        raise ScyllaError(f"bootstrap needs at least 1 resample, got {n_resamples}")
+        raise InputError(f"bootstrap needs at least 1 resample, got {n_resamples}")
     if len(log_x) != len(y):
-        raise ScyllaError(f"bootstrap: {len(log_x)} x values but {len(y)} y values")
+        raise InputError(f"bootstrap: {len(log_x)} x values but {len(y)} y values")
     if not np.all(np.isfinite(log_x)) or not np.all(np.isfinite(y)):
-        raise ScyllaError("bootstrap: x must be finite and > 0, y finite")
+        raise InputError("bootstrap: x must be finite and > 0, y finite")
     rng = np.random.default_rng(seed)
     units = None
     if runs is not None:
         if len(runs) != len(y):
-            raise ScyllaError(f"bootstrap: {len(runs)} run labels for {len(y)} points")
+            raise InputError(f"bootstrap: {len(runs)} run labels for {len(y)} points")
         members: dict = {}
         for i, run in enumerate(runs):
             members.setdefault(run, []).append(i)
         if len(members) < 2:
-            raise ScyllaError("bootstrap: resampling runs needs at least 2 runs, got 1; resample points instead")
+            raise InputError("bootstrap: resampling runs needs at least 2 runs, got 1; resample points instead")
         units = [np.array(idx) for idx in members.values()]
     slopes = []
     for _ in range(n_resamples):
@@ -55,6 +55,6 @@ def bootstrap_slope(
             continue
         slopes.append(_slope(log_x[idx], y[idx]))
     if not slopes:
-        raise ScyllaError(f"bootstrap: none of {n_resamples} resamples had 2 distinct x values; add points or runs")
+        raise InputError(f"bootstrap: none of {n_resamples} resamples had 2 distinct x values; add points or runs")
     lo, hi = np.percentile(slopes, [2.5, 97.5])
     return float(lo), float(hi)

@@ -9,7 +9,7 @@ from fit.loglinear import fit_log_linear, group_label
 from fit.results import ExtrapolationCheck
 from fit.saturating import extrapolation_check, fit_saturating
 from scylla.atomic import write_json_atomic
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 from scylla.records import read_records
 
 
@@ -19,7 +19,7 @@ def parse_fields(text: str | None) -> tuple[str, ...]:
         return ()
     fields = tuple(name.strip() for name in text.split(","))
     if not all(fields):
-        raise ScyllaError(f"--by takes comma-separated field names such as draft_layers,draft_width, got {text!r}")
+        raise InputError(f"--by takes comma-separated field names such as draft_layers,draft_width, got {text!r}")
     return fields
 
 
@@ -32,11 +32,11 @@ def parse_where(texts: Sequence[str] | str | None) -> dict[str, str]:
         for pair in text.split(","):
             key, sep, value = (part.strip() for part in pair.partition("="))
             if not sep or not key:
-                raise ScyllaError(
+                raise InputError(
                     f"--where takes comma-separated field=value pairs such as task=gsm,temperature=0, got {pair!r}"
                 )
             if key in where and where[key] != value:
-                raise ScyllaError(f"--where gives field '{key}' twice ({where[key]!r} and {value!r}); give it once")
+                raise InputError(f"--where gives field '{key}' twice ({where[key]!r} and {value!r}); give it once")
             where[key] = value
     return where
 
@@ -81,7 +81,7 @@ def run_fit(
         records.extend(read_records(run_dir, kind=kind, where=conditions or None))
     if not records:
         selection = ", ".join([f"kind={kind}"] * (kind is not None) + [f"{k}={v}" for k, v in conditions.items()])
-        raise ScyllaError(
+        raise InputError(
             f"no records in {', '.join(map(str, run_dirs))}" + (f" match {selection}" if selection else "")
             + "; check --kind and --where"
         )

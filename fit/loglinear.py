@@ -11,7 +11,7 @@ from scipy import stats
 
 from fit.bootstrap import bootstrap_slope
 from fit.results import JointFit, LogLinearFit
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 
 
 def _which(records: Sequence[dict], indices: list[int]) -> str:
@@ -23,11 +23,11 @@ def _which(records: Sequence[dict], indices: list[int]) -> str:
 
 def _require_fields(records: Sequence[dict], fields: Sequence[str]) -> None:
     if not records:
-        raise ScyllaError("no records to fit; check the run directories, --kind and --where")
+        raise InputError("no records to fit; check the run directories, --kind and --where")
     for name in fields:
         missing = [i for i, r in enumerate(records) if name not in r]
         if missing:
-            raise ScyllaError(
+            raise InputError(
                 f"field '{name}' is missing from {len(missing)} of {len(records)} records "
                 f"({_which(records, missing)}); select records that have it (--kind, --where) or fit another field"
             )
@@ -46,14 +46,14 @@ def _values(records: Sequence[dict], index: list[int], name: str, role: str, whe
     values = [_number(records[i][name]) for i in index]
     bad = [i for i, v in zip(index, values) if v is None]
     if bad:
-        raise ScyllaError(
+        raise InputError(
             f"{where}: {role} '{name}' is null, NaN or not a number in {len(bad)} record(s) "
             f"({_which(records, bad)}); filter them out with --where or fix the records"
         )
     if positive:
         bad = [i for i, v in zip(index, values) if v <= 0]
         if bad:
-            raise ScyllaError(
+            raise InputError(
                 f"{where}: {role} '{name}' must be > 0 to take its log, but is <= 0 in {len(bad)} record(s) "
                 f"({_which(records, bad)}); filter them out with --where (untrained drafters have train_tokens 0)"
             )
@@ -89,7 +89,7 @@ def fit_log_linear(
     of whole runs (``run_id``) when the group holds several runs, else of points.
     """
     if bootstrap < 0:
-        raise ScyllaError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+        raise InputError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
     by = (by,) if isinstance(by, str) else tuple(by)
     _require_fields(records, (x, y, *by))
     groups: dict[tuple, list[int]] = {}
@@ -97,7 +97,7 @@ def fit_log_linear(
         key = tuple(record[name] for name in by)
         for name, value in zip(by, key):
             if isinstance(value, (list, dict)):
-                raise ScyllaError(
+                raise InputError(
                     f"grouping field '{name}' holds a {type(value).__name__} in record {_which(records, [i])}; "
                     "group by fields that hold numbers, strings, bools or null"
                 )
@@ -111,7 +111,7 @@ def fit_log_linear(
         yv = _values(records, index, y, "y", where, positive=False)
         distinct = len(np.unique(xv))
         if distinct < 3:
-            raise ScyllaError(
+            raise InputError(
                 f"{where}: needs at least 3 distinct values of x '{x}' to fit a line with an error, got {distinct}; "
                 "add checkpoints or group more coarsely (--by)"
             )
@@ -177,7 +177,7 @@ def fit_joint(
     """One OLS fit of y = a + sum_i b_i ln(x_i) over all records, HC3 errors, 95% t intervals with n - p df."""
     xs = (xs,) if isinstance(xs, str) else tuple(xs)
     if not xs:
-        raise ScyllaError("fit_joint needs at least one x field")
+        raise InputError("fit_joint needs at least one x field")
     _require_fields(records, (*xs, y))
     index = list(range(len(records)))
     where = "joint fit"
@@ -185,16 +185,16 @@ def fit_joint(
     yv = _values(records, index, y, "y", where, positive=False)
     for name, column in zip(xs, columns):
         if len(np.unique(column)) < 2:
-            raise ScyllaError(f"{where}: x '{name}' takes a single value, so its coefficient cannot be fitted")
+            raise InputError(f"{where}: x '{name}' takes a single value, so its coefficient cannot be fitted")
     design = sm.add_constant(np.column_stack(columns), has_constant="add")
     n, p = design.shape
     if np.linalg.matrix_rank(design) < p:
-        raise ScyllaError(f"{where}: the logs of {', '.join(xs)} are collinear in these records; drop one of them")
+        raise InputError(f"{where}: the logs of {', '.join(xs)} are collinear in these records; drop one of them")
     if n <= p:
-        raise ScyllaError(f"{where}: needs more than {p} records to estimate errors for {p} coefficients, got {n}")
+        raise InputError(f"{where}: needs more than {p} records to estimate errors for {p} coefficients, got {n}")
     leverage = np.diag(design @ np.linalg.pinv(design.T @ design) @ design.T)
     if leverage.max() > 1 - 1e-9:
-        raise ScyllaError(
+        raise InputError(
             f"{where}: a record alone determines a coefficient ({_which(records, [int(leverage.argmax())])}), "
             "so HC3 errors are undefined; add records around it"
         )

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import stats
 
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 
 INTERVALS = ("confidence", "prediction")
 
@@ -61,11 +61,11 @@ class LogLinearFit:
         """(mean, lo, hi) at ``x``: an interval for the mean of y ("confidence") or for one new observation
         ("prediction": adds the residual variance), from the t distribution with n - 2 degrees of freedom."""
         if interval not in INTERVALS:
-            raise ScyllaError(f"interval must be one of {', '.join(INTERVALS)}, got {interval!r}")
+            raise InputError(f"interval must be one of {', '.join(INTERVALS)}, got {interval!r}")
         if not 0 < level < 1:
-            raise ScyllaError(f"level must be between 0 and 1, got {level}")
+            raise InputError(f"level must be between 0 and 1, got {level}")
         if not x > 0:
-            raise ScyllaError(f"x must be > 0 to take its log, got {x}")
+            raise InputError(f"x must be > 0 to take its log, got {x}")
         g = np.array([1.0, math.log(x)])
         mean = self.intercept + self.slope * float(g[1])
         var = float(g @ np.asarray(self.cov) @ g) + (self.resid_var if interval == "prediction" else 0.0)
@@ -112,7 +112,7 @@ class SaturatingFit:
     def predict(self, x: float) -> float:
         """The fitted law at ``x`` (> 0)."""
         if not x > 0:
-            raise ScyllaError(f"x must be > 0, got {x}")
+            raise InputError(f"x must be > 0, got {x}")
         p = self.params
         return p["y_max"] - p["k"] * x ** (-p["beta"])
 

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from fit.results import ExtrapolationCheck, SaturatingFit
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 
 BETA_BOUNDS = (1e-6, 10.0)  # beta -> 0 is the log-linear limit; the bound keeps k finite there
 BETA_STARTS = (0.05, 2.0)  # starting betas are drawn log-uniformly from this range
@@ -17,12 +17,12 @@ BETA_STARTS = (0.05, 2.0)  # starting betas are drawn log-uniformly from this ra
 def _xy(x: Sequence[float], y: Sequence[float], min_distinct: int) -> tuple[np.ndarray, np.ndarray]:
     xv, yv = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if xv.shape != yv.shape or xv.ndim != 1:
-        raise ScyllaError(f"x and y must be two lists of equal length, got {xv.shape} and {yv.shape}")
+        raise InputError(f"x and y must be two lists of equal length, got {xv.shape} and {yv.shape}")
     if not (np.all(np.isfinite(xv)) and np.all(xv > 0) and np.all(np.isfinite(yv))):
-        raise ScyllaError("x must be finite and > 0, and y finite")
+        raise InputError("x must be finite and > 0, and y finite")
     distinct = len(np.unique(xv))
     if distinct < min_distinct:
-        raise ScyllaError(f"needs at least {min_distinct} distinct x values, got {distinct}")
+        raise InputError(f"needs at least {min_distinct} distinct x values, got {distinct}")
     return xv, yv
 
 
@@ -43,13 +43,13 @@ def fit_saturating(
     scale) sets where the Huber loss turns linear.
     """
     if starts < 1:
-        raise ScyllaError(f"starts must be >= 1, got {starts}")
+        raise InputError(f"starts must be >= 1, got {starts}")
     xv, yv = _xy(x, y, min_distinct=3)
     x0 = float(xv.min())
     u = xv / x0
     scale = _robust_scale(xv, yv) if f_scale is None else float(f_scale)
     if not scale > 0:
-        raise ScyllaError(f"f_scale must be > 0, got {f_scale}")
+        raise InputError(f"f_scale must be > 0, got {f_scale}")
 
     def residuals(p: np.ndarray) -> np.ndarray:
         return p[0] - p[1] * u ** (-p[2]) - yv

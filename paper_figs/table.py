@@ -63,7 +63,7 @@ def draft_label(record: dict) -> str:
 def default_scylla_methods(records: list[dict], scylla_config: str | Path | None = None) -> set[str]:
     """The configuration's selected drafts, else the trained draft with the highest mean MAT in ``records``."""
     if scylla_config:
-        return {e["draft"] for e in load_selection(scylla_config).values() if e.get("draft") not in (None, "none")}
+        return {e.draft for e in load_selection(scylla_config).values() if e.draft not in (None, "none")}
     mats = defaultdict(list)
     for r in records:
         if r["kind"] == "eval" and is_trained(r) and r.get("mean_accepted_length") is not None:
@@ -109,8 +109,8 @@ def table_rows(records: list[dict], scylla_config: str | Path | None = None, scy
         plain = [r["tokens_per_second"] for r in here if r["method"] == "none"]
         if selection:
             entry = entry_for(selection, batch)
-            use_plain = entry.get("draft") == "none"  # the configuration chose plain decoding at this batch size
-            chosen = ("none", "chain:0") if use_plain else (entry.get("draft"), entry.get("draft_shape"))
+            use_plain = entry.draft == "none"  # the configuration chose plain decoding at this batch size
+            chosen = ("none", "chain:0") if use_plain else (entry.draft, entry.draft_shape)
             scylla = [r for r in here if (r["method"], r.get("draft_shape")) == chosen]
         else:
             scylla = [r for r in here if r["method"] in methods]

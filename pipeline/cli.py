@@ -11,7 +11,7 @@ from tqdm import tqdm
 from fit.cli import run_fit
 from paper_figs.all import all_figures
 from pipeline.demo import run_demo
-from pipeline.evaluate import EvalConfig, best_settings, evaluate, load_eval_config, parse_shape
+from pipeline.evaluate import EvalConfig, best_settings, evaluate, parse_shape
 from pipeline.select import run_selection, selection_for
 from pipeline.sweep import load_sweep, run_sweep
 from pipeline.tts_bench import load_bench, run_bench
@@ -21,7 +21,7 @@ from scylla.drafters.eagle import EagleDrafter
 from scylla.drafters.spec import SPECS, drafter_from_spec, parse_spec
 from scylla.drafters.tree import TREE_FORM, parse_tree
 from scylla.engine import SpeculativeDecoder
-from scylla.errors import ScyllaError
+from scylla.errors import InputError, ScyllaError
 from scylla.metrics import DecodeStats
 from scylla.models import load_model, target_quantization
 from scylla.prompts import encode_prompts, read_prompts
@@ -58,10 +58,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.config:  # a Scylla configuration: its choice for this batch size
 
         entry = selection_for(args.config, args.batch_size)
-        shape = parse_shape(entry["draft_shape"])
-        args.drafter, args.tree, args.num_draft_tokens = entry["draft"], shape.tree, shape.num_draft_tokens
-        print(f"[{args.config}] batch {args.batch_size}: {entry['draft']} {entry['draft_shape']} (best draft "
-              f"predicted at {entry['predicted_speedup']:.2f}x plain decoding)", file=sys.stderr)
+        shape = parse_shape(entry.draft_shape)
+        args.drafter, args.tree, args.num_draft_tokens = entry.draft, shape.tree, shape.num_draft_tokens
+        print(f"[{args.config}] batch {args.batch_size}: {entry.draft} {entry.draft_shape} (best draft "
+              f"predicted at {entry.predicted_speedup:.2f}x plain decoding)", file=sys.stderr)
     parse_spec(args.drafter)
     prompts = read_prompts(args.prompts) if args.prompts else list(args.prompt)
     if len(prompts) < args.batch_size:  # one prompt, batch 8: eight samples of it
@@ -146,7 +146,7 @@ def _ints(text: str) -> list[int]:
 def cmd_costs(args: argparse.Namespace) -> int:
     for spec in args.draft or []:
         if parse_spec(spec)[0] not in ("truncated", "draft"):
-            raise ScyllaError(f"--draft takes truncated:K or draft:PATH (a draft LM or head), got {spec!r}")
+            raise InputError(f"--draft takes truncated:K or draft:PATH (a draft LM or head), got {spec!r}")
     target, _ = load_model(args.target, device=args.device, dtype=args.dtype)
     models = {"target": target}
     for spec in args.draft or []:
@@ -172,17 +172,15 @@ def _floats(text: str) -> list[float]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.config:
-        config = load_eval_config(args.config)
-        if args.run_dir:
-            config.run_dir = args.run_dir
+        config = EvalConfig.from_yaml(args.config, {"run_dir": args.run_dir} if args.run_dir else {})
     elif args.run_dir:
         config = EvalConfig(args.run_dir, args.drafts, args.target, args.tasks.split(","), args.temperatures,
                             args.batch_sizes,
                             args.shapes, args.baselines.split(",") if args.baselines else [], args.prompts,
                             args.max_new_tokens, args.replay, args.cost, args.seed, args.device, args.dtype)
     else:
-        raise ScyllaError("give a RUN_DIR or --config FILE (e.g. experiments/batch.yaml)")
-    written = evaluate(config.check())
+        raise InputError("give a RUN_DIR or --config FILE (e.g. experiments/batch.yaml)")
+    written = evaluate(config)
     print(f"wrote {written} eval records to {Path(config.run_dir) / 'records.jsonl'}")
     if len(config.shapes) > 1:
         print("fastest draft shape per method and batch size (online, tokens/s):")

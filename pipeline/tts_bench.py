@@ -28,10 +28,9 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
 from paper_figs.tts import tts_table_rows
@@ -39,9 +38,10 @@ from scylla.atomic import atomic_path, write_json_atomic
 from scylla.data.tasks import get_task
 from scylla.drafters.eagle import is_head_folder
 from scylla.drafters.spec import drafter_from_spec, parse_spec
-from scylla.drafters.tree import TREE_FORM, TreeShape, parse_tree
+from scylla.drafters.tree import TreeShape, parse_tree
 from scylla.engine import SpeculativeDecoder
-from scylla.errors import ScyllaError
+from scylla.config import Config, read_yaml
+from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.metrics import DecodeStats
 from scylla.models import load_model, target_quantization
 from scylla.prompts import encode_prompts
@@ -50,10 +50,7 @@ from scylla.sampling import SamplingConfig
 from scylla.tts import DEFAULT_ROUND2_TEMPLATE, best_of_n, check_template, multi_round
 
 
-CONFIG_KEYS = ("name", "target", "device", "dtype", "methods", "tasks", "paradigms", "problems", "max_new_tokens",
-               "num_draft_tokens", "seed", "top_k", "top_p", "repetition_ngram", "reduced")
-PARADIGMS = {"best_of_n": ("n", "temperature", "batched"), "multi_round": ("rounds", "temperatures", "template")}
-METHOD_KEYS = ("spec", "num_draft_tokens", "tree")
+PARADIGMS = ("best_of_n", "multi_round")
 PLAIN = "none"
 TABLE_FILE = "tts_table.md"
 CONFIG_FILE = "tts_config.json"
@@ -105,30 +102,109 @@ class BenchConfig:
     num_draft_tokens: int | None = None
 
 
+@dataclass
+class MethodConfig(Config):
+    """A method's section: a drafter spec, its draft length, a tree shape."""
+
+    spec: str
+    num_draft_tokens: int | None = None
+    tree: str | None = None
+
+    def validate(self) -> None:
+        self.require(bool(self.spec), "spec", "needs a drafter spec string")
+        self.require(self.num_draft_tokens is None or self.num_draft_tokens >= 1, "num_draft_tokens",
+                     f"must be an integer >= 1, got {self.num_draft_tokens}")
+        if self.tree:
+            _as_config_error("tree", parse_tree, self.tree)
+
+
+@dataclass
+class BestOfNConfig(Config):
+    n: int = 4
+    temperature: float = 0.6
+    batched: bool | list[bool] = False  # true: the N samples as one batch; false: one by one; both: [true, false]
+
+    def validate(self) -> None:
+        self.require(self.n >= 1, "n", f"must be an integer >= 1, got {self.n}")
+        self.require(self.batched != [], "batched", "must be true, false or a list of them")
+
+
+@dataclass
+class MultiRoundConfig(Config):
+    rounds: int = 2
+    temperatures: list[float] = field(default_factory=lambda: [0.0, 0.6])
+    template: str = DEFAULT_ROUND2_TEMPLATE
+
+    def validate(self) -> None:
+        self.require(self.rounds >= 1, "rounds", f"must be an integer >= 1, got {self.rounds}")
+        self.require(bool(self.temperatures), "temperatures", "must be a non-empty list")
+        _as_config_error("template", check_template, self.template)
+
+
+@dataclass
+class ParadigmsConfig(Config):
+    best_of_n: BestOfNConfig | None = None
+    multi_round: MultiRoundConfig | None = None
+
+    def validate(self) -> None:
+        self.require(self.best_of_n is not None or self.multi_round is not None, "paradigms",
+                     f"must name at least one of {', '.join(PARADIGMS)}")
+
+
+@dataclass
+class TTSBenchConfig(Config):
+    """The YAML schema of a tts-bench config (see the module docstring)."""
+
+    name: str = ""
+    target: str = "smollm2-135m"
+    device: str | None = None
+    dtype: str | None = None
+    methods: dict = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=list)
+    paradigms: ParadigmsConfig = field(default_factory=ParadigmsConfig)  # none named: an error
+    problems: int = 8
+    max_new_tokens: int = 256
+    num_draft_tokens: int | None = None
+    seed: int = 0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_ngram: int = 4
+    reduced: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        require = self.require
+        require(not self.name or re.fullmatch(r"[\w.-]+", self.name) is not None, "name",
+                f"must be a word, got {self.name!r}")
+        require(bool(self.target), "target", "must name a model")
+        require(self.num_draft_tokens is None or self.num_draft_tokens >= 1, "num_draft_tokens",
+                f"must be an integer >= 1, got {self.num_draft_tokens}")
+        for key in ("problems", "max_new_tokens", "repetition_ngram"):
+            require(getattr(self, key) >= 1, key, f"must be an integer >= 1, got {getattr(self, key)}")
+        require(self.seed >= 0 and self.top_k >= 0, "seed", "seed and top_k must be >= 0")
+        require(bool(self.tasks), "tasks", "must be a non-empty list of task names")
+        for task in self.tasks:
+            _as_config_error("tasks", get_task, task)
+        require(bool(self.methods), "methods", "must map labels to drafter specs, e.g. {plain: none, pld: "
+                "prompt-lookup}")
+        temperatures = [*([self.paradigms.best_of_n.temperature] if self.paradigms.best_of_n else []),
+                        *(self.paradigms.multi_round.temperatures if self.paradigms.multi_round else [])]
+        for t in temperatures:
+            _as_config_error("paradigms", SamplingConfig, t, self.top_k, self.top_p)
+        for key in ("name", "reduced"):
+            require(key not in self.reduced, "reduced", f"unknown key {key!r}: reduced replaces run settings only")
+
+
+def _as_config_error(key: str, check, *args):
+    """``check(*args)``, with its InputError re-raised as a ConfigError of ``key``."""
+    try:
+        return check(*args)
+    except ScyllaError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
 def _need(ok: bool, where: str, message: str) -> None:
     if not ok:
-        raise ScyllaError(f"{where}: {message}")
-
-
-def _int(raw: dict, key: str, default, where: str, minimum: int = 1):
-    value = raw.get(key, default)
-    _need(value is None and default is None or isinstance(value, int) and not isinstance(value, bool)
-          and value >= minimum, where, f"{key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _number(value, where: str, name: str) -> float:
-    _need(isinstance(value, (int, float)) and not isinstance(value, bool), where, f"{name} must be a number, "
-          f"got {value!r}")
-    return float(value)
-
-
-def _keys(raw, known, where: str) -> dict:
-    raw = {} if raw is None else raw
-    _need(isinstance(raw, dict), where, f"expected a mapping with keys {', '.join(known)}, got {raw!r}")
-    unknown = sorted(set(raw) - set(known), key=str)
-    _need(not unknown, where, f"unknown key {unknown[0]!r} (known: {', '.join(known)})" if unknown else "")
-    return raw
+        raise InputError(f"{where}: {message}")
 
 
 def resolve_run(arg: str, where: str) -> tuple[str, dict]:
@@ -147,131 +223,75 @@ def resolve_run(arg: str, where: str) -> tuple[str, dict]:
     return best["checkpoint"], best
 
 
-def _method(label, raw, num_draft_tokens, where: str) -> Method:
-    where = f"{where} method {label!r}"
-    _need(isinstance(label, str) and re.fullmatch(r"[\w.+-]+", label) is not None, where,
-          "a method label is a word (letters, digits, _ . + -)")
-    raw = {"spec": raw} if isinstance(raw, str) else _keys(raw, METHOD_KEYS, where)
-    spec = raw.get("spec")
-    _need(isinstance(spec, str) and bool(spec), where, f"needs a drafter spec string, got {spec!r}")
-    k = _int(raw, "num_draft_tokens", num_draft_tokens, where)
-    source = None
+def _method(label: str, raw, num_draft_tokens: int | None, where: str) -> Method:
+    prefix = f"methods: {label}: "
+    Config.require(re.fullmatch(r"[\w.+-]+", str(label)) is not None, f"methods: {label}",
+                   "a method label is a word (letters, digits, _ . + -)")
+    config = MethodConfig.from_dict({"spec": raw} if isinstance(raw, str) else raw, where, prefix)
+    spec, source = config.spec, None
     if "run:" in spec:
         head, _, arg = spec.partition("run:")
-        folder, source = resolve_run(arg, where)
+        folder, source = resolve_run(arg, f"{where} method {label!r}")
         spec = f"{head}draft:{folder}"
-    try:
-        kind, arg = parse_spec(spec)
-        while kind == "hybrid":  # hybrid:SPEC (the n-gram side plus SPEC): check the inner spec too
-            kind, arg = parse_spec(arg)
-    except ScyllaError as err:
-        raise ScyllaError(f"{where}: {err}") from None
-    _need(kind != "draft" or Path(arg).is_dir(), where, f"draft folder {arg} does not exist (train a head with "
-          "scylla sweep, or name a run directory as run:RUN_DIR)")
-    tree = raw.get("tree")
-    _need(tree is None or isinstance(tree, str), where, f"tree takes {TREE_FORM}, got {tree!r}")
-    try:
-        tree = parse_tree(tree) if tree else None
-    except ScyllaError as err:
-        raise ScyllaError(f"{where}: {err}") from None
-    return Method(label, spec, k, source, tree)
+    kind, arg = _as_config_error(f"{where}: {prefix}spec", parse_spec, spec)
+    while kind == "hybrid":  # hybrid:SPEC (the n-gram side plus SPEC): check the inner spec too
+        kind, arg = _as_config_error(f"{where}: {prefix}spec", parse_spec, arg)
+    _need(kind != "draft" or Path(arg).is_dir(), f"{where} method {label!r}", f"draft folder {arg} does not exist "
+          "(train a head with scylla sweep, or name a run directory as run:RUN_DIR)")
+    tree = parse_tree(config.tree) if config.tree else None
+    return Method(str(label), spec, config.num_draft_tokens or num_draft_tokens, source, tree)
 
 
-def _settings(raw, where: str, top_k: int, top_p: float) -> tuple[list[Setting], str]:
-    raw = _keys(raw, tuple(PARADIGMS), f"{where} paradigms")
-    _need(bool(raw), where, f"paradigms must name at least one of {', '.join(PARADIGMS)}")
+def _settings(paradigms: ParadigmsConfig) -> tuple[list[Setting], str]:
     settings, template = [], ""
-
-    def temp(value, name):
-        value = _number(value, where, name)
-        try:
-            SamplingConfig(value, top_k, top_p)
-        except ScyllaError as err:
-            raise ScyllaError(f"{where}: {err}") from None
-        return value
-
-    if "best_of_n" in raw:
-        sub = f"{where} paradigms.best_of_n"
-        bon = _keys(raw["best_of_n"], PARADIGMS["best_of_n"], sub)
-        n = _int(bon, "n", 4, sub)
-        temperature = temp(bon.get("temperature", 0.6), "best_of_n.temperature")
-        batched = bon.get("batched", False)
-        modes = batched if isinstance(batched, list) else [batched]
-        _need(bool(modes) and all(isinstance(m, bool) for m in modes), sub,
-              f"batched must be true, false or a list of them, got {batched!r}")
-        for mode in dict.fromkeys(modes):
-            settings.append(Setting(f"best-of-{n}", temperature, n if mode else 1,
-                                    dict(n=n, temperature=temperature, batched=mode)))
-    if "multi_round" in raw:
-        sub = f"{where} paradigms.multi_round"
-        mr = _keys(raw["multi_round"], PARADIGMS["multi_round"], sub)
-        rounds = _int(mr, "rounds", 2, sub)
-        temps = mr.get("temperatures", [0.0, 0.6])
-        _need(isinstance(temps, list) and bool(temps), sub, f"temperatures must be a non-empty list, got {temps!r}")
-        template = mr.get("template", DEFAULT_ROUND2_TEMPLATE)
-        _need(isinstance(template, str), sub, f"template must be a string, got {template!r}")
-        try:
-            check_template(template)
-        except ScyllaError as err:
-            raise ScyllaError(f"{sub}: {err}") from None
-        for t in dict.fromkeys(temp(v, "multi_round.temperatures") for v in temps):
-            settings.append(Setting(f"multi-round-{rounds}", t, 1, dict(rounds=rounds, temperature=t,
-                                                                         template=template)))
+    bon = paradigms.best_of_n
+    if bon is not None:
+        for mode in dict.fromkeys(bon.batched if isinstance(bon.batched, list) else [bon.batched]):
+            settings.append(Setting(f"best-of-{bon.n}", bon.temperature, bon.n if mode else 1,
+                                    dict(n=bon.n, temperature=bon.temperature, batched=mode)))
+    mr = paradigms.multi_round
+    if mr is not None:
+        template = mr.template
+        for t in dict.fromkeys(mr.temperatures):
+            settings.append(Setting(f"multi-round-{mr.rounds}", t, 1, dict(rounds=mr.rounds, temperature=t,
+                                                                            template=template)))
     return settings, template
 
 
+def _merge_reduced(raw: dict) -> dict:
+    """The top-level settings with ``reduced:`` laid over them; paradigm sections are merged key by key."""
+    reduced = raw.get("reduced") or {}
+    merged = {k: v for k, v in raw.items() if k != "reduced"} | reduced
+    paradigms, smaller = raw.get("paradigms"), reduced.get("paradigms")
+    if isinstance(paradigms, dict) and isinstance(smaller, dict):
+        merged["paradigms"] = {**paradigms, **{
+            name: {**paradigms[name], **value} if isinstance(paradigms.get(name), dict) and isinstance(value, dict)
+            else value for name, value in smaller.items()}}
+    return merged
+
+
 def load_bench(path: str | Path, full: bool = False) -> BenchConfig:
-    """Parse and validate a tts-bench config (the ``reduced:`` settings unless full); one ScyllaError line for the
+    """Parse and validate a tts-bench config (the ``reduced:`` settings unless full); one ConfigError line for the
     first problem. Tasks and methods are checked (run directories resolved) before any model loads."""
-    path = Path(path)
-    _need(path.is_file(), str(path), "config file does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ScyllaError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    raw = _keys(raw, CONFIG_KEYS, str(path))
-    reduced = _keys(raw.get("reduced"), [k for k in CONFIG_KEYS if k not in ("name", "reduced")], f"{path} reduced")
-    use_reduced = bool(reduced) and not full
+    raw = read_yaml(path)
+    config = TTSBenchConfig.from_dict(raw, str(path))
+    use_reduced = bool(config.reduced) and not full
+    where = str(path)
     if use_reduced:
-        paradigms = raw.get("paradigms")
-        raw = {**raw, **reduced}
-        if isinstance(paradigms, dict) and isinstance(reduced.get("paradigms"), dict):
-            raw["paradigms"] = {**paradigms, **{
-                name: {**paradigms[name], **value} if isinstance(paradigms.get(name), dict) and isinstance(value, dict)
-                else value for name, value in reduced["paradigms"].items()}}
-    where = f"{path}{' (reduced)' if use_reduced else ''}"
-    name = raw.get("name", path.stem)
-    _need(isinstance(name, str) and bool(re.fullmatch(r"[\w.-]+", name)), where, f"name must be a word, got {name!r}")
-    target = raw.get("target", "smollm2-135m")
-    _need(isinstance(target, str) and bool(target), where, f"target must be a string, got {target!r}")
-    for key in ("device", "dtype"):
-        _need(raw.get(key) is None or isinstance(raw[key], str), where, f"{key} must be a string")
-    top_k = _int(raw, "top_k", 0, where, minimum=0)
-    top_p = _number(raw.get("top_p", 1.0), where, "top_p")
-    settings, template = _settings(raw.get("paradigms"), where, top_k, top_p)
-    tasks = raw.get("tasks")
-    _need(isinstance(tasks, list) and bool(tasks) and all(isinstance(t, str) for t in tasks), where,
-          f"tasks must be a non-empty list of task names, got {tasks!r}")
-    for task in tasks:
-        try:
-            get_task(task)
-        except ScyllaError as err:
-            raise ScyllaError(f"{where}: {err}") from None
-    num_draft_tokens = _int(raw, "num_draft_tokens", None, where)
-    methods_raw = raw.get("methods")
-    _need(isinstance(methods_raw, dict) and bool(methods_raw), where,
-          "methods must map labels to drafter specs, e.g. {plain: none, pld: prompt-lookup}")
-    methods = [_method(label, spec, num_draft_tokens, where) for label, spec in methods_raw.items()]
+        where = f"{path} (reduced)"
+        config = TTSBenchConfig.from_dict(_merge_reduced(raw), where)
+    settings, template = _settings(config.paradigms)
+    methods = [_method(label, spec, config.num_draft_tokens, where) for label, spec in config.methods.items()]
     if not any(m.spec == PLAIN for m in methods):
         methods.insert(0, Method("plain", PLAIN))
     methods.sort(key=lambda m: m.spec != PLAIN)  # the baseline runs first
     _need(sum(m.spec == PLAIN for m in methods) == 1, where, "only one method may be plain decoding (spec none)")
     return BenchConfig(
-        name=name, target=target, methods=methods, tasks=list(dict.fromkeys(tasks)), settings=settings,
-        problems=_int(raw, "problems", 8, where), max_new_tokens=_int(raw, "max_new_tokens", 256, where),
-        device=raw.get("device") or "cpu", dtype=raw.get("dtype"), seed=_int(raw, "seed", 0, where, minimum=0),
-        top_k=top_k, top_p=top_p, repetition_ngram=_int(raw, "repetition_ngram", 4, where), template=template,
-        reduced=use_reduced, num_draft_tokens=num_draft_tokens,
+        name=config.name or Path(path).stem, target=config.target, methods=methods,
+        tasks=list(dict.fromkeys(config.tasks)), settings=settings, problems=config.problems,
+        max_new_tokens=config.max_new_tokens, device=config.device or "cpu", dtype=config.dtype, seed=config.seed,
+        top_k=config.top_k, top_p=config.top_p, repetition_ngram=config.repetition_ngram, template=template,
+        reduced=use_reduced, num_draft_tokens=config.num_draft_tokens,
     )
 
 

@@ -2,7 +2,7 @@
 
 from scylla.drafters import DraftModel, PromptLookup
 from scylla.engine import DecodeOutput, SpeculativeDecoder
-from scylla.errors import ScyllaError
+from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.metrics import DecodeStats, RowStats
 from scylla.models import load_model, truncated_draft
 from scylla.sampling import SamplingConfig
@@ -15,6 +15,8 @@ __all__ = [
     "RowStats",
     "SamplingConfig",
     "ScyllaError",
+    "ConfigError",
+    "InputError",
     "SpeculativeDecoder",
     "load_model",
     "truncated_draft",

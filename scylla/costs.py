@@ -21,7 +21,7 @@ import torch
 
 from scylla.atomic import write_json_atomic
 from scylla.drafters.eagle import EagleConfig, EagleHead
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 from scylla.kv import RaggedKV
 
 
@@ -36,10 +36,10 @@ class CostTable:
 
     def nearest(self, model: str, batch: int, tokens: int, context: int | None = None) -> float:
         """The cost at this model, batch and tokens, at the measured context nearest to ``context`` (None: the
-        smallest measured). ScyllaError if the model, batch or tokens were not measured."""
+        smallest measured). InputError if the model, batch or tokens were not measured."""
         rows = [e for e in self.entries if (e["model"], e["batch"], e["tokens"]) == (model, batch, tokens)]
         if not rows:
-            raise ScyllaError(f"no measured cost for {model} at batch {batch}, {tokens} tokens")
+            raise InputError(f"no measured cost for {model} at batch {batch}, {tokens} tokens")
         return min(rows, key=lambda e: e["context"] if context is None else abs(e["context"] - context))["seconds"]
 
     def save(self, path: str | Path) -> None:
@@ -50,7 +50,7 @@ class CostTable:
         try:
             return cls(**json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, TypeError) as err:
-            raise ScyllaError(f"{path} is not a cost table ({type(err).__name__})") from None
+            raise InputError(f"{path} is not a cost table ({type(err).__name__})") from None
 
 
 @torch.inference_mode()
@@ -108,7 +108,7 @@ def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int
     forwards of the draft model named ``draft`` in the table on ``draft_width`` new tokens each (a chain of g: g
     forwards of 1; a tree: depth forwards of top_k; none for a drafter without a model, draft=None), plus one target
     forward on ``verify_tokens``. A chain drafter with mean accepted length MAT is predicted to run at
-    MAT / step_cost times plain decoding. ScyllaError if the table lacks a size."""
+    MAT / step_cost times plain decoding. InputError if the table lacks a size."""
     step = cost.nearest("target", batch, 1)
     drafting = draft_forwards * cost.nearest(draft, batch, draft_width) if draft is not None and draft_forwards else 0.0
     return (drafting + cost.nearest("target", batch, verify_tokens)) / step

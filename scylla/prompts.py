@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 
 
 def read_jsonl_rows(path: str | Path, field: str = "prompt") -> list[dict]:
     """The objects of a jsonl file (blank lines skipped), each with a non-empty string under ``field``."""
     path = Path(path)
     if not path.is_file():
-        raise ScyllaError(f"prompts file {path} does not exist")
+        raise InputError(f"prompts file {path} does not exist")
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -22,12 +22,12 @@ def read_jsonl_rows(path: str | Path, field: str = "prompt") -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ScyllaError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            raise InputError(f"{path}:{number}: not valid JSON ({err.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get(field), str) or not record[field].strip():
-            raise ScyllaError(f'{path}:{number}: expected an object with a non-empty string "{field}" field')
+            raise InputError(f'{path}:{number}: expected an object with a non-empty string "{field}" field')
         rows.append(record)
     if not rows:
-        raise ScyllaError(f"{path} holds no prompts")
+        raise InputError(f"{path} holds no prompts")
     return rows
 
 
@@ -49,7 +49,7 @@ def encode_prompts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded (input_ids, attention_mask), both (B, P)."""
     if not texts or any(not t.strip() for t in texts):
-        raise ScyllaError("empty prompt: every prompt needs some text")
+        raise InputError("empty prompt: every prompt needs some text")
     formatted = [format_prompt(tokenizer, t, chat) for t in texts]
     templated = chat and getattr(tokenizer, "chat_template", None)
     tokenizer.padding_side = "left"

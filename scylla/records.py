@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from scylla.errors import ScyllaError
+from scylla.errors import InputError, ScyllaError
 
 SCHEMA_VERSION = 1
 KINDS = ("train", "eval", "tts")
@@ -96,7 +96,7 @@ def _is_scalar(value) -> bool:
 def _check_value(name: str, value) -> None:
     """A metric or setting: a JSON scalar (finite numbers only), a list of them, or a flat dict of them."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise ScyllaError(
+        raise InputError(
             f"record field '{name}' is {value}, which JSON cannot hold; write None (null) for a missing value"
         )
     if _is_scalar(value):
@@ -106,14 +106,14 @@ def _check_value(name: str, value) -> None:
     elif isinstance(value, dict):
         for k in value:
             if not isinstance(k, str):
-                raise ScyllaError(f"record field '{name}' has a non-string key {_show(k)}; use string keys")
+                raise InputError(f"record field '{name}' has a non-string key {_show(k)}; use string keys")
         items = [(f"{name}.{k}", v) for k, v in value.items()]
     else:
         hint = "use a list" if isinstance(value, tuple) else "convert it (e.g. float(x), int(x), str(x))"
-        raise ScyllaError(f"record field '{name}' is {_show(value)}; records hold {_ALLOWED}: {hint}")
+        raise InputError(f"record field '{name}' is {_show(value)}; records hold {_ALLOWED}: {hint}")
     for item_name, item in items:
         if not _is_scalar(item):
-            raise ScyllaError(
+            raise InputError(
                 f"record field '{item_name}' is {_show(item)}; records are flat and hold {_ALLOWED}: "
                 "flatten it into separate fields"
             )
@@ -126,7 +126,7 @@ def _check_time(value: str) -> None:
     except ValueError:
         stamp = None
     if stamp is None or stamp.utcoffset() is None or stamp.utcoffset().total_seconds() != 0:
-        raise ScyllaError(
+        raise InputError(
             f"record field 'time' must be an ISO 8601 UTC time such as '2025-01-31T12:00:00Z', got {value!r}; "
             "leave it out and new_record fills it in"
         )
@@ -135,38 +135,38 @@ def _check_time(value: str) -> None:
 def validate_record(record: dict) -> dict:
     """Check a record against the schema (docs/records.md); return it, or raise a one-line ScyllaError."""
     if not isinstance(record, dict):
-        raise ScyllaError(f"a record must be a dict (JSON object), got {_show(record)}")
+        raise InputError(f"a record must be a dict (JSON object), got {_show(record)}")
     version = record.get("schema_version")
     if _is_int(version) and version > SCHEMA_VERSION:
-        raise ScyllaError(
+        raise InputError(
             f"record has schema_version {version} but this scylla reads up to {SCHEMA_VERSION}; upgrade scylla"
         )
     missing = [name for name in REQUIRED if name not in record]
     if missing:
-        raise ScyllaError(
+        raise InputError(
             f"record is missing required field(s) {', '.join(missing)}; pass them to new_record (docs/records.md)"
         )
     for name, value in record.items():
         if not isinstance(name, str):
-            raise ScyllaError(f"record has a non-string field name {_show(name)}; use string names")
+            raise InputError(f"record has a non-string field name {_show(name)}; use string names")
         kind = REQUIRED.get(name)
         if kind == "str" and not isinstance(value, str):
-            raise ScyllaError(f"record field '{name}' must be a str, got {_show(value)}; pass a string")
+            raise InputError(f"record field '{name}' must be a str, got {_show(value)}; pass a string")
         if kind == "int" and not _is_int(value):
-            raise ScyllaError(f"record field '{name}' must be an int, got {_show(value)}; pass a plain int")
+            raise InputError(f"record field '{name}' must be an int, got {_show(value)}; pass a plain int")
         if kind == "count" and not (_is_int(value) and value >= 0):
-            raise ScyllaError(f"record field '{name}' must be an int >= 0, got {_show(value)}; pass a plain int >= 0")
+            raise InputError(f"record field '{name}' must be an int >= 0, got {_show(value)}; pass a plain int >= 0")
         if kind is None:
             _check_value(name, value)
     if record["schema_version"] < 1:
-        raise ScyllaError(f"record field 'schema_version' must be >= 1, got {record['schema_version']}")
+        raise InputError(f"record field 'schema_version' must be >= 1, got {record['schema_version']}")
     if not record["run_id"]:
-        raise ScyllaError("record field 'run_id' is empty; give every run a non-empty id")
+        raise InputError("record field 'run_id' is empty; give every run a non-empty id")
     if record["kind"] not in KINDS:
-        raise ScyllaError(f"record field 'kind' must be one of {', '.join(KINDS)}, got {record['kind']!r}")
+        raise InputError(f"record field 'kind' must be one of {', '.join(KINDS)}, got {record['kind']!r}")
     for name in _key_fields(record["kind"]):
         if not _is_scalar(record.get(name)):
-            raise ScyllaError(
+            raise InputError(
                 f"record field '{name}' is part of the record key and must be a number, string, bool or null, "
                 f"got {_show(record[name])}"
             )
@@ -216,27 +216,27 @@ def _locked(path: Path, exclusive: bool) -> Iterator[None]:
 def _parse(path: Path) -> list[dict]:
     """Every record in ``path``, validated; the first bad line raises ``PATH:LINE: what is wrong``."""
     if not path.is_file():
-        raise ScyllaError(f"no records yet: {path} does not exist; run a stage that writes records there first")
+        raise InputError(f"no records yet: {path} does not exist; run a stage that writes records there first")
     lines = path.read_bytes().split(b"\n")
     complete = lines.pop() == b""  # the text after the last newline: empty unless a write was cut off
     records, seen = [], {}
     for number, raw in enumerate(lines if complete else lines + [None], start=1):
         try:
             if raw is None:
-                raise ScyllaError(
+                raise InputError(
                     "last line has no newline: a write was cut off; delete that line and re-run the stage that wrote it"
                 )
             if not raw.strip():
-                raise ScyllaError("empty line; delete it")
+                raise InputError("empty line; delete it")
             try:
                 record = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise ScyllaError(f"not valid JSON ({err}); fix or delete the line") from None
+                raise InputError(f"not valid JSON ({err}); fix or delete the line") from None
             key = record_key(validate_record(record))
             if key in seen:
-                raise ScyllaError(f"same key as line {seen[key]} {key}; delete one of the two lines")
+                raise InputError(f"same key as line {seen[key]} {key}; delete one of the two lines")
         except ScyllaError as err:
-            raise ScyllaError(f"{path}:{number}: {err}") from None
+            raise InputError(f"{path}:{number}: {err}") from None
         seen[key] = number
         records.append(record)
     return records
@@ -266,7 +266,7 @@ def read_records(path_or_run_dir: str | Path, kind: str | None = None, where: di
     """The records of a run directory (or a .jsonl file), in file order, optionally of one ``kind`` and with
     fields equal to those in ``where``."""
     if kind is not None and kind not in KINDS:
-        raise ScyllaError(f"unknown record kind {kind!r}; use one of {', '.join(KINDS)}")
+        raise InputError(f"unknown record kind {kind!r}; use one of {', '.join(KINDS)}")
     path = records_path(path_or_run_dir)
     with _locked(path, exclusive=False):
         records = _parse(path)

@@ -16,7 +16,7 @@ import torch
 
 from scylla.drafters.base import DraftContext, Drafter
 from scylla.engine import SpeculativeDecoder
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 from scylla.metrics import DecodeStats, RowStats
 from scylla.sampling import SamplingConfig
 
@@ -55,7 +55,7 @@ def replay(
     """Greedy decoding statistics of ``drafter`` on these prompts, by replay (no timing). ``references``: the
     target's greedy continuations, if already cached (as DecodeOutput.generated of plain decoding)."""
     if drafter.share_rows:
-        raise ScyllaError(f"replay cannot run {drafter.name} with share_rows: its rows would read each other's "
+        raise InputError(f"replay cannot run {drafter.name} with share_rows: its rows would read each other's "
                           "prefixes of one reference; decode online instead")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scylla.errors import ScyllaError
+from scylla.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -20,11 +20,11 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
-            raise ScyllaError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ScyllaError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise ScyllaError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+            raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
 
     @property
     def greedy(self) -> bool:

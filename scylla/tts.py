@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from scylla.data.tasks import Problem, Task
 from scylla.engine import DecodeOutput, SpeculativeDecoder
-from scylla.errors import ScyllaError
+from scylla.errors import ConfigError
 from scylla.metrics import DecodeStats
 from scylla.prompts import encode_prompts
 
@@ -43,7 +43,7 @@ def repetition_share(
     sequences of sibling samples or earlier rounds, prompts included). Such a token is one an n-gram drafter matching the n - 1
     tokens before it could have proposed. 0.0 for an empty sequence."""
     if n < 1:
-        raise ScyllaError(f"repetition n-gram length must be >= 1, got {n}")
+        raise ConfigError(f"repetition n-gram length must be >= 1, got {n}")
     if not tokens:
         return 0.0
     seen = {tuple(seq[i : i + n]) for seq in earlier_texts for i in range(len(seq) - n + 1)}
@@ -86,10 +86,10 @@ def check_template(template: str) -> str:
     try:
         template.format(question="", previous="")
     except (KeyError, IndexError, ValueError) as err:
-        raise ScyllaError(f"bad round-2 template ({err!r}): use only {{question}} and {{previous}} "
+        raise ConfigError(f"bad round-2 template ({err!r}): use only {{question}} and {{previous}} "
                           "(double other braces: {{ }})") from None
     if "{previous}" not in template:
-        raise ScyllaError("the round-2 template must contain {previous} (the previous answer)")
+        raise ConfigError("the round-2 template must contain {previous} (the previous answer)")
     return template
 
 
@@ -156,7 +156,7 @@ def best_of_n(
     reference protocol; sample i uses seed + i). Accuracy: the majority answer's score (ties: the earliest
     answer), the best score, and the mean score."""
     if n < 1:
-        raise ScyllaError(f"Best-of-N needs n >= 1, got {n}")
+        raise ConfigError(f"Best-of-N needs n >= 1, got {n}")
     drafter = decoder.drafter
     sides = _side_counts(drafter)
     sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -194,7 +194,7 @@ def multi_round(
     and the previous round's final answer (``final_answer``), as a fresh single user turn. Round r uses seed + r.
     Accuracy: the score after each round."""
     if rounds < 1:
-        raise ScyllaError(f"multi-round thinking needs rounds >= 1, got {rounds}")
+        raise ConfigError(f"multi-round thinking needs rounds >= 1, got {rounds}")
     check_template(template)
     drafter = decoder.drafter
     sides = _side_counts(drafter)

@@ -238,7 +238,7 @@ def test_eval_bad_input(tmp_path, smoke_run, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("run_dir: x\nwidths: [1]\n")
     assert main(["eval", "--config", str(bad)]) == 2
-    assert "unknown eval setting 'widths'" in capsys.readouterr().err
+    assert "unknown key 'widths'" in capsys.readouterr().err
 
 
 def test_select_writes_a_scylla_config_and_checks_it(smoke_run, tmp_path, capsys):

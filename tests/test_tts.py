@@ -173,16 +173,16 @@ def write_config(tmp_path, **overrides) -> str:
 
 @pytest.mark.parametrize("overrides, message", [
     ({"bogus": 1}, "unknown key 'bogus'"),
-    ({"methods": {"x": "eagle"}}, "method 'x': unknown drafter"),
+    ({"methods": {"x": "eagle"}}, "methods: x: spec: unknown drafter"),
     ({"methods": {"x": "draft:/no/such/head"}}, "draft folder /no/such/head does not exist"),
     ({"methods": {"x": "run:/no/such/run"}}, "has no records.jsonl"),
     ({"methods": {"x": {"spec": "prompt-lookup", "k": 2}}}, "unknown key 'k'"),
     ({"tasks": ["gsm", "mmlu"]}, "unknown task 'mmlu'"),
     ({"paradigms": {"beam": {}}}, "unknown key 'beam'"),
-    ({"paradigms": {"best_of_n": {"batched": "yes"}}}, "batched must be"),
+    ({"paradigms": {"best_of_n": {"batched": "yes"}}}, "batched: must be"),
     ({"paradigms": {"multi_round": {"temperatures": [-1]}}}, "temperature must be >= 0"),
     ({"paradigms": {"multi_round": {"template": "{question}"}}}, "must contain {previous}"),
-    ({"problems": 0}, "problems must be an integer >= 1"),
+    ({"problems": 0}, "problems: must be an integer >= 1"),
     ({"reduced": {"name": "x"}}, "reduced: unknown key 'name'"),
     ({"methods": {"x": {"spec": "suffix", "tree": "top_k=2,depth=5,total_tokens=3"}}}, "total_tokens=3 < depth=5"),
 ])

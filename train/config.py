@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from scylla.errors import ScyllaError
+from scylla.config import Config
 
 DRAFTERS = ("eagle", "draft-lm")
 LOSSES = ("ce", "kl")
@@ -16,7 +13,7 @@ SCHEDULES = ("wsd", "separate")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Config):
     source: str = "gsm"  # see scylla.data.load_corpus: gsm, rg:TASK, humaneval, jsonl:PATH, ... joined with '+'
     examples: int = 2000
     heldout: float = 0.1
@@ -25,9 +22,14 @@ class DataConfig:
     onpolicy: bool = False  # replace responses by the target's own greedy ones (cached under RUN_DIR/data)
     onpolicy_max_new_tokens: int = 128
 
+    def validate(self) -> None:
+        self.require(self.examples >= 1, "examples", f"must be >= 1, got {self.examples}")
+        self.require(self.block_size >= 8, "block_size", f"must be >= 8, got {self.block_size}")
+        self.require(0 < self.heldout < 1, "heldout", f"must be a fraction in (0, 1), got {self.heldout}")
+
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Config):
     lr: float = 3e-3
     weight_decay: float = 0.0
     batch_blocks: int = 8  # blocks per optimizer step (per process)
@@ -37,16 +39,22 @@ class OptimConfig:
     feature_weight: float = 0.1  # weight of the feature-regression term (h_t vs the next feature)
     grad_clip: float = 1.0
 
+    def validate(self) -> None:
+        self.require(self.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        self.require(0 <= self.cooldown < 0.5, "cooldown", f"must be in [0, 0.5) so branches do not overlap, "
+                     f"got {self.cooldown}")
+        self.require(self.batch_blocks >= 1, "batch_blocks", f"must be >= 1, got {self.batch_blocks}")
+
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Config):
     prompts: int = 4
     max_new_tokens: int = 48
     num_draft_tokens: int = 4
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """A single draft-training run; `scylla sweep` writes one per grid point."""
 
     run_dir: str
@@ -62,6 +70,7 @@ class TrainConfig:
     run_id: str = ""
     sweep: str = ""
     zero_stage: int = 0
+    processes: int = 1  # the job's world size (deepspeed processes); the sweep sets it from its grid
     device: str = "cpu"
     dtype: str = ""  # "": float32 on CPU, bfloat16 on CUDA
     feature_cache: str = ""  # "": RUN_DIR/features
@@ -70,28 +79,33 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def __post_init__(self) -> None:
-        check = [
-            (self.drafter in DRAFTERS, f"drafter must be one of {', '.join(DRAFTERS)}, got {self.drafter!r}"),
-            (self.layers >= 1, f"layers must be >= 1, got {self.layers}"),
-            (self.width >= 0, f"width must be >= 0 (0 = the target's), got {self.width}"),
-            (self.drafter != "draft-lm" or self.width > 0, "a draft-lm needs a width (its hidden size)"),
-            (bool(self.milestones), "milestones must list at least one token count"),
-            (all(int(m) > 0 for m in self.milestones), "milestones must be positive token counts"),
-            (list(self.milestones) == sorted(set(self.milestones)), "milestones must be increasing"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
-            (self.optim.loss in LOSSES, f"optim.loss must be one of {', '.join(LOSSES)}, got {self.optim.loss!r}"),
-            (0 <= self.optim.cooldown < 0.5, "optim.cooldown must be in [0, 0.5) so branches do not overlap"),
-            (self.zero_stage in (0, 1, 2, 3), f"zero_stage must be 0-3, got {self.zero_stage}"),
-            (self.wandb in ("offline", "online", "disabled"), "wandb must be offline, online or disabled"),
-            (self.data.block_size >= 8, "data.block_size must be >= 8"),
-            (0 < self.data.heldout < 1, "data.heldout must be a fraction in (0, 1)"),
-        ]
-        for ok, message in check:
-            if not ok:
-                raise ScyllaError(message)
+    def validate(self) -> None:
+        require = self.require
+        require(self.drafter in DRAFTERS, "drafter", f"must be one of {', '.join(DRAFTERS)}, got {self.drafter!r}")
+        require(self.layers >= 1, "layers", f"must be >= 1, got {self.layers}")
+        require(self.width >= 0, "width", f"must be >= 0 (0 = the target's), got {self.width}")
+        require(self.drafter != "draft-lm" or self.width > 0, "width", "a draft-lm needs a width (its hidden size)")
+        require(self.drafter != "draft-lm" or self.optim.loss == "ce", "optim.loss",
+                "kl is for eagle heads; draft LMs train with ce")
+        require(bool(self.milestones) and all(m > 0 for m in self.milestones), "milestones",
+                f"must list positive token counts, got {self.milestones}")
+        require(list(self.milestones) == sorted(set(self.milestones)), "milestones",
+                f"must be increasing, got {self.milestones}")
+        bad = [m for m in self.milestones if m % self.tokens_per_step]
+        require(not bad, "milestones", f"{bad[0] if bad else 0} is not a multiple of the tokens per step "
+                f"({self.tokens_per_step} = optim.batch_blocks x data.block_size x processes)")
+        require(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0-3, got {self.zero_stage}")
+        require(self.processes >= 1, "processes", f"must be >= 1, got {self.processes}")
+        require(self.wandb in ("offline", "online", "disabled"), "wandb",
+                f"must be offline, online or disabled, got {self.wandb!r}")
         if not self.run_id:
             self.run_id = f"{self.drafter}-L{self.layers}-w{self.width}-s{self.seed}"
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of one optimizer step over all processes."""
+        return self.optim.batch_blocks * self.data.block_size * self.processes
 
     @property
     def run_path(self) -> Path:
@@ -100,38 +114,3 @@ class TrainConfig:
     @property
     def job_dir(self) -> Path:
         return self.run_path / "jobs" / self.run_id
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def _build(cls, raw: dict, where: str):
-    if not isinstance(raw, dict):
-        raise ScyllaError(f"{where} must be a mapping, got {type(raw).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ScyllaError(f"unknown key {unknown[0]!r} in {where}; known keys: {', '.join(known)}")
-    kwargs = {}
-    for name, value in raw.items():
-        sub = {"data": DataConfig, "optim": OptimConfig, "eval": EvalConfig}.get(name) if cls is TrainConfig else None
-        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub else value
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ScyllaError(f"{where}: {err}") from None
-
-
-def config_from_dict(raw: dict, where: str = "config") -> TrainConfig:
-    return _build(TrainConfig, raw, where)
-
-
-def load_config(path: str | Path) -> TrainConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ScyllaError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ScyllaError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return config_from_dict(raw or {}, str(path))

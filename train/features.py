@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from scylla.atomic import atomic_path, write_json_atomic
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 
 
 class FeatureStore:
@@ -27,7 +27,7 @@ class FeatureStore:
         try:
             self.meta = json.loads((self.folder / "meta.json").read_text())
         except (OSError, json.JSONDecodeError):
-            raise ScyllaError(f"{self.folder} is not a complete feature store (no meta.json)") from None
+            raise InputError(f"{self.folder} is not a complete feature store (no meta.json)") from None
         self.shard_blocks = self.meta["shard_blocks"]
         self._shards: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -47,7 +47,7 @@ class FeatureStore:
         """Blocks ``indices``: tokens (b, T) and the named layers' features concatenated, (b, T, len(layers)*H)."""
         missing = [layer for layer in layers if layer not in self.layers]
         if missing:
-            raise ScyllaError(f"feature store {self.folder} has no layer {missing[0]} (it has {self.layers})")
+            raise InputError(f"feature store {self.folder} has no layer {missing[0]} (it has {self.layers})")
         tokens, feats = [], []
         for index in indices:
             shard = self._shard(index // self.shard_blocks)
@@ -73,7 +73,7 @@ def build_feature_store(
         store = FeatureStore(folder)
         if store.meta["blocks"] == len(blocks) and set(layers) <= set(store.layers):
             return store
-        raise ScyllaError(f"feature store {folder} was built for other data or layers: delete it or pick another")
+        raise InputError(f"feature store {folder} was built for other data or layers: delete it or pick another")
     folder.mkdir(parents=True, exist_ok=True)
     device = next(target.parameters()).device
     n_shards = (len(blocks) + shard_blocks - 1) // shard_blocks

@@ -30,12 +30,12 @@ from scylla.atomic import atomic_folder
 from scylla.drafters import DraftModel, EagleDrafter
 from scylla.drafters.eagle import EagleConfig, EagleHead
 from scylla.engine import SpeculativeDecoder
-from scylla.errors import ScyllaError
+from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.models import load_model, target_quantization
 from scylla.ports import free_port
 from scylla.prompts import encode_prompts
 from scylla.records import append_record, new_record, read_records
-from train.config import TrainConfig, load_config
+from train.config import TrainConfig
 from train.data import (draft_vocabulary, heldout_prompts, load_corpus, pack_blocks, regenerate_responses,
                         split_heldout, tokenize_examples)
 from train.features import FeatureStore, build_feature_store
@@ -83,7 +83,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, vocab_size: int, target=None) -> D
     train = pack_blocks(tokenize_examples(train_ds, tokenizer, cfg.data.chat), cfg.data.block_size, seed=0)
     heldout = pack_blocks(tokenize_examples(held_ds, tokenizer, cfg.data.chat), cfg.data.block_size, seed=0)[:16]
     if len(train) == 0 or len(heldout) == 0:
-        raise ScyllaError(f"data.examples={cfg.data.examples} is too small for blocks of {cfg.data.block_size} tokens")
+        raise InputError(f"data.examples={cfg.data.examples} is too small for blocks of {cfg.data.block_size} tokens")
     size = cfg.draft_vocab or vocab_size
     vocab = draft_vocabulary(train, vocab_size, min(size, vocab_size))
     return Data(train, heldout, heldout_prompts(held_ds, tokenizer, cfg.eval.prompts), vocab)
@@ -249,7 +249,7 @@ def start_tracking(cfg: TrainConfig):
     if cfg.wandb == "disabled":
         return None
     if cfg.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
-        raise ScyllaError("wandb: online needs WANDB_API_KEY set; use wandb: offline (the default)")
+        raise InputError("wandb: online needs WANDB_API_KEY set; use wandb: offline (the default)")
     import wandb  # optional: only when tracking is on
 
     cfg.job_dir.mkdir(parents=True, exist_ok=True)
@@ -271,16 +271,11 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.step = 0
-        self.tokens_per_step = cfg.optim.batch_blocks * cfg.data.block_size * world
+        self.tokens_per_step = cfg.tokens_per_step
         self.stable_dir = cfg.job_dir / "stable"
 
     def steps_for(self, milestone: int) -> int:
-        if milestone % self.tokens_per_step:
-            raise ScyllaError(
-                f"milestone {milestone} is not a multiple of the tokens per step ({self.tokens_per_step} = "
-                "batch_blocks x block_size x processes): change the milestones or optim.batch_blocks"
-            )
-        return milestone // self.tokens_per_step
+        return milestone // self.tokens_per_step  # a whole number: TrainConfig.validate checks the milestones
 
     def save_stable(self) -> None:
         self.engine.save_checkpoint(str(self.stable_dir), tag="stable", client_state={"step": self.step})
@@ -328,8 +323,9 @@ def run(cfg: TrainConfig) -> None:
     if cfg.device.startswith("cuda"):
         cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     cfg.dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
-    if cfg.drafter == "draft-lm" and cfg.optim.loss == "kl":
-        raise ScyllaError("optim.loss kl is for eagle heads; draft LMs train with ce")
+    if world != cfg.processes:
+        raise ConfigError(f"{cfg.job_dir / 'job.yaml'}: processes: the job says {cfg.processes}, it was launched "
+                          f"with {world}: set processes to the launcher's world size")
     target, tokenizer = load_model(cfg.target, device=cfg.device, dtype=cfg.dtype)
     for p in target.parameters():
         p.requires_grad_(False)
@@ -362,7 +358,7 @@ def run(cfg: TrainConfig) -> None:
     for milestone in todo:
         steps = trainer.steps_for(milestone)
         if cfg.schedule == "wsd" and trainer.step > branch_start(steps, cfg.optim.cooldown):
-            raise ScyllaError(f"{trainer.stable_dir} is past milestone {milestone}'s branch point: delete it to retrain")
+            raise InputError(f"{trainer.stable_dir} is past milestone {milestone}'s branch point: delete it to retrain")
         if cfg.schedule == "separate":
             trainer = Trainer(cfg, build_draft(cfg, target, data).to(cfg.device), world, rank)
             train_metrics = trainer.train_until(steps, steps, objective, data, f"{cfg.run_id} to {milestone}", log)
@@ -411,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     args = parser.parse_args(argv)
     try:
-        run(load_config(args.config))
+        run(TrainConfig.from_yaml(args.config))
     except ScyllaError as err:
         print(f"scylla: error: {err}", file=sys.stderr)
         return 2

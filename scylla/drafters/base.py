@@ -75,7 +75,7 @@ class Drafter:
         return {}
 
     def bind(self, target: torch.nn.Module) -> None:
-        """Check that this drafter can serve ``target``; raise ScyllaError if not."""
+        """Check that this drafter can serve ``target``; raise InputError if not."""
 
     def start(self, ctx: DraftContext) -> None:
         """A new batch of requests begins; ctx holds the prompts plus the first token."""

@@ -8,7 +8,7 @@ import torch
 
 from scylla.drafters.base import Draft, DraftContext, Drafter
 from scylla.drafters.tree import TreeShape, expand_tree
-from scylla.errors import ScyllaError
+from scylla.errors import ConfigError
 from scylla.kv import RaggedKV
 
 
@@ -19,7 +19,7 @@ class CachedDrafter(Drafter):
 
     def __init__(self, num_draft_tokens: int = 4, tree: TreeShape | None = None):
         if num_draft_tokens < 1:
-            raise ScyllaError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+            raise ConfigError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
         self.num_draft_tokens = num_draft_tokens
         self.tree = tree
         self.kv: RaggedKV | None = None

@@ -7,7 +7,7 @@ import torch
 from scylla.drafters.base import Draft, DraftContext
 from scylla.drafters.cached import CachedDrafter
 from scylla.drafters.tree import TreeShape
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 from scylla.kv import RaggedKV
 
 
@@ -37,7 +37,7 @@ class DraftModel(CachedDrafter):
     def bind(self, target: torch.nn.Module) -> None:
         mine, theirs = output_vocab_size(self.model), output_vocab_size(target)
         if mine != theirs:
-            raise ScyllaError(
+            raise InputError(
                 f"draft model vocabulary ({mine} tokens) differs from the target's ({theirs}): "
                 "a draft model must use the target's tokenizer"
             )

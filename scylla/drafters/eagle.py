@@ -24,7 +24,7 @@ from scylla.atomic import atomic_folder
 from scylla.drafters.base import Draft, DraftContext
 from scylla.drafters.cached import CachedDrafter
 from scylla.drafters.tree import TreeShape
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 from scylla.kv import RaggedKV, realign
 
 
@@ -71,9 +71,9 @@ class EagleConfig:
         if width % heads:  # a narrower head than the target: attention heads of 64 dimensions
             heads = kv_heads = max(1, width // 64)
         if width % heads or (kv_heads and heads % kv_heads):
-            raise ScyllaError(f"head width {width} does not split into {heads} attention heads ({kv_heads} kv)")
+            raise InputError(f"head width {width} does not split into {heads} attention heads ({kv_heads} kv)")
         if self.num_layers < 1:
-            raise ScyllaError(f"a head needs at least 1 decoder layer, got {self.num_layers}")
+            raise InputError(f"a head needs at least 1 decoder layer, got {self.num_layers}")
         scale = width / self.target_hidden_size
         return EagleConfig(
             **{
@@ -169,17 +169,17 @@ class EagleHead(nn.Module):
         try:
             raw = json.loads((folder / "config.json").read_text())
         except (OSError, json.JSONDecodeError):
-            raise ScyllaError(f"{folder} is not a draft head folder (no readable config.json)") from None
+            raise InputError(f"{folder} is not a draft head folder (no readable config.json)") from None
         if raw.pop("scylla_type", None) != "eagle_head":
-            raise ScyllaError(f"{folder} is not an EAGLE head (config.json has no scylla_type eagle_head)")
+            raise InputError(f"{folder} is not an EAGLE head (config.json has no scylla_type eagle_head)")
         config = EagleConfig(**raw)
         vocab = int(target.get_output_embeddings().weight.shape[0])
         if config.target_vocab_size != vocab or config.target_hidden_size != target.config.hidden_size:
-            raise ScyllaError(f"head {folder} was trained for another target (vocabulary or hidden size differs)")
+            raise InputError(f"head {folder} was trained for another target (vocabulary or hidden size differs)")
         head = cls(config, target.get_input_embeddings())
         missing, unexpected = head.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
         if unexpected or [k for k in missing if not k.startswith("embed_tokens.")]:
-            raise ScyllaError(f"{folder}/model.safetensors does not match its config.json")
+            raise InputError(f"{folder}/model.safetensors does not match its config.json")
         param = next(target.parameters())
         return head.to(device=param.device, dtype=param.dtype).eval()
 
@@ -213,7 +213,7 @@ class EagleDrafter(CachedDrafter):
     def bind(self, target: nn.Module) -> None:
         vocab = int(target.get_output_embeddings().weight.shape[0])
         if self.head.head_config.target_vocab_size != vocab:
-            raise ScyllaError(
+            raise InputError(
                 f"draft head was built for a {self.head.head_config.target_vocab_size}-token vocabulary; "
                 f"the target has {vocab}"
             )

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from scylla.drafters.base import Draft, DraftContext, Drafter
 from scylla.drafters.suffix import SuffixDrafter, SuffixPool
-from scylla.errors import ScyllaError
+from scylla.errors import ConfigError
 
 
 def _pad(x: torch.Tensor, width: int, value: float = 0) -> torch.Tensor:
@@ -37,7 +37,7 @@ class HybridDrafter(Drafter):
     skipped proposes: EagleDrafter and DraftModel re-feed whatever was committed since their last cached token.
 
     Merging: rows are padded to the wider draft. If one side drafts a tree, chains become one-branch trees; a tree
-    with sampled drafts (probs, T > 0) cannot be verified and raises ScyllaError. If the fallback samples (probs),
+    with sampled drafts (probs, T > 0) cannot be verified and raises ConfigError. If the fallback samples (probs),
     the suffix rows get one-hot probs (they are deterministic), which keeps verification lossless.
 
     ``share``: row-steps drafted by each side, {"suffix": n, "fallback": n}; ``side_counts()``: draft tokens per
@@ -49,11 +49,11 @@ class HybridDrafter(Drafter):
 
     def __init__(self, first: SuffixDrafter, fallback: Drafter, min_match: int = 4):
         if not isinstance(first, SuffixDrafter):
-            raise ScyllaError(f"the first drafter of a hybrid must be a SuffixDrafter, got {type(first).__name__}")
+            raise ConfigError(f"the first drafter of a hybrid must be a SuffixDrafter, got {type(first).__name__}")
         if not isinstance(fallback, Drafter):
-            raise ScyllaError(f"the fallback of a hybrid must be a Drafter, got {type(fallback).__name__}")
+            raise ConfigError(f"the fallback of a hybrid must be a Drafter, got {type(fallback).__name__}")
         if min_match < 1:
-            raise ScyllaError(f"min_match must be >= 1, got {min_match}")
+            raise ConfigError(f"min_match must be >= 1, got {min_match}")
         self.first, self.fallback, self.min_match = first, fallback, min_match
         self.feature_layers = fallback.feature_layers
         self.last_suffix_rows: torch.Tensor | None = None
@@ -104,7 +104,7 @@ class HybridDrafter(Drafter):
             return f
         tree = s.parents is not None or f.parents is not None
         if tree and f.probs is not None:
-            raise ScyllaError("a hybrid of a suffix tree and a sampling fallback (T > 0) cannot be verified: tree "
+            raise ConfigError("a hybrid of a suffix tree and a sampling fallback (T > 0) cannot be verified: tree "
                               "drafts must be deterministic; use suffix branches=1 or T = 0")
         g = max(s.tokens.shape[1], f.tokens.shape[1])
         rows = use[:, None]

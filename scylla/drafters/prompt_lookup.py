@@ -7,7 +7,7 @@ import torch
 
 from scylla.drafters.base import Draft, DraftContext, Drafter
 from scylla.drafters.tree import trie_draft
-from scylla.errors import ScyllaError
+from scylla.errors import ConfigError
 
 
 def lookup(seq: np.ndarray, max_ngram: int, min_ngram: int, num_tokens: int) -> np.ndarray:
@@ -55,9 +55,9 @@ class PromptLookup(Drafter):
 
     def __init__(self, max_ngram: int = 3, num_draft_tokens: int = 10, min_ngram: int = 1, branches: int = 1):
         if not 1 <= min_ngram <= max_ngram:
-            raise ScyllaError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram} and {max_ngram}")
+            raise ConfigError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram} and {max_ngram}")
         if num_draft_tokens < 1 or branches < 1:
-            raise ScyllaError(f"num_draft_tokens and branches must be >= 1, got {num_draft_tokens} and {branches}")
+            raise ConfigError(f"num_draft_tokens and branches must be >= 1, got {num_draft_tokens} and {branches}")
         self.max_ngram, self.min_ngram, self.num_draft_tokens = max_ngram, min_ngram, num_draft_tokens
         self.branches = branches
 

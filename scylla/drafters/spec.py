@@ -11,7 +11,7 @@ from scylla.drafters.hybrid import HybridDrafter
 from scylla.drafters.prompt_lookup import PromptLookup
 from scylla.drafters.suffix import SuffixDrafter, SuffixPool
 from scylla.drafters.tree import TreeShape
-from scylla.errors import ScyllaError
+from scylla.errors import ConfigError
 from scylla.models import load_model, truncated_draft
 
 
@@ -24,18 +24,18 @@ def parse_spec(spec: str) -> tuple[str, str]:
     checked too."""
     kind, _, arg = spec.partition(":")
     if kind == "truncated" and not arg.isdigit():
-        raise ScyllaError(f"bad drafter {spec!r}: truncated:K needs a layer count, e.g. truncated:4")
+        raise ConfigError(f"bad drafter {spec!r}: truncated:K needs a layer count, e.g. truncated:4")
     if kind == "hybrid":
         if not arg:
-            raise ScyllaError(f"bad drafter {spec!r}: hybrid:SPEC needs a fallback drafter, e.g. hybrid:truncated:4")
+            raise ConfigError(f"bad drafter {spec!r}: hybrid:SPEC needs a fallback drafter, e.g. hybrid:truncated:4")
         inner, _ = parse_spec(arg)
         if inner in ("none", "suffix", "hybrid"):
-            raise ScyllaError(f"bad drafter {spec!r}: the fallback of hybrid:SPEC drafts where the suffix drafter "
+            raise ConfigError(f"bad drafter {spec!r}: the fallback of hybrid:SPEC drafts where the suffix drafter "
                               f"does not, so it cannot be {inner}; e.g. hybrid:draft:PATH")
         return kind, arg
     valid = {"none": not arg, "prompt-lookup": not arg, "suffix": not arg, "truncated": True, "draft": bool(arg)}
     if not valid.get(kind, False):
-        raise ScyllaError(f"unknown drafter {spec!r}: use one of {SPECS}")
+        raise ConfigError(f"unknown drafter {spec!r}: use one of {SPECS}")
     return kind, arg
 
 

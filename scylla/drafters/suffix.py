@@ -17,7 +17,7 @@ import torch
 
 from scylla.drafters.base import Draft, DraftContext, Drafter
 from scylla.drafters.tree import trie_draft
-from scylla.errors import ScyllaError
+from scylla.errors import ConfigError
 
 SEP = -1  # ends every text in a pool: no row token equals it, so no match spans two texts
 RECENT_LINKS = 16  # suffix links up from the newest state whose end positions each extend refreshes
@@ -142,7 +142,7 @@ class SuffixPool:
 
     def __init__(self, max_tokens: int = 1 << 17):
         if max_tokens < MIN_MAX_TOKENS:
-            raise ScyllaError(f"pool max_tokens must be >= {MIN_MAX_TOKENS}, got {max_tokens}")
+            raise ConfigError(f"pool max_tokens must be >= {MIN_MAX_TOKENS}, got {max_tokens}")
         self.max_tokens = max_tokens
         self.sam = SuffixAutomaton()
         self.version = 0  # bumped by every change: matches into the pool are then walked afresh
@@ -151,7 +151,7 @@ class SuffixPool:
         """Append one finished text (1-D token ids)."""
         text = [int(t) for t in (tokens.reshape(-1).tolist() if isinstance(tokens, torch.Tensor) else tokens)]
         if any(t < 0 for t in text):
-            raise ScyllaError("pool texts are token ids (>= 0); strip padding first")
+            raise ConfigError("pool texts are token ids (>= 0); strip padding first")
         for token in text + [SEP]:
             self.sam.extend(token)
         if len(self.sam.tokens) > self.max_tokens:
@@ -236,11 +236,11 @@ class SuffixDrafter(Drafter):
         share_rows: bool = False,
     ):
         if num_draft_tokens < 1 or min_match < 1 or branches < 1:
-            raise ScyllaError(f"num_draft_tokens, min_match and branches must be >= 1, got {num_draft_tokens}, "
+            raise ConfigError(f"num_draft_tokens, min_match and branches must be >= 1, got {num_draft_tokens}, "
                               f"{min_match} and {branches}")
         need = max(MIN_MAX_TOKENS, 2 * (min_match + num_draft_tokens))
         if max_tokens < need:
-            raise ScyllaError(f"max_tokens must be >= {need} (64, and twice min_match + num_draft_tokens: a rebuilt "
+            raise ConfigError(f"max_tokens must be >= {need} (64, and twice min_match + num_draft_tokens: a rebuilt "
                               f"row keeps max_tokens // 2 tokens), got {max_tokens}")
         self.num_draft_tokens, self.min_match, self.branches = num_draft_tokens, min_match, branches
         self.max_tokens = max_tokens

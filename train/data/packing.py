@@ -5,7 +5,7 @@ from __future__ import annotations
 import datasets
 import torch
 
-from scylla.errors import ScyllaError
+from scylla.errors import InputError
 
 
 def tokenize_examples(ds: datasets.Dataset, tokenizer, chat: bool = True) -> list[list[int]]:
@@ -17,7 +17,7 @@ def tokenize_examples(ds: datasets.Dataset, tokenizer, chat: bool = True) -> lis
     """
     prompts, responses = list(ds["prompt"]), list(ds["response"])
     if not prompts:
-        raise ScyllaError("the corpus is empty: nothing to tokenize")
+        raise InputError("the corpus is empty: nothing to tokenize")
     use_template = chat and bool(getattr(tokenizer, "chat_template", None))
     conversations = [i for i, prompt in enumerate(prompts) if use_template and prompt]
     plain = [i for i, prompt in enumerate(prompts) if not (use_template and prompt)]
@@ -35,7 +35,7 @@ def tokenize_examples(ds: datasets.Dataset, tokenizer, chat: bool = True) -> lis
     if plain:
         eos = tokenizer.eos_token_id
         if eos is None:
-            raise ScyllaError("the tokenizer has no eos token to end plain-text examples with")
+            raise InputError("the tokenizer has no eos token to end plain-text examples with")
         texts = [f"{prompts[i]}\n{responses[i]}" if prompts[i] else responses[i] for i in plain]
         for i, row in zip(plain, tokenizer(texts, add_special_tokens=True)["input_ids"]):
             ids[i] = row + [eos]
@@ -50,7 +50,7 @@ def pack_blocks(
     The tail that does not fill a block is dropped; max_tokens caps N * block_size.
     """
     if block_size < 1:
-        raise ScyllaError(f"block_size must be at least 1, got {block_size}")
+        raise InputError(f"block_size must be at least 1, got {block_size}")
     cap = sum(len(ids) for ids in token_lists) if max_tokens is None else max_tokens
     flat: list[int] = []
     order = torch.randperm(len(token_lists), generator=torch.Generator().manual_seed(seed))
@@ -60,7 +60,7 @@ def pack_blocks(
         flat.extend(token_lists[index])
     count = min(len(flat), cap) // block_size
     if count == 0:
-        raise ScyllaError(
+        raise InputError(
             f"{min(len(flat), cap)} tokens (of the corpus or max_tokens) do not fill one block of {block_size}: "
             "use a larger corpus or a smaller block_size"
         )
@@ -70,7 +70,7 @@ def pack_blocks(
 def token_frequencies(blocks: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """How often each id occurs in blocks (N, L): a LongTensor (V,)."""
     if blocks.numel() and (blocks.min() < 0 or blocks.max() >= vocab_size):
-        raise ScyllaError(f"token ids must lie in [0, {vocab_size}): the blocks hold {blocks.min()}..{blocks.max()}")
+        raise InputError(f"token ids must lie in [0, {vocab_size}): the blocks hold {blocks.min()}..{blocks.max()}")
     return torch.bincount(blocks.flatten(), minlength=vocab_size)
 
 
@@ -81,7 +81,7 @@ def draft_vocabulary(blocks: torch.Tensor, vocab_size: int, size: int) -> torch.
     This is the draft_to_target map of an EAGLE-style head with a reduced vocabulary.
     """
     if not 1 <= size <= vocab_size:
-        raise ScyllaError(f"draft vocabulary size must be in [1, {vocab_size}], got {size}")
+        raise InputError(f"draft vocabulary size must be in [1, {vocab_size}], got {size}")
     counts = token_frequencies(blocks, vocab_size)
     by_count = torch.sort(-counts, stable=True).indices  # stable: equal counts keep id order
     return torch.sort(by_count[:size]).values
@@ -100,7 +100,7 @@ def heldout_prompts(heldout_ds: datasets.Dataset, tokenizer, n: int) -> list[str
         if prompt.strip() and len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) <= limit:
             prompts.append(prompt)
     if len(prompts) < n:
-        raise ScyllaError(
+        raise InputError(
             f"the held-out split has {len(prompts)} usable prompts, {n} were asked for: "
             "use a larger corpus, a larger heldout_fraction or a smaller n"
         )
