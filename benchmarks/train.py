@@ -74,7 +74,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="scylla-bench-train-"))
     cfg = TrainConfig.from_dict({
         "run_dir": str(tmp), "target": args.target, "layers": args.layers, "width": args.width,
-        "zero_stage": args.zero, "wandb": "disabled", "milestones": [args.batch_blocks * args.block_size],
+        "zero_stage": args.zero, "wandb": "disabled", "milestones": [16 * args.batch_blocks * args.block_size],
         "data": {"source": "gsm", "examples": args.examples, "block_size": args.block_size},
         "optim": {"batch_blocks": args.batch_blocks},
     })

@@ -159,6 +159,7 @@ class _Runner:
     def __init__(self, config: EvalConfig, target, tokenizer, texts: dict[str, list[str]]):
         self.config, self.target, self.tokenizer, self.texts = config, target, tokenizer, texts
         self.cache: dict = {}
+        self.features: dict = {}  # the target's hidden states per replayed prompt, shared by every head
 
     def drafter(self, spec: str, shape: DraftShape):
         if (spec, shape) not in self.cache:
@@ -179,7 +180,7 @@ class _Runner:
                           pad_token_id=tokenizer.pad_token_id)
             if references is not None:
                 parts.append(replay(self.target, d, ids, mask, references=references[start : start + batch],
-                                    **kwargs))
+                                    feature_cache=self.features, **kwargs))
             else:
                 out = SpeculativeDecoder(self.target, d).generate(ids, mask, temperature=temperature,
                                                                   seed=config.seed + start, **kwargs)

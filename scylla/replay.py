@@ -51,9 +51,12 @@ def replay(
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     references: list[list[int]] | None = None,
+    feature_cache: dict | None = None,
 ) -> DecodeStats:
     """Greedy decoding statistics of ``drafter`` on these prompts, by replay (no timing). ``references``: the
-    target's greedy continuations, if already cached (as DecodeOutput.generated of plain decoding)."""
+    target's greedy continuations, if already cached (as DecodeOutput.generated of plain decoding).
+    ``feature_cache``: a dict that keeps the target's hidden states per (prompt, reference) across calls, so that
+    replaying many heads on the same prompts runs the target once per prompt."""
     if drafter.share_rows:
         raise InputError(f"replay cannot run {drafter.name} with share_rows: its rows would read each other's "
                           "prefixes of one reference; decode online instead")
@@ -78,7 +81,12 @@ def replay(
             features = None
             if drafter.feature_layers:
                 full = torch.cat([prompt, torch.tensor(y[:-1], dtype=prompt.dtype, device=prompt.device)])
-                hs = target(full[None], output_hidden_states=True).hidden_states
+                key = tuple(full.tolist())
+                hs = None if feature_cache is None else feature_cache.get(key)
+                if hs is None:
+                    hs = target(full[None], output_hidden_states=True).hidden_states
+                    if feature_cache is not None:
+                        feature_cache[key] = hs
                 feats = torch.cat([hs[i] for i in drafter.feature_layers], dim=-1)[0]  # (P + N - 1, F)
                 features = feats.new_zeros(len(starts), tokens.shape[1] - 1, feats.shape[-1])
                 for r, n in enumerate((lengths - 1).tolist()):

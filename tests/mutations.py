@@ -81,6 +81,25 @@ MUTATIONS = [
         "scylla/replay.py", "if drafter.share_rows:", "if False:",
         ("tests/test_replay.py::test_replay_refuses_drafters_that_share_rows",),
     ),
+    Mutation(
+        "cooldown-ends-above-zero",
+        "a milestone's cool-down decays towards 0 at step N, one step after the last that runs, so it never reaches 0",
+        "train/schedule.py", "(last - step) / (last - start + 1)", "(milestone_steps - step) / (milestone_steps - start)",
+        ("tests/test_schedule.py",),
+    ),
+    Mutation(
+        "gsm-templates-shared",
+        "gsm_symbolic's evaluation templates are drawn for training too",
+        "scylla/data/tasks.py", "if dataset != \"gsm_symbolic\" or evaluation_template(dataset, templates[i]) == evaluation:",
+        "if dataset != \"gsm_symbolic\" or evaluation or True:",
+        ("tests/test_data.py::test_training_prompts_never_come_from_an_evaluation_set",),
+    ),
+    Mutation(
+        "eval-questions-not-dropped",
+        "training keeps reasoning-gym questions that the evaluation asks",
+        "scylla/data/tasks.py", "banned = set() if evaluation else _evaluation_questions(dataset)", "banned = set()",
+        ("tests/test_data.py::test_training_prompts_never_come_from_an_evaluation_set",),
+    ),
 ]
 
 

@@ -19,6 +19,7 @@ from train.data import (
     token_frequencies,
     tokenize_examples,
 )
+from scylla.data.tasks import ANSWER_FORMAT
 from scylla.errors import ScyllaError
 
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}<end>{% endfor %}"
@@ -48,6 +49,23 @@ def test_gsm_is_deterministic_worked_solutions():
     for response in first["response"]:
         steps, final = response.rsplit("\n", 1)
         assert "=" in steps and final.startswith("#### ") and len(final) > 5
+
+
+@pytest.mark.parametrize("source, dataset, task", [("gsm", "gsm_symbolic", "gsm"),
+                                                   ("rg:chain_sum", "chain_sum", "rg:chain_sum")])
+def test_training_prompts_never_come_from_an_evaluation_set(source, dataset, task):
+    """No training prompt is an evaluation question (content), and no gsm template serves both."""
+    from scylla.data.tasks import EVAL_POOL, HELD_OUT_SEED, get_task, rg_items
+
+    training = load_corpus(source, 600, seed=0)["prompt"]
+    pool = rg_items(dataset, EVAL_POOL, HELD_OUT_SEED, evaluation=True)  # what any evaluation draws from
+    assert [p.prompt for p in get_task(task).problems(200)] == [q["question"] + ANSWER_FORMAT for q in pool[:200]]
+    assert len(training) == 600 and not set(training) & {q["question"] for q in pool}
+    if dataset == "gsm_symbolic":
+        train_templates = {item["template"] for item in rg_items(dataset, 600, 0, evaluation=False)}
+        eval_templates = {item["template"] for item in pool}
+        assert len(train_templates) > 40 and len(eval_templates) > 10 and not train_templates & eval_templates
+        assert [item["question"] for item in rg_items(dataset, 600, 0, evaluation=False)] == training
 
 
 def test_reasoning_gym_task():

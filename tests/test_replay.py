@@ -46,6 +46,25 @@ def test_replay_equals_online_counts(target, name):
         assert online.accepted > 0
 
 
+def test_a_shared_feature_cache_changes_no_count(target):
+    """Heads replayed on the same prompts share the target's hidden states: the counts stay those of online
+    decoding for each head, and the cache holds one entry per prompt."""
+    from scylla.drafters.eagle import EagleDrafter
+
+    ids, mask = make_batch(3, seed=31)
+    cache = {}
+    for seed, feature_layers in ((1, (1, -1)), (2, (-1,))):
+        make = lambda: EagleDrafter(make_head(target, feature_layers=feature_layers, seed=seed), tree=TREE)  # noqa: E731
+        online = SpeculativeDecoder(target, make()).generate(ids, mask, max_new_tokens=12, pad_token_id=0).stats
+        replayed = replay(target, make(), ids, mask, max_new_tokens=12, pad_token_id=0,
+                          references=SpeculativeDecoder(target).generate(ids, mask, max_new_tokens=12,
+                                                                         pad_token_id=0).generated,
+                          feature_cache=cache)
+        assert [(r.new_tokens, r.target_calls, r.accepted) for r in replayed.rows] == \
+               [(r.new_tokens, r.target_calls, r.accepted) for r in online.rows]
+    assert len(cache) == 3
+
+
 def test_replay_refuses_drafters_that_share_rows(target):
     """Replay's rows are prefixes of one reference: a drafter reading sibling rows would read its own future
     (online MAT 1.49, replayed 1.83 before this check). tests/mutations.md: replay-sibling-rows."""

@@ -157,7 +157,7 @@ def test_draft_lm_trains_without_the_launcher(tmp_path):
     """python -m train.pretrain_draft in one process (it sets the distributed env itself); a small draft LM."""
     job = {"run_dir": str(tmp_path), "target": "tiny-random-llama", "drafter": "draft-lm", "layers": 1, "width": 32,
            "milestones": [512, 1024], "data": {"source": "gsm", "examples": 60, "block_size": 32},
-           "optim": {"batch_blocks": 4, "warmup_tokens": 128}, "eval": {"prompts": 2, "max_new_tokens": 8},
+           "optim": {"batch_blocks": 1}, "eval": {"prompts": 2, "max_new_tokens": 8},
            "wandb": "disabled", "sweep": "unit"}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))

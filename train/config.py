@@ -10,6 +10,7 @@ from scylla.config import Config
 DRAFTERS = ("eagle", "draft-lm")
 LOSSES = ("ce", "kl")
 SCHEDULES = ("wsd", "separate")
+MIN_STEPS = 10  # steps at the smallest milestone
 
 
 @dataclass
@@ -21,6 +22,7 @@ class DataConfig(Config):
     chat: bool = True
     onpolicy: bool = False  # replace responses by the target's own greedy ones (cached under RUN_DIR/data)
     onpolicy_max_new_tokens: int = 128
+    allow_repeats: bool = True  # false: refuse a top milestone beyond the unique training tokens (epochs > 1)
 
     def validate(self) -> None:
         self.require(self.examples >= 1, "examples", f"must be >= 1, got {self.examples}")
@@ -32,17 +34,18 @@ class DataConfig(Config):
 class OptimConfig(Config):
     lr: float = 3e-3
     weight_decay: float = 0.0
-    batch_blocks: int = 8  # blocks per optimizer step (per process)
-    warmup_tokens: int = 4096
-    cooldown: float = 0.2  # WSD: each milestone's branch decays the LR over this fraction of its tokens
+    batch_blocks: int = 4  # blocks per optimizer step (per process)
+    warmup_tokens: int = 0  # 0: 10% of the smallest milestone's steps (at least 1)
+    cooldown: float = 0.2  # each milestone's branch decays the LR to 0 over this fraction of its steps (>= 2 steps)
     loss: str = "ce"  # ce: next token; kl: the target's next-token distribution over the draft vocabulary
     feature_weight: float = 0.1  # weight of the feature-regression term (h_t vs the next feature)
     grad_clip: float = 1.0
 
     def validate(self) -> None:
         self.require(self.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        self.require(0 <= self.cooldown < 0.5, "cooldown", f"must be in [0, 0.5) so branches do not overlap, "
-                     f"got {self.cooldown}")
+        self.require(0.2 <= self.cooldown < 0.5, "cooldown", f"must be in [0.2, 0.5): at least a fifth of each "
+                     f"milestone's steps, and branches must not overlap; got {self.cooldown}")
+        self.require(self.warmup_tokens >= 0, "warmup_tokens", f"must be >= 0, got {self.warmup_tokens}")
         self.require(self.batch_blocks >= 1, "batch_blocks", f"must be >= 1, got {self.batch_blocks}")
 
 
@@ -94,6 +97,13 @@ class TrainConfig(Config):
         bad = [m for m in self.milestones if m % self.tokens_per_step]
         require(not bad, "milestones", f"{bad[0] if bad else 0} is not a multiple of the tokens per step "
                 f"({self.tokens_per_step} = optim.batch_blocks x data.block_size x processes)")
+        smallest = self.milestones[0] // self.tokens_per_step
+        require(smallest >= MIN_STEPS, "milestones", f"the smallest, {self.milestones[0]} tokens, is {smallest} steps "
+                f"of {self.tokens_per_step} tokens: it needs >= {MIN_STEPS} steps for its warmup and cool-down; lower "
+                "optim.batch_blocks or data.block_size")
+        require(self.warmup_steps <= max(1, smallest // 10), "optim.warmup_tokens", f"{self.optim.warmup_tokens} "
+                f"tokens is {self.warmup_steps} steps, over 10% of the smallest milestone's {smallest} steps; use 0 "
+                "(automatic) or fewer")
         require(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0-3, got {self.zero_stage}")
         require(self.processes >= 1, "processes", f"must be >= 1, got {self.processes}")
@@ -101,6 +111,13 @@ class TrainConfig(Config):
                 f"must be offline, online or disabled, got {self.wandb!r}")
         if not self.run_id:
             self.run_id = f"{self.drafter}-L{self.layers}-w{self.width}-s{self.seed}"
+
+    @property
+    def warmup_steps(self) -> int:
+        """optim.warmup_tokens in steps, or (0) 10% of the smallest milestone's steps; at least 1."""
+        if self.optim.warmup_tokens:
+            return max(1, self.optim.warmup_tokens // self.tokens_per_step)
+        return max(1, self.milestones[0] // self.tokens_per_step // 10)
 
     @property
     def tokens_per_step(self) -> int:

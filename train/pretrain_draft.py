@@ -36,8 +36,8 @@ from scylla.ports import free_port
 from scylla.prompts import encode_prompts
 from scylla.records import append_record, new_record, read_records
 from train.config import TrainConfig
-from train.data import (draft_vocabulary, heldout_prompts, load_corpus, pack_blocks, regenerate_responses,
-                        split_heldout, tokenize_examples)
+from train.data import (draft_vocabulary, heldout_prompts, load_corpus, onpolicy_cache, pack_blocks,
+                        regenerate_responses, split_heldout, tokenize_examples)
 from train.features import FeatureStore, build_feature_store
 from train.schedule import branch_start, lr_at
 
@@ -54,11 +54,18 @@ def ensure_distributed_env() -> None:
 
 @dataclass
 class Data:
-    """Packed training blocks (N, T), held-out blocks (M, T), held-out prompt texts and the draft vocabulary."""
+    """Packed training blocks (N, T), held-out blocks (M, T), held-out prompt texts, the draft vocabulary, and
+    how many on-policy training responses hit the token limit."""
     train: torch.Tensor
     heldout: torch.Tensor
     prompts: list[str]
     draft_vocab: torch.Tensor
+    truncated_responses: int = 0
+
+    @property
+    def unique_tokens(self) -> int:
+        """Distinct training tokens: the packed blocks' tokens (the stream repeats them past this)."""
+        return int(self.train.numel())
 
 
 def data_key(cfg: TrainConfig) -> list:
@@ -70,23 +77,34 @@ def data_key(cfg: TrainConfig) -> list:
 
 def prepare_data(cfg: TrainConfig, tokenizer, vocab_size: int, target=None) -> Data:
     """Deterministic data: the corpus, its held-out split and packing do not depend on the job's seed, so every
-    draft of a sweep sees the same blocks (and can share one feature store)."""
+    draft of a sweep sees the same blocks (and can share one feature store). A top milestone beyond the unique
+    tokens repeats them: one line says by how much, or (data.allow_repeats false) the job refuses."""
     corpus = load_corpus(cfg.data.source, cfg.data.examples, seed=0)
     train_ds, held_ds = split_heldout(corpus, cfg.data.heldout, seed=0)
+    truncated = 0
     if cfg.data.onpolicy:
-        key = hashlib.sha1(json.dumps(data_key(cfg)).encode()).hexdigest()[:12]
-        cache = cfg.run_path / "data" / f"onpolicy-{key}.jsonl"
-        train_ds = regenerate_responses(train_ds, target, tokenizer, cache, cfg.data.onpolicy_max_new_tokens,
-                                        chat=cfg.data.chat)
-        held_ds = regenerate_responses(held_ds, target, tokenizer, cache, cfg.data.onpolicy_max_new_tokens,
-                                       chat=cfg.data.chat)
+        cache = onpolicy_cache(cfg.target, cfg.data.onpolicy_max_new_tokens, cfg.data.chat)
+        train_ds, held_ds = (regenerate_responses(ds, target, tokenizer, cache, cfg.data.onpolicy_max_new_tokens,
+                                                  chat=cfg.data.chat) for ds in (train_ds, held_ds))
+        truncated = sum(train_ds["truncated"])
     train = pack_blocks(tokenize_examples(train_ds, tokenizer, cfg.data.chat), cfg.data.block_size, seed=0)
     heldout = pack_blocks(tokenize_examples(held_ds, tokenizer, cfg.data.chat), cfg.data.block_size, seed=0)[:16]
     if len(train) == 0 or len(heldout) == 0:
-        raise InputError(f"data.examples={cfg.data.examples} is too small for blocks of {cfg.data.block_size} tokens")
+        raise ConfigError(f"data.examples={cfg.data.examples} is too small for blocks of {cfg.data.block_size} tokens")
     size = cfg.draft_vocab or vocab_size
     vocab = draft_vocabulary(train, vocab_size, min(size, vocab_size))
-    return Data(train, heldout, heldout_prompts(held_ds, tokenizer, cfg.eval.prompts), vocab)
+    data = Data(train, heldout, heldout_prompts(held_ds, tokenizer, cfg.eval.prompts), vocab, truncated)
+    epochs = max(cfg.milestones) / data.unique_tokens
+    if epochs > 1:
+        message = (f"data: the top milestone, {max(cfg.milestones)} tokens, repeats the {data.unique_tokens} unique "
+                   f"training tokens {epochs:.2f} times; raise data.examples for a law on unique data")
+        if not cfg.data.allow_repeats:
+            raise ConfigError(f"{message} (data.allow_repeats is false)")
+        print(f"[{cfg.run_id}] {message}", file=sys.stderr)
+    if truncated:
+        print(f"[{cfg.run_id}] data: {truncated} of {len(train_ds)} on-policy responses hit the limit of "
+              f"{cfg.data.onpolicy_max_new_tokens} tokens", file=sys.stderr)
+    return data
 
 
 def block_order(n_blocks: int, position: int, count: int, seed: int) -> list[int]:
@@ -290,7 +308,7 @@ class Trainer:
     def train_until(self, end: int, milestone_steps: int, objective: Objective, data: Data, desc: str, log) -> dict:
         """Optimizer steps up to ``end`` on the LR plan of the milestone; returns the last steps' mean metrics."""
         cfg = self.cfg
-        warmup = max(1, cfg.optim.warmup_tokens // self.tokens_per_step)
+        warmup = cfg.warmup_steps
         recent: list[dict] = []
         start_time, start_step = time.perf_counter(), self.step
         for _ in tqdm(range(self.step, end), desc=desc, unit="step", disable=self.rank != 0 or end <= self.step):
@@ -382,7 +400,9 @@ def run(cfg: TrainConfig) -> None:
                 draft_params=params, draft_params_with_embeddings=params_embed, train_tokens=milestone,
                 data=cfg.data.source, seed=cfg.seed, checkpoint=str(folder), schedule=cfg.schedule,
                 loss_type=cfg.optim.loss, lr_peak=cfg.optim.lr, feature_layers=list(cfg.feature_layers),
-                draft_vocab_size=len(data.draft_vocab), **train_metrics, **metrics,
+                draft_vocab_size=len(data.draft_vocab), unique_tokens=data.unique_tokens,
+                epochs=milestone / data.unique_tokens, truncated_responses=data.truncated_responses,
+                **train_metrics, **metrics,
             )
             append_record(cfg.run_path, record)
             if log is not None:

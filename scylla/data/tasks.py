@@ -22,6 +22,52 @@ CODE_TIMEOUT = 5.0  # seconds for one HumanEval test run
 
 
 HELD_OUT_SEED = 20261123  # problems for evaluation; the training corpora are drawn with seed 0
+EVAL_POOL = 1000  # evaluation draws from the first EVAL_POOL held-out problems; training drops their questions
+HELD_OUT_TEMPLATES = 4  # gsm_symbolic: templates whose number is a multiple of 4 are for evaluation only
+
+
+def evaluation_template(dataset: str, template: int | None) -> bool:
+    """Whether a reasoning-gym template is held out for evaluation: gsm_symbolic has only ~70 usable templates
+    (question shapes), so evaluation uses a quarter of them and training the rest; other datasets hold out
+    instances (EVAL_POOL), not templates."""
+    return dataset == "gsm_symbolic" and template is not None and template % HELD_OUT_TEMPLATES == 0
+
+
+def rg_items(dataset: str, n: int, seed: int, evaluation: bool) -> list[dict]:
+    """n reasoning-gym items of ``dataset`` from ``seed``, each with its ``template`` (None where the generator
+    has none): evaluation items come from held-out templates; training items from the others, and none asks a
+    question that one of the first EVAL_POOL evaluation items asks."""
+    import reasoning_gym  # optional: only for reasoning-gym tasks and corpora
+
+    banned = set() if evaluation else _evaluation_questions(dataset)
+    size = n
+    while True:
+        try:
+            ds = reasoning_gym.create_dataset(dataset, size=size, seed=seed)
+        except (ValueError, AssertionError, TypeError) as err:
+            raise ConfigError(f"rg:{dataset} could not be generated: {' '.join(str(err).split())}") from None
+        templates = getattr(ds, "task_indices", None) or [None] * size
+        items = []
+        for i in range(size):
+            if dataset != "gsm_symbolic" or evaluation_template(dataset, templates[i]) == evaluation:
+                item = ds[i]
+                if item["question"] not in banned:
+                    items.append({**item, "template": templates[i]})
+                    if len(items) == n:
+                        return items
+        if size >= 64 * n + 4096:
+            raise ConfigError(f"rg:{dataset} gives only {len(items)} distinct {'evaluation' if evaluation else 'training'}"
+                              f" items of {size}: ask for fewer")
+        size *= 4
+
+
+_EVALUATION_QUESTIONS: dict[str, set[str]] = {}
+
+
+def _evaluation_questions(dataset: str) -> set[str]:
+    if dataset not in _EVALUATION_QUESTIONS:
+        _EVALUATION_QUESTIONS[dataset] = {item["question"] for item in rg_items(dataset, EVAL_POOL, HELD_OUT_SEED, True)}
+    return _EVALUATION_QUESTIONS[dataset]
 
 
 def _seed(seed: int | None) -> int:
@@ -105,12 +151,7 @@ class ReasoningGymTask(Task):
         self._score = reasoning_gym.get_score_answer_fn(dataset)
 
     def problems(self, n: int, seed: int | None = None) -> list[Problem]:
-        import reasoning_gym
-
-        try:
-            items = list(reasoning_gym.create_dataset(self.dataset, size=n, seed=_seed(seed)))
-        except (ValueError, AssertionError, TypeError) as err:
-            raise ConfigError(f"{self.name} could not be generated: {' '.join(str(err).split())}") from None
+        items = rg_items(self.dataset, n, _seed(seed), evaluation=True)
         return [Problem(item["question"] + ANSWER_FORMAT, str(item["answer"]), {"entry": item}) for item in items]
 
     def extract(self, text: str) -> str | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 
+from scylla.data.tasks import rg_items
 from scylla.errors import InputError
 
 SOURCE_FORMS = "gsm, rg:<task>, humaneval, jsonl:PATH, parquet:PATH, text:PATH, hf:NAME[:split], or several joined by +"
@@ -82,18 +83,15 @@ def _sample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
 
 
 def _reasoning_gym(task: str, n: int | None, seed: int) -> datasets.Dataset:
-    """Question -> the worked solution (metadata "answer_cot", ending in "#### answer") or else the bare answer."""
-    import reasoning_gym  # optional: only for rg: corpora
+    """Question -> the worked solution (metadata "answer_cot", ending in "#### answer") or else the bare answer; never
+    an evaluation template or question (scylla.data.tasks.rg_items)."""
     from reasoning_gym.factory import DATASETS  # optional: only for rg: corpora
 
     if task not in DATASETS:
         close = difflib.get_close_matches(task, list(DATASETS), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise InputError(f"unknown reasoning-gym task {task!r}: {hint}(the tasks are reasoning_gym.factory.DATASETS)")
-    try:
-        items = list(reasoning_gym.create_dataset(task, size=n or DEFAULT_GENERATED, seed=seed))
-    except (ValueError, AssertionError, TypeError) as err:
-        raise InputError(f"rg:{task} could not be generated: {_one_line(err)}") from None
+    items = rg_items(task, n or DEFAULT_GENERATED, seed, evaluation=False)
     prompts, responses = [], []
     for item in items:
         answer = item.get("answer")
