@@ -32,6 +32,24 @@ def _prefix_batch(prompt: torch.Tensor, y: list[int], starts: range) -> tuple[to
     return tokens, lengths
 
 
+def _prefix_features(target: torch.nn.Module, layers: list[int], prompt: torch.Tensor, y: list[int],
+                     lengths: torch.Tensor, width: int, cache: dict | None) -> torch.Tensor:
+    """The target's features of each prefix row, right-aligned: (M, width, F); one target call on prompt + y[:-1]
+    (none when ``cache`` holds its hidden states already)."""
+    full = torch.cat([prompt, torch.tensor(y[:-1], dtype=prompt.dtype, device=prompt.device)])
+    key = tuple(full.tolist())
+    hs = None if cache is None else cache.get(key)
+    if hs is None:
+        hs = target(full[None], output_hidden_states=True).hidden_states
+        if cache is not None:
+            cache[key] = hs
+    feats = torch.cat([hs[i] for i in layers], dim=-1)[0]  # (P + N - 1, F)
+    features = feats.new_zeros(len(lengths), width, feats.shape[-1])
+    for r, n in enumerate((lengths - 1).tolist()):
+        features[r, width - n :] = feats[:n]
+    return features
+
+
 def _tree_match(tokens: list[int], parents: list[int], y: list[int]) -> tuple[int, int]:
     """(depth of the deepest node whose root-to-node path is a prefix of y, the tree's depth); slots parent-first."""
     depth, matched = {-1: 0}, {-1: True}
@@ -80,17 +98,8 @@ def replay(
             budget = torch.tensor([max_new_tokens - j - 1 for j in starts], device=tokens.device)
             features = None
             if drafter.feature_layers:
-                full = torch.cat([prompt, torch.tensor(y[:-1], dtype=prompt.dtype, device=prompt.device)])
-                key = tuple(full.tolist())
-                hs = None if feature_cache is None else feature_cache.get(key)
-                if hs is None:
-                    hs = target(full[None], output_hidden_states=True).hidden_states
-                    if feature_cache is not None:
-                        feature_cache[key] = hs
-                feats = torch.cat([hs[i] for i in drafter.feature_layers], dim=-1)[0]  # (P + N - 1, F)
-                features = feats.new_zeros(len(starts), tokens.shape[1] - 1, feats.shape[-1])
-                for r, n in enumerate((lengths - 1).tolist()):
-                    features[r, features.shape[1] - n :] = feats[:n]
+                features = _prefix_features(target, drafter.feature_layers, prompt, y, lengths, tokens.shape[1] - 1,
+                                            feature_cache)
             ctx = DraftContext(tokens, lengths, budget, sampling, None, features)
             drafter.start(ctx)
             draft = drafter.propose(ctx)
