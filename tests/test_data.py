@@ -203,6 +203,8 @@ def test_onpolicy_responses_are_the_targets_own_and_cached(tmp_path, monkeypatch
                                         return_tensors="pt", return_dict=True)["input_ids"]
     greedy = target.generate(input_ids=ids, do_sample=False, max_new_tokens=6, pad_token_id=tokenizer.pad_token_id)
     assert out["response"][1] == tokenizer.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True)
+    new = greedy[0, ids.shape[1]:].tolist()
+    assert out["truncated"][1] == (len(new) == 6 and tokenizer.eos_token_id not in new)  # cut off at the limit
 
     def no_generation(*args, **kwargs):
         raise AssertionError("cached responses must not be regenerated")
