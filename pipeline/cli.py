@@ -27,6 +27,7 @@ from scylla.models import load_model, target_quantization
 from scylla.prompts import encode_prompts, read_prompts
 from scylla.records import read_records
 from scylla.sampling import SamplingConfig
+from scylla.threads import use_threads
 
 
 def _positive(kind):
@@ -239,7 +240,10 @@ def cmd_tts_bench(args: argparse.Namespace) -> int:
 
 
 # The model flags every verb that runs a model shares (one definition, one help text).
-MODEL_ARGS = argparse.ArgumentParser(add_help=False)
+THREAD_ARGS = argparse.ArgumentParser(add_help=False)
+THREAD_ARGS.add_argument("--threads", type=int, default=None,
+                         help="torch CPU threads (default: the free cores, or OMP_NUM_THREADS); see scylla/threads.py")
+MODEL_ARGS = argparse.ArgumentParser(add_help=False, parents=[THREAD_ARGS])
 MODEL_ARGS.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
 MODEL_ARGS.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
 
@@ -329,7 +333,8 @@ def _costs_parser(sub) -> None:
 
 
 def _select_parser(sub) -> None:
-    sel = sub.add_parser("select", help="pick the fastest draft configuration per batch size from laws and costs")
+    sel = sub.add_parser("select", parents=[THREAD_ARGS],
+                         help="pick the fastest draft configuration per batch size from laws and costs")
     sel.add_argument("--fits", required=True, help="scylla fit --by draft_layers[,draft_shape] --json output")
     sel.add_argument("--cost", required=True, help="scylla costs --head-layers ... output")
     sel.add_argument("--batch-sizes", type=_ints, default=[1, 8, 64])
@@ -348,8 +353,8 @@ def _select_parser(sub) -> None:
 
 
 def _demo_parser(sub) -> None:
-    demo = sub.add_parser("demo", help="the whole study on SmolLM2 (train, replay, fit, select, check, figures, "
-                          "report); re-runs reuse finished work")
+    demo = sub.add_parser("demo", parents=[THREAD_ARGS], help="the whole study on SmolLM2 (train, replay, fit, select, "
+                          "check, figures, report); re-runs reuse finished work")
     demo.add_argument("--run-dir", default="runs/demo")
     demo.add_argument("--grid", default="experiments/demo.yaml")
     demo.set_defaults(func=cmd_demo)
@@ -364,7 +369,8 @@ def _figs_parser(sub) -> None:
 
 
 def _tts_bench_parser(sub) -> None:
-    tts = sub.add_parser("tts-bench", help="drafters under Best-of-N and multi-round thinking into tts records")
+    tts = sub.add_parser("tts-bench", parents=[THREAD_ARGS],
+                         help="drafters under Best-of-N and multi-round thinking into tts records")
     tts.add_argument("config", help="benchmark YAML, e.g. experiments/tts.yaml")
     tts.add_argument("--out", help="run directory (default runs/NAME-reduced, or runs/NAME with --full)")
     tts.add_argument("--full", action="store_true", help="the full settings instead of the reduced: section")
@@ -389,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "threads"):
+        if args.threads is not None and args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        use_threads(args.threads)
     try:
         return args.func(args)
     except ScyllaError as err:

@@ -27,9 +27,10 @@ from scylla.engine import SpeculativeDecoder
 from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.metrics import DecodeStats
 from scylla.models import load_model, target_quantization
-from scylla.prompts import encode_prompts
+from scylla.prompts import encode_prompts, prompt_id
 from scylla.records import append_record, find_checkpoints, new_record, read_records, record_key, records_path
 from scylla.replay import replay
+from scylla.threads import warn_if_busy
 
 DEFAULT_BASELINES = ("none", "prompt-lookup")
 IDENTITY = ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width", "draft_params",
@@ -107,7 +108,8 @@ class EvalConfig(Config):
         self.require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         self.require(min(self.temperatures) >= 0, "temperatures", f"must be >= 0, got {self.temperatures}")
         for key, check, values in (("tasks", get_task, self.tasks), ("shapes", parse_shape, self.shapes),
-                                   ("drafts", parse_spec, self.drafts or []), ("baselines", parse_spec, self.baselines)):
+                                   ("drafts", parse_spec, self.drafts or []),
+                                   ("baselines", parse_spec, self.baselines)):
             for value in values:
                 try:
                     check(value)
@@ -189,9 +191,11 @@ class _Runner:
         return DecodeStats.merge(parts), generated
 
 
-def _metrics(s: DecodeStats, plain: DecodeStats, timed: bool, predicted: float | None) -> dict:
-    """The metric fields of an eval record (timing ones null for replay)."""
-    return dict(new_tokens=s.new_tokens, target_calls=s.target_calls, mean_accepted_length=s.mean_accepted_length,
+def _metrics(s: DecodeStats, plain: DecodeStats, timed: bool, predicted: float | None,
+             prompt_ids: list[str]) -> dict:
+    """The metric fields of an eval record (timing ones null for replay), with the per-prompt counts."""
+    return dict(**s.per_prompt(prompt_ids), new_tokens=s.new_tokens, target_calls=s.target_calls,
+                mean_accepted_length=s.mean_accepted_length,
                 acceptance_rate=s.acceptance_rate if s.drafted else None,
                 per_position_acceptance=s.per_position_acceptance,
                 tokens_per_second=s.tokens_per_second if timed else None,
@@ -225,6 +229,8 @@ def evaluate(config: EvalConfig) -> int:
     methods = [(b, None, shape) for b in config.baselines if b != "none" for shape in shapes]
     methods += [(spec, source, shape) for spec, source in sources for shape in shapes]
     run = _Runner(config, target, tokenizer, texts)
+    if not (config.replay and set(config.temperatures) == {0.0}):
+        warn_if_busy()  # online settings are timed
 
     def identity(method, source):
         base = source or _baseline_identity(method, config.seed)
@@ -255,7 +261,8 @@ def evaluate(config: EvalConfig) -> int:
         for method, source, shape in [("none", None, plain_shape)] * (plain_key not in done) + todo:
             s = plain if method == "none" else run(method, shape, task, temperature, batch, references)[0]
             predicted = _predicted(cost, method, shape, batch, s.mean_accepted_length)
-            new = record(method, source, shape, **_metrics(s, plain, mode == "online" or method == "none", predicted))
+            new = record(method, source, shape, **_metrics(s, plain, mode == "online" or method == "none", predicted,
+                                                           [prompt_id(t) for t in texts[task]]))
             written += append_record(run_dir, new)
             done.add(record_key(new))
     return written

@@ -47,6 +47,7 @@ from scylla.models import load_model, target_quantization
 from scylla.prompts import encode_prompts
 from scylla.records import append_record, find_checkpoints, new_record, read_records, record_key, records_path
 from scylla.sampling import SamplingConfig
+from scylla.threads import warn_if_busy
 from scylla.tts import DEFAULT_ROUND2_TEMPLATE, best_of_n, check_template, multi_round
 
 
@@ -381,6 +382,7 @@ def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[i
     settings = _guard(run_dir, config, {r["method"] for r in previous})
     target, tokenizer = load_model(config.target, device=config.device, dtype=config.dtype)
     quantization = target_quantization(config.target, target)
+    warn_if_busy()
 
     def drafter(method: Method):  # built afresh per record: drafters with state (pools) start empty
         return drafter_from_spec(method.spec, target, method.num_draft_tokens, device=config.device,

@@ -22,6 +22,7 @@ import torch
 from scylla.atomic import write_json_atomic
 from scylla.drafters.eagle import EagleConfig, EagleHead
 from scylla.errors import InputError
+from scylla.threads import warn_if_busy
 from scylla.kv import RaggedKV
 
 
@@ -93,6 +94,7 @@ def measure_costs(models: dict[str, torch.nn.Module], batch_sizes: list[int], to
     first = next(iter(models.values()))
     param = next(first.parameters())
     table = CostTable(device=str(param.device), dtype=str(param.dtype).replace("torch.", ""))
+    warn_if_busy()
     for name, model in models.items():
         for b in batch_sizes:
             for n in tokens:

@@ -119,6 +119,25 @@ class DecodeStats(Counts):
             total.rows.extend(part.rows)
         return total
 
+    def per_prompt(self, prompt_ids: list[str]) -> dict:
+        """Per-prompt counts as flat lists aligned with ``prompt_ids`` (one row per prompt, in order), so that a
+        fit can use the prompt as its unit of sampling: prompt_new_tokens, prompt_target_calls, prompt_drafted,
+        prompt_accepted, prompt_drafting_steps, and prompt_accepted_at, row-major with prompt_positions entries per
+        prompt (item p * prompt_positions + i: prompt p's drafting steps whose draft token i+1 was accepted).
+        sum(prompt_new_tokens) / sum(prompt_target_calls) is the record's mean_accepted_length."""
+        assert len(prompt_ids) == len(self.rows), "one row per prompt"
+        width = max((len(r.accepted_at) for r in self.rows), default=0)
+        return dict(
+            prompt_ids=list(prompt_ids),
+            prompt_new_tokens=[r.new_tokens for r in self.rows],
+            prompt_target_calls=[r.target_calls for r in self.rows],
+            prompt_drafted=[r.drafted for r in self.rows],
+            prompt_accepted=[r.accepted for r in self.rows],
+            prompt_drafting_steps=[r.drafting_steps for r in self.rows],
+            prompt_positions=width,
+            prompt_accepted_at=[n for r in self.rows for n in r.accepted_at + [0] * (width - len(r.accepted_at))],
+        )
+
     def summary(self) -> dict:
         out = super().summary()
         out["mean_row_tokens_per_second"] = _ratio(sum(r.tokens_per_second for r in self.rows), len(self.rows))

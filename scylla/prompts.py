@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 
 from scylla.errors import InputError
+
+
+def prompt_id(text: str) -> str:
+    """A content hash of a prompt's text (12 hex digits): the same prompt has the same id in every record."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
 def read_jsonl_rows(path: str | Path, field: str = "prompt") -> list[dict]:

@@ -19,6 +19,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+# The CLI's default threads follow the load (scylla/threads.py); the suite's own load would lower them from test to
+# test, so the tests keep torch's default.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
 torch.set_num_threads(2)
 
 

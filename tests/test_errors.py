@@ -78,3 +78,20 @@ def test_cli_bad_jsonl(tmp_path, capsys):
 def test_cli_usage_error_exits_2():
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "generate"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--prompt" in proc.stderr
+
+
+def test_threads_flag(capsys, monkeypatch):
+    import torch
+
+    from scylla.threads import free_cores, use_threads
+
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["generate", "--threads", "0", "--prompt", "hi"])
+        assert exit_.value.code == 2 and "--threads must be >= 1" in capsys.readouterr().err
+        assert use_threads(1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert free_cores() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -217,6 +217,14 @@ def test_eval_replay_trees_costs_and_best_shape(smoke_run, tmp_path, capsys):
     for (method, shape), r in replayed.items():
         assert r["mean_accepted_length"] == online[(method, shape, 1)]["mean_accepted_length"]
         assert r["tokens_per_second"] is None or method == "none"  # plain decoding is always run (and timed)
+        for b in (1, 2):  # per prompt, replay equals online decoding at every batch size
+            for field in ("prompt_ids", "prompt_new_tokens", "prompt_target_calls", "prompt_accepted",
+                          "prompt_accepted_at"):
+                assert r[field] == online[(method, shape, b)][field], (method, shape, b, field)
+    for r in evals:  # the per-prompt counts add up to the record's own
+        assert len(r["prompt_ids"]) == r["n_prompts"] == 2 and len(set(r["prompt_ids"])) == 2
+        assert sum(r["prompt_new_tokens"]) / sum(r["prompt_target_calls"]) == r["mean_accepted_length"]
+        assert len(r["prompt_accepted_at"]) == 2 * r["prompt_positions"]
     tree = online[(f"draft:{head}", "tree:top_k=2,depth=2,total_tokens=6", 1)]
     assert tree["tree_total_tokens"] == 6 and tree["num_draft_tokens"] is None
     assert tree["predicted_speedup"] > 0
