@@ -6,7 +6,7 @@ Grid file (experiments/*.yaml):
     launcher: local             # local: run jobs here one after another | hostfile | slurm: write scripts
     processes: 1                # processes per job (deepspeed --num_gpus / --num_nodes x slots)
     hosts: []                   # hostfile launcher: lines such as "node1 slots=8"
-    slurm: {}                   # slurm launcher: partition, time, gpus_per_node, extra sbatch options
+    slurm: {}                   # slurm launcher: nodes (default 1), partition, time, gpus_per_node, ... (sbatch options)
     base: {...}                 # TrainConfig fields shared by every job (train/config.py)
     grid: {layers: [1, 2], seed: [0, 1], optim.lr: [...]}   # every combination is one job
 
@@ -161,20 +161,27 @@ def run_sweep(sweep: Sweep, dry_run: bool = False) -> list[str]:
     hostfile = sweep.run_dir / "hostfile"
     if sweep.launcher == "hostfile":
         hostfile.write_text("\n".join(sweep.hosts) + "\n")
-    script = ["#!/usr/bin/env bash", "set -euo pipefail"]
-    if sweep.launcher == "slurm":
-        script += [f"#SBATCH --job-name={sweep.name}", f"#SBATCH --array=0-{max(0, len(todo) - 1)}"]
-        script += [f"#SBATCH --{k.replace('_', '-')}={v}" for k, v in sweep.slurm.items()]
-        script.append("JOBS=(" + " ".join(shlex.quote(str(write_job(j))) for j in todo) + ")")
-        argv = launch_command(sweep, Path("JOB"), hostfile if sweep.launcher == "hostfile" else None)
-        script.append(shlex.join(argv[:-1]) + ' "${JOBS[$SLURM_ARRAY_TASK_ID]}"')
-        path = sweep.run_dir / "sweep.sbatch"
-    else:
-        script += [shlex.join(launch_command(sweep, write_job(j), hostfile)) for j in todo]
-        path = sweep.run_dir / "launch.sh"
+    path, script = _script(sweep, todo, hostfile if sweep.launcher == "hostfile" else None)
     path.write_text("\n".join(script) + "\n")
     path.chmod(0o755)
     return lines + [f"wrote {path}" + (f" and {hostfile}" if sweep.launcher == "hostfile" else "")]
+
+
+def _script(sweep: Sweep, todo: list[TrainConfig], hostfile: Path | None) -> tuple[Path, list[str]]:
+    """The launch script of the unfinished jobs, with no machine-specific paths: ``$PYTHON`` (default python3) runs
+    the DeepSpeed launcher. An sbatch script puts its directives first, since sbatch stops reading them at the
+    first command, and refuses to run outside a Slurm array."""
+    python = '"${PYTHON:-python3}" '
+    if sweep.launcher != "slurm":
+        runs = [python + shlex.join(launch_command(sweep, write_job(j), hostfile)[1:]) for j in todo]
+        return sweep.run_dir / "launch.sh", ["#!/usr/bin/env bash", "set -euo pipefail", *runs]
+    slurm = {"nodes": 1, **sweep.slurm}
+    script = ["#!/usr/bin/env bash", f"#SBATCH --job-name={sweep.name}", f"#SBATCH --array=0-{max(0, len(todo) - 1)}"]
+    script += [f"#SBATCH --{k.replace('_', '-')}={v}" for k, v in slurm.items()]
+    script += ["set -euo pipefail", ': "${SLURM_ARRAY_TASK_ID:?submit this script with sbatch (it is a Slurm array)}"',
+               "JOBS=(" + " ".join(shlex.quote(str(write_job(j))) for j in todo) + ")",
+               python + shlex.join(launch_command(sweep, Path("JOB"))[1:-1]) + ' "${JOBS[$SLURM_ARRAY_TASK_ID]}"']
+    return sweep.run_dir / "sweep.sbatch", script
 
 
 def _pythonpath() -> str:

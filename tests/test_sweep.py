@@ -142,7 +142,18 @@ def test_multi_node_scripts_are_written_not_run(tmp_path):
         assert "deepspeed.launcher.runner" in text and "train.pretrain_draft" in text
         assert not (run_dir / "records.jsonl").exists()
     assert "--hostfile" in (tmp_path / "hostfile" / "launch.sh").read_text()
-    assert "#SBATCH --partition=gpu" in (tmp_path / "slurm" / "sweep.sbatch").read_text()
+    sbatch = tmp_path / "slurm" / "sweep.sbatch"
+    lines = sbatch.read_text().splitlines()
+    first_command = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
+    directives = [i for i, line in enumerate(lines) if line.startswith("#SBATCH")]
+    assert directives and max(directives) < first_command  # sbatch reads directives only before the first command
+    assert {"#SBATCH --partition=gpu", "#SBATCH --nodes=1", "#SBATCH --array=0-1"} <= set(lines)
+    for script in (sbatch, tmp_path / "hostfile" / "launch.sh"):
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+        assert sys.executable not in script.read_text()  # no machine-specific interpreter path
+    outside = subprocess.run(["bash", str(sbatch)], capture_output=True, text=True,
+                             env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")})
+    assert outside.returncode != 0 and "submit this script with sbatch" in outside.stderr
 
 
 def test_generate_cli_drafts_with_a_trained_head(smoke_run, capsys):
