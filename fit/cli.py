@@ -82,8 +82,8 @@ def run_fit(
     if not records:
         selection = ", ".join([f"kind={kind}"] * (kind is not None) + [f"{k}={v}" for k, v in conditions.items()])
         raise InputError(
-            f"no records in {', '.join(map(str, run_dirs))}" + (f" match {selection}" if selection else "")
-            + "; check --kind and --where"
+            f"no records in {', '.join(map(str, run_dirs))}"
+            + (f" match {selection}; check --kind and --where" if selection else "")
         )
     fits = fit_log_linear(records, x=x, y=y, by=by_fields, robust=robust, bootstrap=bootstrap, seed=seed)
     checks = [extrapolation_check(f.x_values, f.y_values, seed=seed) for f in fits]

@@ -45,6 +45,8 @@ class Candidate:
 
 def load_fits(path: str | Path) -> list[dict]:
     """The ``fits`` of a ``scylla fit --json`` file, each with ``group``, ``intercept``, ``slope``, ``cov``, ``n``."""
+    if not Path(path).is_file():
+        raise InputError(f"fits file {path} does not exist: write one with scylla fit ... --json FILE")
     try:
         payload = json.loads(Path(path).read_text())
         fits = payload["fits"]

@@ -95,3 +95,11 @@ def test_threads_flag(capsys, monkeypatch):
         assert free_cores() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_missing_file_is_called_missing(tmp_path, capsys):
+    assert main(["select", "--fits", str(tmp_path / "fits.json"), "--cost", str(tmp_path / "costs.json")]) == 2
+    assert "fits.json does not exist" in capsys.readouterr().err
+    assert main(["generate", "--target", "tiny-random-llama", "--config", str(tmp_path / "scylla.yaml"),
+                 "--prompt", "hi"]) == 2
+    assert "scylla.yaml: file does not exist" in capsys.readouterr().err
