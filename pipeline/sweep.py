@@ -6,7 +6,7 @@ Grid file (experiments/*.yaml):
     launcher: local             # local: run jobs here one after another | hostfile | slurm: write scripts
     processes: 1                # processes per job (deepspeed --num_gpus / --num_nodes x slots)
     hosts: []                   # hostfile launcher: lines such as "node1 slots=8"
-    slurm: {}                   # slurm launcher: nodes (default 1), partition, time, gpus_per_node, ... (sbatch options)
+    slurm: {}                   # slurm launcher: sbatch options (nodes, default 1; partition, time, ...)
     base: {...}                 # TrainConfig fields shared by every job (train/config.py)
     grid: {layers: [1, 2], seed: [0, 1], optim.lr: [...]}   # every combination is one job
 

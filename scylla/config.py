@@ -4,7 +4,7 @@ A schema is a dataclass that subclasses `Config`: its fields are the keys, their
 whose type is another Config is a nested section, and `validate()` holds the rules between fields. Every problem is
 one `ConfigError` line naming the file, the key and what is allowed:
 
-    experiments/x.yaml: optim.lr: must be a number, got 'fast'
+    experiments/x.yaml: optim: lr: must be a number, got 'fast'
 """
 
 from __future__ import annotations

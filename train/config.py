@@ -90,6 +90,7 @@ class TrainConfig(Config):
         require(self.drafter != "draft-lm" or self.width > 0, "width", "a draft-lm needs a width (its hidden size)")
         require(self.drafter != "draft-lm" or self.optim.loss == "ce", "optim.loss",
                 "kl is for eagle heads; draft LMs train with ce")
+        require(self.processes >= 1, "processes", f"must be >= 1, got {self.processes}")  # before tokens_per_step
         require(bool(self.milestones) and all(m > 0 for m in self.milestones), "milestones",
                 f"must list positive token counts, got {self.milestones}")
         require(list(self.milestones) == sorted(set(self.milestones)), "milestones",
@@ -106,7 +107,6 @@ class TrainConfig(Config):
                 "(automatic) or fewer")
         require(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         require(self.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0-3, got {self.zero_stage}")
-        require(self.processes >= 1, "processes", f"must be >= 1, got {self.processes}")
         require(self.wandb in ("offline", "online", "disabled"), "wandb",
                 f"must be offline, online or disabled, got {self.wandb!r}")
         if not self.run_id:

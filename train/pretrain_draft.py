@@ -289,11 +289,10 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.step = 0
-        self.tokens_per_step = cfg.tokens_per_step
         self.stable_dir = cfg.job_dir / "stable"
 
     def steps_for(self, milestone: int) -> int:
-        return milestone // self.tokens_per_step  # a whole number: TrainConfig.validate checks the milestones
+        return milestone // self.cfg.tokens_per_step  # a whole number: TrainConfig.validate checks the milestones
 
     def save_stable(self) -> None:
         self.engine.save_checkpoint(str(self.stable_dir), tag="stable", client_state={"step": self.step})
@@ -327,7 +326,7 @@ class Trainer:
         elapsed = time.perf_counter() - start_time
         summary = {k: sum(m[k] for m in recent) / len(recent) for k in recent[0]} if recent else {}
         if self.step > start_step:
-            summary["train_tokens_per_second"] = (self.step - start_step) * self.tokens_per_step / elapsed
+            summary["train_tokens_per_second"] = (self.step - start_step) * cfg.tokens_per_step / elapsed
         return summary
 
 
@@ -368,8 +367,6 @@ def run(cfg: TrainConfig) -> None:
         return
     trainer = Trainer(cfg, model, world, rank)
     log = start_tracking(cfg) if rank == 0 else None
-    for m in cfg.milestones:
-        trainer.steps_for(m)  # every milestone must be reachable before any work starts
     resumed = cfg.schedule == "wsd" and trainer.load_stable()
     if rank == 0 and resumed:
         print(f"[{cfg.run_id}] resumed at step {trainer.step}", file=sys.stderr)

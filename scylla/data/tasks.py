@@ -9,6 +9,7 @@ Scores lie in [0, 1] (reasoning-gym gives partial credit); None means the proble
 from __future__ import annotations
 
 import difflib
+import functools
 import random
 import re
 from dataclasses import dataclass, field
@@ -56,18 +57,15 @@ def rg_items(dataset: str, n: int, seed: int, evaluation: bool) -> list[dict]:
                     if len(items) == n:
                         return items
         if size >= 64 * n + 4096:
-            raise ConfigError(f"rg:{dataset} gives only {len(items)} distinct {'evaluation' if evaluation else 'training'}"
-                              f" items of {size}: ask for fewer")
+            kind = "evaluation" if evaluation else "training"
+            raise ConfigError(f"rg:{dataset} gives only {len(items)} distinct {kind} items of {size}: ask for fewer")
         size *= 4
 
 
-_EVALUATION_QUESTIONS: dict[str, set[str]] = {}
-
-
-def _evaluation_questions(dataset: str) -> set[str]:
-    if dataset not in _EVALUATION_QUESTIONS:
-        _EVALUATION_QUESTIONS[dataset] = {item["question"] for item in rg_items(dataset, EVAL_POOL, HELD_OUT_SEED, True)}
-    return _EVALUATION_QUESTIONS[dataset]
+@functools.lru_cache(maxsize=None)
+def _evaluation_questions(dataset: str) -> frozenset[str]:
+    """The questions of the first EVAL_POOL evaluation items (generated once per dataset)."""
+    return frozenset(item["question"] for item in rg_items(dataset, EVAL_POOL, HELD_OUT_SEED, evaluation=True))
 
 
 def _seed(seed: int | None) -> int:
