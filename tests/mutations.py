@@ -100,6 +100,18 @@ MUTATIONS = [
         "scylla/data/tasks.py", "banned = set() if evaluation else _evaluation_questions(dataset)", "banned = set()",
         ("tests/test_data.py::test_training_prompts_never_come_from_an_evaluation_set",),
     ),
+    Mutation(
+        "unroll-positions",
+        "training-time test gives step i the rotary positions of the real pairs, q - i, instead of q",
+        "train/unroll.py", "position_ids=positions, cache", "position_ids=(positions - step).clamp(min=0), cache",
+        ("tests/test_unroll.py::test_unrolled_logits_equal_inference_drafts",),
+    ),
+    Mutation(
+        "unroll-mask",
+        "training-time test lets step i see the real feature one position past its anchor",
+        "train/unroll.py", "[p <= q - step]", "[p <= q - step + (step > 0)]",
+        ("tests/test_unroll.py",),
+    ),
 ]
 
 

@@ -11,32 +11,34 @@ from scylla.drafters.tree import TreeShape
 from test_greedy_identity import MAX_NEW, make_batch, pick_eos
 
 
-def make_head(target, layers=2, feature_layers=(-1,), vocab=48, seed=0) -> EagleHead:
+def make_head(target, layers=2, feature_layers=(-1,), vocab=48, seed=0, layout="eagle") -> EagleHead:
     torch.manual_seed(seed)
     config = EagleConfig.for_target(target, num_layers=layers, feature_layers=list(feature_layers),
-                                    draft_vocab_size=vocab)
+                                    draft_vocab_size=vocab, layout=layout)
     head = EagleHead(config, target.get_input_embeddings())
     head.draft_to_target.copy_(torch.randperm(target.config.vocab_size)[:vocab])
     return head.eval()
 
 
-@pytest.mark.parametrize("feature_layers", [(-1,), (1, 2, -1)], ids=["last", "fused"])
+@pytest.mark.parametrize("feature_layers,layout", [((-1,), "eagle"), ((1, 2, -1), "eagle"), ((1, 2, -1), "eagle3")],
+                         ids=["last", "fused", "eagle3"])
 @pytest.mark.parametrize("batch", [1, 5])
-def test_greedy_identity_with_head(target, batch, feature_layers):
+def test_greedy_identity_with_head(target, batch, feature_layers, layout):
     ids, mask = make_batch(batch, seed=10 + batch)
     eos = pick_eos(target, ids, mask)
     ref = target.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=MAX_NEW,
                           eos_token_id=eos, pad_token_id=0)
-    drafter = EagleDrafter(make_head(target, feature_layers=feature_layers), num_draft_tokens=3)
+    drafter = EagleDrafter(make_head(target, feature_layers=feature_layers, layout=layout), num_draft_tokens=3)
     out = SpeculativeDecoder(target, drafter).generate(ids, mask, max_new_tokens=MAX_NEW, eos_token_id=eos,
                                                        pad_token_id=0)
     assert torch.equal(out.sequences, ref)
 
 
-def test_draft_equals_head_run_from_scratch(target, monkeypatch):
+@pytest.mark.parametrize("layout", ["eagle", "eagle3"])
+def test_draft_equals_head_run_from_scratch(target, monkeypatch, layout):
     """At every step, the first draft token is what the head predicts from all real target features, recomputed
     without any cache: the cache and feature bookkeeping lose nothing when rows accept different counts."""
-    head = make_head(target, feature_layers=(1, -1))
+    head = make_head(target, feature_layers=(1, -1), layout=layout)
     drafter = EagleDrafter(head, num_draft_tokens=3)
     original = EagleDrafter.propose
     checked = []
@@ -62,8 +64,9 @@ def test_draft_equals_head_run_from_scratch(target, monkeypatch):
     assert len(checked) > 20
 
 
-def test_save_load_roundtrip(target, tmp_path):
-    head = make_head(target)
+@pytest.mark.parametrize("layout", ["eagle", "eagle3"])
+def test_save_load_roundtrip(target, tmp_path, layout):
+    head = make_head(target, layout=layout)
     head.save(tmp_path / "head", card={"target": "tiny", "train_tokens": 0})
     assert is_head_folder(tmp_path / "head") and (tmp_path / "head" / "card.json").exists()
     loaded = EagleHead.load(tmp_path / "head", target)
@@ -82,13 +85,21 @@ def test_head_for_another_target_is_refused(target, tmp_path):
         EagleHead.load(tmp_path, target)
 
 
+@pytest.mark.parametrize("layout", ["eagle", "eagle3"])
 @pytest.mark.parametrize("batch", [1, 5])
-def test_tree_greedy_identity_with_head(target, batch):
+def test_tree_greedy_identity_with_head(target, batch, layout):
     ids, mask = make_batch(batch, seed=20 + batch)
     eos = pick_eos(target, ids, mask)
     ref = target.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=MAX_NEW,
                           eos_token_id=eos, pad_token_id=0)
-    drafter = EagleDrafter(make_head(target), tree=TreeShape(top_k=3, depth=3, total_tokens=8))
+    drafter = EagleDrafter(make_head(target, layout=layout), tree=TreeShape(top_k=3, depth=3, total_tokens=8))
     out = SpeculativeDecoder(target, drafter).generate(ids, mask, max_new_tokens=MAX_NEW, eos_token_id=eos,
                                                        pad_token_id=0)
     assert torch.equal(out.sequences, ref)
+
+
+def test_eagle3_layout_is_as_wide_as_the_target(target):
+    with pytest.raises(ScyllaError, match="as wide as the target"):
+        EagleConfig.for_target(target, width=16, layout="eagle3")
+    with pytest.raises(ScyllaError, match="layout must be one of"):
+        EagleConfig.for_target(target, layout="medusa")

@@ -8,6 +8,7 @@ from pathlib import Path
 from scylla.config import Config
 
 DRAFTERS = ("eagle", "draft-lm")
+LAYOUTS = ("eagle", "eagle3")  # scylla.drafters.eagle
 LOSSES = ("ce", "kl")
 SCHEDULES = ("wsd", "separate")
 MIN_STEPS = 10  # steps at the smallest milestone
@@ -37,8 +38,9 @@ class OptimConfig(Config):
     batch_blocks: int = 4  # blocks per optimizer step (per process)
     warmup_tokens: int = 0  # 0: 10% of the smallest milestone's steps (at least 1)
     cooldown: float = 0.2  # each milestone's branch decays the LR to 0 over this fraction of its steps (>= 2 steps)
-    loss: str = "ce"  # ce: next token; kl: the target's next-token distribution over the draft vocabulary
-    feature_weight: float = 0.1  # weight of the feature-regression term (h_t vs the next feature)
+    loss: str = "ce"  # ce: next token; kl: the target's next-token distribution over the draft vocabulary, counted
+    # where the target's top token is in it (EAGLE-3)
+    feature_weight: float = 0.1  # weight of the feature-regression term (h_t vs the next feature); 0 drops it
     grad_clip: float = 1.0
 
     def validate(self) -> None:
@@ -66,6 +68,9 @@ class TrainConfig(Config):
     layers: int = 1
     width: int = 0  # 0: the target's hidden size (eagle); draft-lm needs a width
     feature_layers: list[int] = field(default_factory=lambda: [-1])
+    layout: str = "eagle"  # eagle heads: eagle (fuse, in_proj, standard layers) or eagle3 (EAGLE-3's first layer)
+    unroll: int = 1  # training-time test: steps the head is unrolled on its own features (train/unroll.py)
+    unroll_decay: float = 0.8  # step i's loss weighs unroll_decay**i (the weights are normalised to sum to 1)
     draft_vocab: int = 4096  # 0: the whole target vocabulary
     milestones: list[int] = field(default_factory=lambda: [2**14, 2**15, 2**16])
     schedule: str = "wsd"
@@ -87,6 +92,10 @@ class TrainConfig(Config):
         require(self.drafter in DRAFTERS, "drafter", f"must be one of {', '.join(DRAFTERS)}, got {self.drafter!r}")
         require(self.layers >= 1, "layers", f"must be >= 1, got {self.layers}")
         require(self.width >= 0, "width", f"must be >= 0 (0 = the target's), got {self.width}")
+        require(self.layout in LAYOUTS, "layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        require(self.unroll >= 1, "unroll", f"must be >= 1 (1: no training-time test), got {self.unroll}")
+        require(self.drafter == "eagle" or self.unroll == 1, "unroll", "training-time test is for eagle heads")
+        require(0 < self.unroll_decay <= 1, "unroll_decay", f"must be in (0, 1], got {self.unroll_decay}")
         require(self.drafter != "draft-lm" or self.width > 0, "width", "a draft-lm needs a width (its hidden size)")
         require(self.drafter != "draft-lm" or self.optim.loss == "ce", "optim.loss",
                 "kl is for eagle heads; draft LMs train with ce")

@@ -40,6 +40,7 @@ from train.data import (draft_vocabulary, heldout_prompts, load_corpus, onpolicy
                         regenerate_responses, split_heldout, tokenize_examples)
 from train.features import FeatureStore, build_feature_store
 from train.schedule import branch_start, lr_at
+from train.unroll import unrolled_forward
 
 DS_CONFIGS = Path(__file__).parent / "ds_configs"
 
@@ -122,7 +123,7 @@ def build_draft(cfg: TrainConfig, target, data: Data) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)
     if cfg.drafter == "eagle":
 
-        config = EagleConfig.for_target(target, num_layers=cfg.layers, width=cfg.width,
+        config = EagleConfig.for_target(target, num_layers=cfg.layers, width=cfg.width, layout=cfg.layout,
                                         feature_layers=list(cfg.feature_layers), draft_vocab_size=len(data.draft_vocab))
         head = EagleHead(config, target.get_input_embeddings())
         head.draft_to_target.copy_(data.draft_vocab)
@@ -151,7 +152,13 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 
 
 class Objective:
-    """The training loss of a draft on a batch of blocks; returns (loss, metrics)."""
+    """The training loss of a draft on a batch of blocks; returns (loss, metrics).
+
+    A head is unrolled ``cfg.unroll`` steps (train/unroll.py); step i's terms weigh unroll_decay**i, normalised.
+    Per step: the token loss (ce on the next token, or kl to the target's distribution over the draft vocabulary at
+    positions whose target top token is in it) plus feature_weight x the smooth-L1 regression of h onto the next
+    fused feature. Metrics: step 0's token loss and accuracy, and accuracy_stepI of later steps.
+    """
     def __init__(self, cfg: TrainConfig, target, data: Data, store=None):
         self.cfg = cfg
         self.store = store  # target features (EAGLE heads); draft LMs read data.train
@@ -159,7 +166,8 @@ class Objective:
         vocab = int(target.get_output_embeddings().weight.shape[0])
         self.to_draft = torch.full((vocab,), -100, dtype=torch.long)
         self.to_draft[data.draft_vocab] = torch.arange(len(data.draft_vocab))
-        self.target_rows = target.get_output_embeddings().weight[data.draft_vocab].detach().float()
+        self.target_head = target.get_output_embeddings().weight.detach().float()
+        self.target_rows = self.target_head[data.draft_vocab]
         self.layers = list(cfg.feature_layers)
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -181,23 +189,44 @@ class Objective:
         n_feat = len(self.layers) * head.head_config.target_hidden_size
         feats = feats.to(device, next(model.parameters()).dtype)
         fused, last = feats[..., :n_feat], feats[..., n_feat:]
-        # Pair t = (f_t, x_{t+1}) predicts x_{t+2} and (in feature space) the next fused feature.
-        out = model(input_ids=tokens[:, 1:], features=fused[:, :-1])
-        logits = out.logits[:, :-1].float()  # (b, T-2, V_d)
-        labels = self.to_draft.to(device)[tokens[:, 2:]]
-        if self.cfg.optim.loss == "ce":
-            token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        else:
-            p_logits = last[:, 1:-1].float() @ self.target_rows.to(device).T  # target's next-token logits on V_d
-            token_loss = F.kl_div(logits.log_softmax(-1), p_logits.log_softmax(-1), log_target=True,
-                                  reduction="batchmean") / logits.shape[1]
+        # Pair q = (f_q, x_{q+1}) predicts x_{q+2} and (in feature space) the next fused feature.
+        outs = unrolled_forward(model, tokens[:, 1:], fused[:, :-1], self.cfg.unroll)
+        labels = self.to_draft.to(device)[tokens[:, 2:]]  # (b, T-2)
+        soft = self._target_logp(last[:, 1:-1]) if self.cfg.optim.loss == "kl" else None
         with torch.no_grad():
             goal = head.fuse(fused[:, 1:])
-        feature_loss = F.smooth_l1_loss(out.hidden_states.float(), goal.float())
-        loss = token_loss + self.cfg.optim.feature_weight * feature_loss
-        valid = labels >= 0
-        acc = ((logits.argmax(-1) == labels) & valid).float().sum() / valid.float().sum().clamp(min=1)
-        return loss, {"loss": token_loss.item(), "feature_loss": feature_loss.item(), "accuracy": acc.item()}
+        weights = [self.cfg.unroll_decay ** i for i in range(self.cfg.unroll)]
+        loss, metrics = 0.0, {}
+        for i, out in enumerate(outs):
+            logits = out.logits[:, i:-1].float()  # (b, T-2-i, V_d): positions with an anchor
+            token_loss = self._token_loss(logits, labels[:, i:], soft and (soft[0][:, i:], soft[1][:, i:]))
+            feature_loss = F.smooth_l1_loss(out.hidden_states[:, i:].float(), goal[:, i:].float())
+            loss = loss + weights[i] / sum(weights) * (token_loss + self.cfg.optim.feature_weight * feature_loss)
+            valid = labels[:, i:] >= 0
+            acc = ((logits.argmax(-1) == labels[:, i:]) & valid).float().sum() / valid.float().sum().clamp(min=1)
+            if i == 0:
+                metrics.update(loss=token_loss.item(), feature_loss=feature_loss.item(), accuracy=acc.item())
+            else:
+                metrics[f"accuracy_step{i}"] = acc.item()
+        return loss, metrics
+
+    def _target_logp(self, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target's final features (b, n, H) -> (log-probabilities over the draft vocabulary (b, n, V_d),
+        whether the target's top token over its whole vocabulary is in the draft vocabulary (b, n))."""
+        last = last.float()
+        draft_logits = last @ self.target_rows.to(last.device).T
+        with torch.no_grad():
+            top = (last @ self.target_head.to(last.device).T).amax(-1)
+        return draft_logits.log_softmax(-1), draft_logits.amax(-1) >= top
+
+    @staticmethod
+    def _token_loss(logits: torch.Tensor, labels: torch.Tensor, target: tuple | None) -> torch.Tensor:
+        """ce against labels (b, n) (-100: outside the draft vocabulary), or kl to target = (log p, in-vocab mask)."""
+        if target is None:
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        logp, counted = target
+        kl = (logp.exp() * (logp - logits.log_softmax(-1))).sum(-1)  # (b, n)
+        return (kl * counted).sum() / counted.sum().clamp(min=1)
 
 
 def make_drafter(cfg: TrainConfig, model):
@@ -387,7 +416,8 @@ def run(cfg: TrainConfig) -> None:
             metrics = measure(cfg, target, tokenizer, model, objective, data, heldout_feats)
             card = {"target": cfg.target, "drafter": cfg.drafter, "train_tokens": milestone, "layers": cfg.layers,
                     "width": cfg.width or target.config.hidden_size, "draft_params": params, "data": cfg.data.source,
-                    "seed": cfg.seed, "run_id": cfg.run_id, "schedule": cfg.schedule, "loss": cfg.optim.loss}
+                    "seed": cfg.seed, "run_id": cfg.run_id, "schedule": cfg.schedule, "loss": cfg.optim.loss,
+                    "layout": cfg.layout, "unroll": cfg.unroll}
             folder = cfg.job_dir / f"tokens-{milestone}"
             save_draft(cfg, model, tokenizer, folder, card)
             record = new_record(
@@ -397,6 +427,8 @@ def run(cfg: TrainConfig) -> None:
                 draft_params=params, draft_params_with_embeddings=params_embed, train_tokens=milestone,
                 data=cfg.data.source, seed=cfg.seed, checkpoint=str(folder), schedule=cfg.schedule,
                 loss_type=cfg.optim.loss, lr_peak=cfg.optim.lr, feature_layers=list(cfg.feature_layers),
+                layout=cfg.layout, unroll=cfg.unroll, unroll_decay=cfg.unroll_decay,
+                feature_weight=cfg.optim.feature_weight,
                 draft_vocab_size=len(data.draft_vocab), unique_tokens=data.unique_tokens,
                 epochs=milestone / data.unique_tokens, truncated_responses=data.truncated_responses,
                 **train_metrics, **metrics,

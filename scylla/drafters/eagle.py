@@ -1,10 +1,16 @@
 """EAGLE-style draft heads: decoder layers on top of the target's hidden states, drafting in feature space.
 
 A head reads pairs (f_t, x_{t+1}): the target's features at position t (one layer, or several fused as in EAGLE-3)
-and the embedding of the next token. ``fuse`` maps the features to the head's width, ``in_proj`` joins them with
-the embedding, D Llama decoder layers and a norm give h_{t+1} (a prediction of the next feature), and the LM head
-scores a draft vocabulary: the target's V_d most frequent tokens, mapped back by ``draft_to_target`` (V_d may be
-the whole vocabulary). Drafting past the accepted text feeds h back in place of the target's features.
+and the embedding of the next token. ``fuse`` maps the features to the head's width, D Llama decoder layers give
+h_{t+1} (a prediction of the next feature), and the LM head scores a draft vocabulary: the target's V_d most
+frequent tokens, mapped back by ``draft_to_target`` (V_d may be the whole vocabulary). Drafting past the accepted
+text feeds h back in place of the target's features. Two layouts join the feature with the embedding:
+
+- ``eagle`` (EAGLE-1/2, Li et al. 2024): ``in_proj`` maps [u; embedding] to the width, then standard layers and a
+  norm; h is the normed output; any width.
+- ``eagle3`` (EAGLE-3, Li et al. 2025): the first layer's attention reads [norm(embedding); norm(u)] (2 x width
+  inputs) and its residual is u itself; h is the last layer's output before the final norm, which only the LM head
+  reads. The width is the target's hidden size.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
 
 from scylla.atomic import atomic_folder
 from scylla.drafters.base import Draft, DraftContext
@@ -26,6 +33,9 @@ from scylla.drafters.cached import CachedDrafter
 from scylla.drafters.tree import TreeShape
 from scylla.errors import InputError
 from scylla.kv import RaggedKV, realign
+
+
+LAYOUTS = ("eagle", "eagle3")
 
 
 @dataclass
@@ -45,6 +55,7 @@ class EagleConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     max_position_embeddings: int = 8192
+    layout: str = "eagle"  # see the module docstring: eagle | eagle3
 
     @classmethod
     def for_target(cls, target: nn.Module, **overrides) -> "EagleConfig":
@@ -74,6 +85,10 @@ class EagleConfig:
             raise InputError(f"head width {width} does not split into {heads} attention heads ({kv_heads} kv)")
         if self.num_layers < 1:
             raise InputError(f"a head needs at least 1 decoder layer, got {self.num_layers}")
+        if self.layout not in LAYOUTS:
+            raise InputError(f"head layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.layout == "eagle3" and width != self.target_hidden_size:
+            raise InputError(f"an eagle3 head is as wide as the target ({self.target_hidden_size}), got width {width}")
         scale = width / self.target_hidden_size
         return EagleConfig(
             **{
@@ -104,6 +119,25 @@ class EagleConfig:
         )
 
 
+class Eagle3Layer(LlamaDecoderLayer):
+    """EAGLE-3's first layer: input (B, n, 2W) = [embedding; u]; attention reads [norm(embedding); norm(u)], the
+    residual is u. Output (B, n, W)."""
+
+    def __init__(self, config: LlamaConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        attn, width = self.self_attn, config.hidden_size
+        attn.q_proj = nn.Linear(2 * width, attn.q_proj.out_features, bias=False)
+        attn.k_proj = nn.Linear(2 * width, attn.k_proj.out_features, bias=False)
+        attn.v_proj = nn.Linear(2 * width, attn.v_proj.out_features, bias=False)
+        self.hidden_norm = LlamaRMSNorm(width, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        embedding, u = hidden_states.chunk(2, dim=-1)
+        x = torch.cat([self.input_layernorm(embedding), self.hidden_norm(u)], dim=-1)
+        x = u + self.self_attn(hidden_states=x, **kwargs)[0]
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
 class EagleHead(nn.Module):
     """The trainable head. The token embedding is the target's (frozen, not saved with the head)."""
 
@@ -115,9 +149,14 @@ class EagleHead(nn.Module):
             p.requires_grad_(False)
         n_features = len(config.feature_layers) * config.target_hidden_size
         self.fuse = nn.Linear(n_features, config.width, bias=False)
-        self.in_proj = nn.Linear(config.width + config.target_hidden_size, config.width, bias=False)
         self.decoder = LlamaModel(config.decoder_config())
         self.config = self.decoder.config  # what HF caches and masks read
+        if config.layout == "eagle":
+            self.in_proj = nn.Linear(config.width + config.target_hidden_size, config.width, bias=False)
+        else:  # eagle3: the first layer joins the inputs; the final norm moves out of the decoder (h is pre-norm)
+            self.decoder.layers[0] = Eagle3Layer(self.config, 0)
+            self.decoder.layers[0].apply(self.decoder._init_weights)
+            self.norm, self.decoder.norm = self.decoder.norm, nn.Identity()
         self.lm_head = nn.Linear(config.width, config.draft_vocab_size, bias=False)
         self.register_buffer("draft_to_target", torch.arange(config.draft_vocab_size), persistent=True)
 
@@ -137,7 +176,11 @@ class EagleHead(nn.Module):
         own_features (B, n, width): the head's own h_t. Returns .logits (B, n', V_d) over the draft vocabulary
         and .hidden_states (B, n, width): h_{t+1}."""
         u = self.fuse(features) if own_features is None else own_features
-        x = self.in_proj(torch.cat([u, self.embed_tokens(input_ids).to(u.dtype)], dim=-1))
+        embedding = self.embed_tokens(input_ids).to(u.dtype)
+        if self.head_config.layout == "eagle":
+            x = self.in_proj(torch.cat([u, embedding], dim=-1))
+        else:
+            x = torch.cat([embedding, u], dim=-1)
         h = self.decoder(
             inputs_embeds=x,
             attention_mask=attention_mask,
@@ -145,7 +188,8 @@ class EagleHead(nn.Module):
             cache=cache,
             use_cache=use_cache,
         ).last_hidden_state
-        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        kept = h[:, -logits_to_keep:] if logits_to_keep else h
+        logits = self.lm_head(kept if self.head_config.layout == "eagle" else self.norm(kept))
         return SimpleNamespace(logits=logits, hidden_states=h)
 
     def trainable_parameters(self, with_embeddings: bool = False) -> int:

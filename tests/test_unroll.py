@@ -1,0 +1,56 @@
+"""Training-time test: the unrolled training forward computes exactly what the drafter computes at inference.
+
+Bugs this catches (tests/mutations.py): `unroll-positions` (step i's rotary positions not offset, q - i instead of
+q) and `unroll-mask` (step i also sees the real feature one position past its anchor).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_eagle import make_head
+from test_greedy_identity import make_batch
+
+from scylla.drafters.eagle import EagleDrafter
+from scylla.engine import SpeculativeDecoder
+from train.unroll import unroll_mask, unrolled_forward
+
+
+@pytest.mark.parametrize("layout", ["eagle", "eagle3"])
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_unrolled_logits_equal_inference_drafts(target, steps, layout):
+    """Step i's logits at the position of draft i+1 equal the drafter's (i+1)-th draft logits (two left-padded
+    rows of different lengths at inference; each row alone, unpadded, in training), to fp32 tolerance."""
+    head = make_head(target, layers=2, feature_layers=(1, -1), layout=layout, seed=steps)
+    recorded, contexts = [], []
+    hook = head.register_forward_hook(lambda module, args, out: recorded.append(out.logits[:, -1].clone()))
+    drafter = EagleDrafter(head, num_draft_tokens=steps)
+    propose = drafter.propose
+    drafter.propose = lambda ctx: contexts.append((ctx.tokens.clone(), ctx.lengths.clone())) or propose(ctx)
+    ids, mask = make_batch(2, seed=3)
+    ids[0, :2], mask[0, :2] = 0, 0  # row 0: 7 tokens, row 1: 9
+    ids[1], mask[1] = torch.arange(1, 10), 1
+    with torch.no_grad():
+        SpeculativeDecoder(target, drafter).generate(ids, mask, max_new_tokens=steps + 2)
+    hook.remove()
+    drafts = recorded[:steps]  # the first propose: the context's pairs, then steps - 1 draft forwards
+    context, lengths = contexts[0]  # the prompt and the target's first token, left-padded
+    for b in range(2):
+        prefix = context[b, context.shape[1] - int(lengths[b]):]
+        drafted = torch.stack([head.draft_to_target[d[b].argmax()] for d in drafts])
+        tokens = torch.cat([prefix, drafted])[None]
+        with torch.no_grad():
+            hs = target(tokens, output_hidden_states=True).hidden_states
+            feats = torch.cat([hs[1], hs[-1]], dim=-1)
+            outs = unrolled_forward(head, tokens[:, 1:], feats[:, :-1], steps)
+        anchor = len(prefix) - 2  # the last pair of real features: (f_{k-1}, x_k)
+        for i in range(steps):
+            torch.testing.assert_close(outs[i].logits[0, anchor + i], drafts[i][b], rtol=1e-5, atol=1e-5)
+
+
+def test_unroll_mask_sees_real_keys_up_to_the_anchor_and_its_own_drafts():
+    seen = unroll_mask(5, 2, torch.float32, torch.device("cpu"))[0, 0] == 0  # (5, 15)
+    q = 4  # anchor 2: real keys 0..2, step 1's key at 3, step 2's (itself) at 4
+    assert seen[q, :5].tolist() == [True, True, True, False, False]
+    assert seen[q, 5:10].tolist() == [False, False, False, True, False]
+    assert seen[q, 10:].tolist() == [False, False, False, False, True]
