@@ -9,6 +9,8 @@ Grid file (experiments/*.yaml):
     slurm: {}                   # slurm launcher: sbatch options (nodes, default 1; partition, time, ...)
     base: {...}                 # TrainConfig fields shared by every job (train/config.py)
     grid: {layers: [1, 2], seed: [0, 1], optim.lr: [...]}   # every combination is one job
+    variants: {NAME: {unroll: 4, optim.loss: kl}}   # optional: named settings (an ablation; dotted keys for
+                                # sections), each crossed with the grid
 
 Every job's config is validated, and the target checked, before anything launches. Re-running a sweep skips
 finished jobs (DONE marker) and resumes killed ones (each job resumes from its own stable checkpoint and skips
@@ -52,6 +54,7 @@ class GridConfig(Config):
     slurm: dict = field(default_factory=dict)
     base: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
+    variants: dict = field(default_factory=dict)
     run_dir: str = ""
 
     def validate(self) -> None:
@@ -62,6 +65,9 @@ class GridConfig(Config):
         for axis, values in self.grid.items():
             self.require(isinstance(values, list) and bool(values), f"grid.{axis}",
                          f"must be a non-empty list of values, got {values!r}")
+        for name, overrides in self.variants.items():
+            self.require(isinstance(overrides, dict), f"variants.{name}",
+                         f"must be a mapping of settings, e.g. {{unroll: 4}}, got {overrides!r}")
         self.require(self.launcher != "hostfile" or bool(self.hosts), "hosts",
                      "the hostfile launcher needs hosts, e.g. hosts: ['node1 slots=8']")
 
@@ -88,12 +94,13 @@ def load_sweep(path: str | Path, run_dir: str | Path | None = None) -> Sweep:
     out_dir = Path(run_dir or grid.run_dir or Path("runs") / name)
     sweep = Sweep(name, out_dir, grid.launcher, grid.processes, grid.hosts, grid.slurm)
     axes = list(grid.grid)
-    for values in itertools.product(*grid.grid.values()):
-        job = with_overrides(grid.base, dict(zip(axes, values)))
+    variants = grid.variants or {"": {}}
+    for (variant, overrides), values in itertools.product(variants.items(), itertools.product(*grid.grid.values())):
+        job = with_overrides(with_overrides(grid.base, overrides), dict(zip(axes, values)))
         job.update(run_dir=str(out_dir), sweep=name, processes=grid.processes)
         if "run_id" not in job:
-            job["run_id"] = "-".join([job.get("drafter", "eagle")] + [f"{a.split('.')[-1]}{_label(v)}"
-                                                                          for a, v in zip(axes, values)])
+            job["run_id"] = "-".join([job.get("drafter", "eagle")] + ([variant] if variant else []) +
+                                     [f"{a.split('.')[-1]}{_label(v)}" for a, v in zip(axes, values)])
         sweep.jobs.append(TrainConfig.from_dict(job, f"{path} job {job['run_id']}"))
     ids = [j.run_id for j in sweep.jobs]
     if len(set(ids)) != len(ids):

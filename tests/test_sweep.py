@@ -121,6 +121,21 @@ def test_bad_grids_fail_before_launch(tmp_path, capsys, change, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_variants_cross_the_grid(tmp_path):
+    from pipeline.sweep import load_sweep
+
+    grid = yaml.safe_load(SMOKE.read_text())
+    grid["grid"] = {"seed": [0, 1]}
+    grid["variants"] = {"base": {}, "ttt4": {"unroll": 4, "optim.feature_weight": 0.0}}
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    jobs = {job.run_id: job for job in load_sweep(path).jobs}
+    assert sorted(jobs) == ["eagle-base-seed0", "eagle-base-seed1", "eagle-ttt4-seed0", "eagle-ttt4-seed1"]
+    assert (jobs["eagle-ttt4-seed1"].unroll, jobs["eagle-ttt4-seed1"].optim.feature_weight) == (4, 0.0)
+    assert jobs["eagle-ttt4-seed1"].optim.lr == jobs["eagle-base-seed0"].optim.lr  # the rest of optim is kept
+    assert (jobs["eagle-base-seed1"].unroll, jobs["eagle-base-seed1"].seed) == (1, 1)
+
+
 def test_milestone_not_reachable_is_refused(tmp_path, capsys):
     grid = yaml.safe_load(SMOKE.read_text())
     grid["base"]["milestones"] = [1000]

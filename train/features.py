@@ -76,6 +76,7 @@ def build_feature_store(
         raise InputError(f"feature store {folder} was built for other data or layers: delete it or pick another")
     folder.mkdir(parents=True, exist_ok=True)
     device = next(target.parameters()).device
+    body = target.base_model  # the hidden states without the LM head (a fifth of SmolLM2's forward)
     n_shards = (len(blocks) + shard_blocks - 1) // shard_blocks
     for i in tqdm(range(n_shards), desc="target features", unit="shard"):
         path = folder / f"shard-{i:05d}.safetensors"
@@ -84,7 +85,7 @@ def build_feature_store(
         chunk = blocks[i * shard_blocks : (i + 1) * shard_blocks]
         per_layer: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
         for start in range(0, len(chunk), batch_blocks):
-            hs = target(chunk[start : start + batch_blocks].to(device), output_hidden_states=True).hidden_states
+            hs = body(chunk[start : start + batch_blocks].to(device), output_hidden_states=True).hidden_states
             for layer in layers:
                 per_layer[layer].append(hs[layer].to("cpu", torch.float16))
         tensors = {"tokens": chunk.contiguous()}

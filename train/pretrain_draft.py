@@ -267,13 +267,16 @@ def save_draft(cfg: TrainConfig, model, tokenizer, folder: Path, card: dict) -> 
 
 
 def feature_store_for(cfg: TrainConfig, target, data: Data, rank: int):
-    """The shared target-feature store for this job's target, data and layers (built once, by rank 0)."""
+    """The shared target-feature store for this job's target and data (built once, by rank 0). It holds the final
+    layer too (kl reads it), so jobs on the same data share one store whatever their features, unless the store
+    was first built for other layers: then one keyed by the layers as well."""
     import deepspeed  # heavy (compiles ops, probes accelerators): imported only where a job trains
 
-
-    layers = sorted(set(cfg.feature_layers) | ({-1} if cfg.optim.loss == "kl" else set()))
-    key = json.dumps(data_key(cfg) + [layers])
-    folder = Path(cfg.feature_cache or cfg.run_path / "features") / hashlib.sha1(key.encode()).hexdigest()[:12]
+    layers = sorted(set(cfg.feature_layers) | {-1})
+    root = Path(cfg.feature_cache or cfg.run_path / "features")
+    folder = root / hashlib.sha1(json.dumps(data_key(cfg)).encode()).hexdigest()[:12]
+    if (folder / "meta.json").exists() and not set(layers) <= set(FeatureStore(folder).layers):
+        folder = root / hashlib.sha1(json.dumps(data_key(cfg) + [layers]).encode()).hexdigest()[:12]
     if rank == 0:
         build_feature_store(folder, target, data.train, layers)
     deepspeed.comm.barrier()

