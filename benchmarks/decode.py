@@ -53,8 +53,10 @@ from pathlib import Path
 import torch
 
 from scylla.atomic import write_json_atomic
-from scylla.costs import forward_seconds, predicted_speedup
+from scylla.costs import forward_seconds
 from scylla.drafters import DraftModel, EagleDrafter, EagleHead, PromptLookup
+from scylla.drafters.spec import drafter_from_spec
+from scylla.drafters.tree import parse_tree
 from scylla.engine import SpeculativeDecoder
 from scylla.metrics import DecodeStats
 from scylla.models import load_model, truncated_draft
@@ -112,7 +114,11 @@ def prompt_set(name: str, n: int, seed: int, exclude: str = "") -> list[str]:
         return gsm_texts(n, seed, exclude)
     if name == "copy":
         return copy_texts(n)
-    raise SystemExit(f"decode.py: unknown prompt set {name!r} (use gsm, copy)")
+    if name.startswith("task:"):  # evaluation problems, never in a training corpus (scylla.data.tasks)
+        from scylla.data.tasks import get_task
+
+        return [problem.prompt for problem in get_task(name[5:]).problems(n)]
+    raise SystemExit(f"decode.py: unknown prompt set {name!r} (use gsm, copy, task:NAME)")
 
 
 @dataclass
@@ -229,6 +235,7 @@ class Mode:
     make: Callable[[list[DecodeStats]], Generate]
     gamma: int | None = None
     draft: torch.nn.Module | None = None
+    verify_tokens: int | None = None  # tokens the target scores per step (default gamma + 1)
 
     @property
     def is_prompt_lookup(self) -> bool:
@@ -279,6 +286,14 @@ def head_modes(target, tokenizer, args: argparse.Namespace) -> list[Mode]:
         head = EagleHead.load(path, target)
         label = f"eagle-{Path(path).parent.name}-{Path(path).name}"
         modes.append(scylla_mode(target, tokenizer, label, EagleDrafter(head, args.head_tokens), args.head_tokens))
+        if args.head_hybrid:  # the suffix drafter where its match is long (copy-heavy text), else the head
+            hybrid = drafter_from_spec(f"hybrid:draft:{path}", target, num_draft_tokens=args.head_tokens)
+            modes.append(scylla_mode(target, tokenizer, f"hybrid-{label}", hybrid, args.head_tokens))
+        if args.head_tree:
+            tree = parse_tree(args.head_tree)
+            mode = scylla_mode(target, tokenizer, f"{label}-tree", EagleDrafter(head, tree=tree), tree.depth)
+            mode.verify_tokens = tree.total_tokens + 1
+            modes.append(mode)
     return modes
 
 
@@ -319,12 +334,12 @@ def modes_for(batch: int, target, tokenizer, args: argparse.Namespace) -> list[M
     """Batch 1: every mode on both engines. Batch > 1: this engine's plain, truncated (--batched-draft-layers) and
     prompt lookup, and HF plain only (HF refuses assisted generation at batch > 1). This engine's plain first."""
     if batch == 1:
-        return scylla_modes(target, tokenizer, args, args.draft_layers) + hf_modes(
-            target, tokenizer, args, args.draft_layers, lookup=True
-        )
-    return scylla_modes(target, tokenizer, args, args.batched_draft_layers) + hf_modes(
-        target, tokenizer, args, [], lookup=False
-    )
+        ours, theirs = scylla_modes(target, tokenizer, args, args.draft_layers), hf_modes(
+            target, tokenizer, args, args.draft_layers, lookup=True)
+    else:
+        ours, theirs = scylla_modes(target, tokenizer, args, args.batched_draft_layers), hf_modes(
+            target, tokenizer, args, [], lookup=False)
+    return ours if args.no_hf else ours + theirs
 
 
 def check_hook_isolation(model: torch.nn.Module) -> None:
@@ -385,22 +400,33 @@ def iid_prediction(alpha: float, g: float, c: float, v: float) -> float:
 
 
 def cost_model(mode: Mode, run: Run, meter: CostMeter, target, batch: int) -> dict | None:
-    """c, v, g and the predicted speed-ups for a drafting mode of this engine (None for the others)."""
+    """For a drafting mode of this engine (None for the others): g, c, v, the predicted speed-ups, and the measured
+    milliseconds per step split into the forwards the cost model counts and the work outside them.
+
+    d = drafting per step / one target step: g c for a chain (c per draft forward), a head's measured drafting time
+    per step (chain or tree; the engine times it), 0 for prompt lookup. mat_prediction = MAT / (d + v)."""
     stats = run.stats
-    if mode.engine != "scylla" or stats is None or not stats.drafted:
+    if mode.engine != "scylla" or stats is None:
         return None
     step = meter.seconds(target, batch, 1, "target")
+    measured_ms = 1000 * run.wall_seconds / run.target_forwards  # per target call (the prefill counts as one)
+    if not stats.drafted:  # plain decoding: one target forward per step
+        return dict(step_ms=measured_ms, forward_ms=1000 * step, other_ms=measured_ms - 1000 * step)
     if mode.is_prompt_lookup:
-        g, c = stats.drafted / stats.drafting_steps, 0.0
-    elif mode.draft is None:  # a head reads target features: its cost per drafted token, from the run itself
-        g, c = mode.gamma, stats.draft_seconds / stats.drafted / step
+        g, c, d = stats.drafted / stats.drafting_steps, 0.0, 0.0
+    elif mode.draft is None:  # a head reads target features: its drafting time per step, from the run itself
+        g = mode.gamma
+        d = stats.draft_seconds / stats.drafting_steps / step
+        c = d / g
     else:
         g = mode.gamma
         c = meter.seconds(mode.draft, batch, 1, f"draft-{mode.name}") / step
-    v = meter.seconds(target, batch, max(1, round(g)) + 1, "target") / step
-    a = stats.acceptance_rate
-    mat = stats.mean_accepted_length
-    return dict(g=g, c=c, v=v, iid_prediction=iid_prediction(a, g, c, v), mat_prediction=predicted_speedup(mat, g, c, v))
+        d = g * c
+    v = meter.seconds(target, batch, mode.verify_tokens or max(1, round(g)) + 1, "target") / step
+    forward_ms = 1000 * step * (d + v)
+    return dict(g=g, c=c, d=d, v=v, iid_prediction=iid_prediction(stats.acceptance_rate, g, c, v),
+                mat_prediction=stats.mean_accepted_length / (d + v), step_ms=measured_ms, forward_ms=forward_ms,
+                other_ms=measured_ms - forward_ms)
 
 
 # ---------------------------------------------------------------- results
@@ -454,14 +480,19 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| set | batch | engine | mode | tokens/s | MAT | alpha | speed-up | vs HF | iid pred | same_as_plain |"
+    head = ("| set | batch | engine | mode | tokens/s | MAT | alpha | per position | speed-up | vs HF | iid pred | "
+            "MAT pred | pred error | ms/step | forwards ms | other ms | same_as_plain |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         cm = r["cost_model"] or {}
+        pred = cm.get("mat_prediction")
+        error = f"{100 * (r['speed_up'] / pred - 1):+.0f}%" if pred and r["speed_up"] else "n/a"
+        positions = (r["stats"] or {}).get("per_position_acceptance") or []
         cells = [
             r["set"], str(r["batch"]), r["engine"], r["mode"], _fmt(r["tokens_per_second"], 1), _fmt(r["mat"]),
-            _fmt(r["alpha"]), _fmt(r["speed_up"]), _fmt(r["vs_hf"]), _fmt(cm.get("iid_prediction")),
-            "yes" if r["same_as_plain"] else "no",
+            _fmt(r["alpha"]), " ".join(_fmt(a) for a in positions[:4]) or "n/a", _fmt(r["speed_up"]), _fmt(r["vs_hf"]),
+            _fmt(cm.get("iid_prediction")), _fmt(pred), error, _fmt(cm.get("step_ms"), 1),
+            _fmt(cm.get("forward_ms"), 1), _fmt(cm.get("other_ms"), 1), "yes" if r["same_as_plain"] else "no",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -530,6 +561,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="SOURCE:N training corpus whose prompts the gsm set leaves out ('' keeps all)")
     p.add_argument("--head", action="append", default=[], help="a trained head folder (repeat for several)")
     p.add_argument("--head-tokens", type=int, default=4, help="draft tokens per step for --head")
+    p.add_argument("--head-tree", default="", help="also each --head with this dynamic tree, e.g. "
+                   "top_k=3,depth=3,total_tokens=8 (default: chains only)")
+    p.add_argument("--head-hybrid", action="store_true", help="also each --head as the fallback of the suffix "
+                   "drafter (hybrid:draft:HEAD)")
+    p.add_argument("--no-hf", action="store_true", help="leave out HF generate's rows (this engine only)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--json", default="benchmarks/out/decode.json", help="where to write the results")
     args = p.parse_args(argv)
@@ -570,9 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     env_start = environment()
     model, tokenizer = load_model("smollm2-135m", device="cpu", dtype="float32")
     check_hook_isolation(model)
-    heads = len(args.head)
-    per_set = 2 + 2 * len(args.draft_layers) + 2 + heads  # batch 1: plain, drafts, lookup (both engines), heads
-    batched = 3 + len(args.batched_draft_layers) + heads
+    heads = len(args.head) * (1 + bool(args.head_tree) + args.head_hybrid)
+    hf = 0 if args.no_hf else 1
+    per_set = (1 + hf) * (2 + len(args.draft_layers)) + heads  # batch 1: plain, drafts, lookup (both), heads
+    batched = 2 + hf + len(args.batched_draft_layers) + heads
     total = len(args.sets) * (per_set + batched * (len(args.batch_sizes) - 1))
     rows, costs = [], []
     with tqdm(total=total, desc="modes", unit="mode", file=sys.stderr) as progress:

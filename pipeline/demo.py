@@ -111,8 +111,9 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         "",
         f"Target {train[0]['target']} (weights: {train[0].get('target_quantization', 'quantisation not recorded')}); "
         f"{len({r['run_id'] for r in train})} EAGLE-style heads "
-        f"(depths {sorted({r['draft_layers'] for r in train})}, width {train[0]['draft_width']}) trained on the "
-        f"target's own GSM-style answers to {sorted({r['train_tokens'] for r in train})} tokens, seeds "
+        f"(depths {sorted({r['draft_layers'] for r in train})}, width {train[0]['draft_width']}, layout "
+        f"{train[0].get('layout', 'eagle')}, training-time test unrolled {train[0].get('unroll', 1)} step(s)) trained "
+        f"on the target's own GSM-style answers to {sorted({r['train_tokens'] for r in train})} tokens, seeds "
         f"{sorted({r['seed'] for r in train})}, at most {max(r.get('epochs', 0) for r in train):.2f} epochs of "
         f"{max(r.get('unique_tokens', 0) for r in train)} unique tokens; "
         f"this run took {minutes:.1f} min (stages that were already done are reused).",
@@ -149,6 +150,11 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
             f"| {b} | {c.draft_layers} | {c.draft_shape} | {c.train_tokens} | {c.predicted_mat:.2f} "
             f"[{c.predicted_mat_ci95[0]:.2f}, {c.predicted_mat_ci95[1]:.2f}] | {mat} | {c.predicted_speedup:.2f}x "
             f"[{c.predicted_speedup_ci95[0]:.2f}, {c.predicted_speedup_ci95[1]:.2f}] | {speedup} | {choice} |")
+    if measured.get(1):
+        c, m = chosen[1], measured[1]
+        lines += ["", f"The demo's best head at batch 1 ({c.draft_layers} layer(s), {c.train_tokens} tokens, "
+                  f"{c.draft_shape}): MAT {m['mean_accepted_length']:.2f} and {m['speedup']:.2f}x plain decoding, "
+                  "measured."]
     lines += ["", f"Configuration: `{run_dir / 'scylla.yaml'}` (`scylla generate --config` and `scylla eval --config` "
               "read it).", "", "## Figures", ""]
     for path in figures:
