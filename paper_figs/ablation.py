@@ -42,7 +42,7 @@ def ablation_rows(records: list[dict], reference: str, shape: str, seed: int = 0
     by_task = {(r["run_id"], r["task"]): r for r in evals}
     rng = np.random.default_rng(seed)
     rows = []
-    for (run_id, task), record in sorted(by_task.items()):
+    for (run_id, task), record in sorted(by_task.items(), key=lambda item: (item[0][1], item[0][0])):
         ids, new, calls = _per_prompt(record)
         idx = rng.integers(len(ids), size=(RESAMPLES, len(ids)))
         mats = _mat(new, calls, idx)

@@ -40,7 +40,8 @@ class OptimConfig(Config):
     cooldown: float = 0.2  # each milestone's branch decays the LR to 0 over this fraction of its steps (>= 2 steps)
     loss: str = "ce"  # ce: next token; kl: the target's next-token distribution over the draft vocabulary, counted
     # where the target's top token is in it (EAGLE-3)
-    feature_weight: float = 0.1  # weight of the feature-regression term (h_t vs the next feature); 0 drops it
+    feature_weight: float = 0.0  # weight of the feature-regression term (h_t vs the next feature); 0 (EAGLE-3, and
+    # no measurable effect in docs/training.md's ablation) drops it
     grad_clip: float = 1.0
 
     def validate(self) -> None:
@@ -69,7 +70,8 @@ class TrainConfig(Config):
     width: int = 0  # 0: the target's hidden size (eagle); draft-lm needs a width
     feature_layers: list[int] = field(default_factory=lambda: [-1])
     layout: str = "eagle"  # eagle heads: eagle (fuse, in_proj, standard layers) or eagle3 (EAGLE-3's first layer)
-    unroll: int = 1  # training-time test: steps the head is unrolled on its own features (train/unroll.py)
+    unroll: int = 2  # training-time test: steps the head is unrolled on its own features (train/unroll.py); 1: off
+    # (2 by the ablation of docs/training.md: positions 2+ are accepted 3-6x as often, at half of 4's cost)
     unroll_decay: float = 0.8  # step i's loss weighs unroll_decay**i (the weights are normalised to sum to 1)
     draft_vocab: int = 4096  # 0: the whole target vocabulary
     milestones: list[int] = field(default_factory=lambda: [2**14, 2**15, 2**16])
