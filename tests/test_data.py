@@ -82,6 +82,17 @@ def test_humaneval():
     assert len(sample) == 10 and sample.to_dict() == load_corpus("humaneval", n=10, seed=1).to_dict()
 
 
+def test_pystdlib_is_standard_library_code():
+    import ast
+
+    ds = load_corpus("pystdlib", n=20, seed=0)
+    assert len(ds) == 20 and ds.to_dict() == load_corpus("pystdlib", n=20, seed=0).to_dict()
+    for prompt, response in zip(ds["prompt"], ds["response"]):
+        code = prompt.split("```python\n", 1)[1].rsplit("\n```", 1)[0]
+        assert code.lstrip().startswith("def ") and response.strip()
+        ast.parse(code + "\n" + response)  # signature + docstring + body is a whole function
+
+
 def test_mixed_sources_share_n():
     ds = load_corpus("gsm+humaneval", n=11)
     assert len(ds) == 11
