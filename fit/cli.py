@@ -4,8 +4,10 @@ on the largest x, print a table and optionally write JSON (docs/fitting.md)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from fit.loglinear import fit_log_linear, group_label
+from fit.prompt_unit import MeanSlope, mean_slope, unit_points
 from fit.results import ExtrapolationCheck
 from fit.saturating import extrapolation_check, fit_saturating
 from scylla.atomic import write_json_atomic
@@ -61,6 +63,18 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
+def _prompt_unit(records: Sequence[dict], group: dict, x: str) -> MeanSlope | None:
+    """The group's slope with the prompt (and seed) as the unit (fit/prompt_unit.py), when every record of the group
+    carries per-prompt counts and every unit has 2+ checkpoints; else None."""
+    members = [r for r in records if all(r.get(k) == v for k, v in group.items())]
+    if not members or not all(r.get("prompt_ids") for r in members):
+        return None
+    try:
+        return mean_slope(unit_points(members, x))
+    except InputError:
+        return None
+
+
 def run_fit(
     run_dirs: Sequence[str],
     *,
@@ -89,16 +103,19 @@ def run_fit(
     checks = [extrapolation_check(f.x_values, f.y_values, seed=seed) for f in fits]
     saturating = [None if c.reason else fit_saturating(f.x_values, f.y_values, seed=seed) for f, c in zip(fits, checks)]
 
+    units = [_prompt_unit(records, f.group, x) for f in fits]
     method = "Huber M-estimate (RLM)" if robust else "OLS, HC3 errors"
     lines = [f"{y} = a + b ln({x}) | {method} | {len(records)} records, {len(fits)} group(s)"]
-    rows = [["group", "n", "slope b", "b 95% CI", "b bootstrap 95% CI", "intercept a", "R^2", "|error| at largest x"]]
-    for f, check in zip(fits, checks):
+    rows = [["group", "n", "slope b", "b 95% CI", "b bootstrap 95% CI", "b, prompt as unit [95% CI]", "intercept a",
+             "R^2", "|error| at largest x"]]
+    for f, check, unit in zip(fits, checks, units):
         boot = _interval(f.slope_ci95_bootstrap)
         if f.bootstrap_unit:
             boot += f" ({f.bootstrap_units} {f.bootstrap_unit}s)"
         rows.append(
-            [group_label(f.group), str(f.n), _g(f.slope), _interval(f.slope_ci95), boot, _g(f.intercept), _g(f.r2),
-             _extrapolation(check)]
+            [group_label(f.group), str(f.n), _g(f.slope), _interval(f.slope_ci95), boot,
+             f"{_g(unit.slope)} {_interval(unit.slope_ci95)} ({unit.units} units)" if unit else "n/a (no per-prompt counts)",
+             _g(f.intercept), _g(f.r2), _extrapolation(check)]
         )
     lines += _table(rows)
     if json_path:
@@ -114,8 +131,9 @@ def run_fit(
             "seed": seed,
             "n_records": len(records),
             "fits": [
-                {**f.to_dict(), "saturating": s.to_dict() if s else None, "extrapolation": c.to_dict()}
-                for f, c, s in zip(fits, checks, saturating)
+                {**f.to_dict(), "saturating": s.to_dict() if s else None, "extrapolation": c.to_dict(),
+                 "prompt_unit": asdict(u) if u else None}
+                for f, c, s, u in zip(fits, checks, saturating, units)
             ],
         }
         write_json_atomic(json_path, payload)
