@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from fit.holdout import holdout_check
 from fit.loglinear import fit_log_linear, group_label
 from fit.prompt_unit import MeanSlope, mean_slope, unit_points
 from fit.results import ExtrapolationCheck
@@ -87,6 +88,7 @@ def run_fit(
     bootstrap: int = 0,
     seed: int = 0,
     json_path: str | None = None,
+    holdout_top: int = 0,
 ) -> list[str]:
     """Fit the records of ``run_dirs`` (concatenated) and return the lines to print; write JSON to ``json_path``."""
     by_fields, conditions = parse_fields(by), parse_where(where)
@@ -118,6 +120,14 @@ def run_fit(
              _g(f.intercept), _g(f.r2), _extrapolation(check)]
         )
     lines += _table(rows)
+    held = holdout_check(records, holdout_top, x=x, y=y, by=by_fields, robust=robust) if holdout_top else []
+    if held:
+        inside = sum(p.inside for p in held)
+        lines += ["", f"Held out: each group's {holdout_top} largest x, predicted by the law fitted to the rest "
+                      f"(95% prediction intervals): {inside} of {len(held)} inside ({inside / len(held):.0%})"]
+        lines += _table([["group", x, y, "predicted [95% PI]", "inside"]] + [
+            [group_label(p.group), _g(p.x), _g(p.y), f"{_g(p.predicted)} {_interval(p.interval)}",
+             "yes" if p.inside else "NO"] for p in held])
     if json_path:
         payload = {
             "run_dirs": [str(d) for d in run_dirs],
@@ -130,6 +140,8 @@ def run_fit(
             "bootstrap": bootstrap,
             "seed": seed,
             "n_records": len(records),
+            "holdout_top": holdout_top,
+            "holdout": [{**asdict(p), "inside": p.inside} for p in held],
             "fits": [
                 {**f.to_dict(), "saturating": s.to_dict() if s else None, "extrapolation": c.to_dict(),
                  "prompt_unit": asdict(u) if u else None}

@@ -121,6 +121,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         seed=args.seed,
         json_path=args.json,
+        holdout_top=args.holdout_top,
     )
     for line in lines:
         print(line)
@@ -292,6 +293,8 @@ def _fit_parser(sub) -> None:
     fit.add_argument("--bootstrap", type=int, default=0, metavar="N", help="N resamples for a bootstrap slope CI")
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the saturating fit's starts")
     fit.add_argument("--json", help="also write the fits to this JSON file")
+    fit.add_argument("--holdout-top", type=int, default=0, metavar="N", help="also fit without each group's N largest "
+                     "x and check the held-out points against their 95%% prediction intervals (default 0: off)")
     fit.set_defaults(func=cmd_fit)
 
 
