@@ -72,8 +72,9 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
 
     _banner(start, "4/7 fit the laws")
     fits_path, train_fits_path = run_dir / "fits.json", run_dir / "fits-train.json"
+    holdout = 1 if len({r["train_tokens"] for r in train}) >= 4 else 0  # the top milestone, when 3+ stay to fit
     mat_table = run_fit([str(run_dir)], kind="eval", where="drafter_type=eagle,mode=replay",
-                        by="draft_layers,draft_shape", bootstrap=200, json_path=str(fits_path))
+                        by="draft_layers,draft_shape", bootstrap=200, json_path=str(fits_path), holdout_top=holdout)
     acc_table = run_fit([str(run_dir)], kind="train", y="heldout_accuracy", by="draft_layers", bootstrap=200,
                         json_path=str(train_fits_path))
     seed_table = run_fit([str(run_dir)], kind="eval", where=f"drafter_type=eagle,mode=replay,draft_shape={SEED_SHAPE}",
@@ -121,8 +122,11 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         "## Law 1: MAT against training tokens, per depth and draft shape",
         "",
         f"Exact replay at T=0 on {REPLAY_PROMPTS} held-out GSM-style prompts x {NEW_TOKENS} new tokens. OLS with HC3 "
-        "errors; the bootstrap resamples runs (points when a group is one run); the last column compares the "
-        "log-linear law with a saturating one fitted without the largest token count (docs/fitting.md).",
+        "errors; the bootstrap resamples runs (points when a group is one run); \"b, prompt as unit\" is the mean of "
+        "per-prompt slopes (each prompt under each seed a unit) with a t interval over units; the last column "
+        "compares the log-linear law with a saturating one fitted without the largest token count; \"Held out\" "
+        "fits each group without its largest token count and checks those points against their 95% prediction "
+        "intervals (docs/fitting.md).",
         "",
         "```", *mat_table, "```",
         "",
