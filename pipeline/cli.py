@@ -15,6 +15,7 @@ from pipeline.evaluate import EvalConfig, best_settings, evaluate, parse_shape
 from pipeline.select import run_selection, selection_for
 from pipeline.sweep import load_sweep, run_sweep
 from pipeline.tts_bench import load_bench, run_bench
+import scylla
 from scylla.atomic import write_json_atomic
 from scylla.costs import measure_costs, untrained_heads
 from scylla.drafters.eagle import EagleDrafter
@@ -382,6 +383,7 @@ def _tts_bench_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scylla", description="Speculative decoding research toolkit.")
+    parser.add_argument("--version", action="version", version=f"scylla {scylla.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
     _sweep_parser(sub)

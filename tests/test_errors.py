@@ -103,3 +103,11 @@ def test_a_missing_file_is_called_missing(tmp_path, capsys):
     assert main(["generate", "--target", "tiny-random-llama", "--config", str(tmp_path / "scylla.yaml"),
                  "--prompt", "hi"]) == 2
     assert "scylla.yaml: file does not exist" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import scylla
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"scylla {scylla.__version__}"
