@@ -22,7 +22,7 @@ from scylla.drafters.eagle import EagleDrafter
 from scylla.drafters.spec import SPECS, drafter_from_spec, parse_spec
 from scylla.drafters.tree import TREE_FORM, parse_tree
 from scylla.engine import SpeculativeDecoder
-from scylla.errors import InputError, ScyllaError
+from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.metrics import DecodeStats
 from scylla.models import load_model, target_quantization
 from scylla.prompts import encode_prompts, read_prompts
@@ -54,9 +54,20 @@ def format_stats(label: str, stats) -> str:
     )
 
 
+def _refuse_meaningless_flags(args: argparse.Namespace) -> None:
+    """Flags that another choice makes meaningless are refused, not ignored."""
+    if args.config and (args.drafter != "none" or args.tree or args.num_draft_tokens):
+        raise ConfigError("--config chooses the drafter and its shape: drop --drafter, --tree and --num-draft-tokens")
+    if args.drafter == "none" and (args.tree or args.num_draft_tokens) and not args.config:
+        raise ConfigError("--tree and --num-draft-tokens shape a draft, and --drafter none drafts nothing: pick a drafter")
+    if args.tree and args.num_draft_tokens:
+        raise ConfigError("--tree sets the draft's depth and size: drop --num-draft-tokens")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
 
     SamplingConfig(args.temperature, args.top_k, args.top_p)  # fail fast, before loading models
+    _refuse_meaningless_flags(args)
     if args.config:  # a Scylla configuration: its choice for this batch size
 
         entry = selection_for(args.config, args.batch_size)

@@ -60,6 +60,11 @@ def test_bad_drafter_settings():
         (["generate", "--prompts", "/nonexistent.jsonl"], "does not exist"),
         (["generate", "--prompt", "hi", "--temperature", "-1"], "temperature"),
         (["generate", "--prompt", "hi", "--target", "./no/such/folder"], "does not exist"),
+        (["generate", "--prompt", "hi", "--tree", "top_k=2,depth=2,total_tokens=4"], "--drafter none drafts nothing"),
+        (["generate", "--prompt", "hi", "--num-draft-tokens", "3"], "--drafter none drafts nothing"),
+        (["generate", "--prompt", "hi", "--drafter", "prompt-lookup", "--tree", "top_k=2,depth=2,total_tokens=4",
+          "--num-draft-tokens", "3"], "drop --num-draft-tokens"),
+        (["generate", "--prompt", "hi", "--config", "scylla.yaml", "--drafter", "prompt-lookup"], "--config chooses"),
     ],
 )
 def test_cli_errors_exit_2_with_one_line(argv, message, capsys):
