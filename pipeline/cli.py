@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -408,6 +409,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OUTPUTS = {"generate": ("json", False), "fit": ("json", False), "costs": ("out", False), "select": ("out", False),
+           "figs": ("out", True), "tts-bench": ("out", True)}  # command: (its output flag, whether it is a folder)
+
+
+def check_output(path: str, folder: bool, flag: str) -> None:
+    """Refuse, before any work, an output path that cannot be written: a file where a folder goes (or the other way
+    round), or no writable folder to create it in."""
+    target = Path(path)
+    if target.exists() and target.is_dir() != folder:
+        raise InputError(f"{flag} {target} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'}"
+                         " path")
+    existing = target if folder and target.exists() else target.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise InputError(f"{flag} {target} cannot be written: {existing} is not a writable folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -416,10 +435,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         use_threads(args.threads)
     try:
+        flag, folder = OUTPUTS.get(args.command, (None, False))
+        if flag and getattr(args, flag, None):
+            check_output(getattr(args, flag), folder, f"--{flag}")
         return args.func(args)
     except ScyllaError as err:
         print(f"scylla: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("scylla: interrupted: finished work is kept (records, checkpoints, caches); run the same command again "
+              "to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -116,3 +116,18 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"scylla {scylla.__version__}"
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    cases = [
+        (["generate", "--prompt", "hi", "--json", str(tmp_path)], "is a folder"),
+        (["fit", str(tmp_path), "--json", str(a_file / "fits.json")], "not a writable folder"),
+        (["figs", str(tmp_path), "--out", str(a_file)], "is a file"),
+        (["costs", "--out", str(tmp_path)], "is a folder"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("scylla: error: --") and message in err and "\n" not in err
