@@ -2,8 +2,8 @@
 
 A law's points are MATs over the same prompts at every checkpoint. Pooling the prompts first and fitting the pooled
 MAT against ln x leaves the prompt-to-prompt variation of the slope out of the interval: the fit then estimates the
-mean slope of these prompts, not of the population they were drawn from. Here each unit (a prompt, or a prompt
-under one training seed) gets its own OLS slope over the checkpoints, and the population's mean slope is their mean
+mean slope of these prompts, not of the population they were drawn from. Here each unit (a prompt under one
+training run, i.e. one seed) gets its own OLS slope over the checkpoints, and the population's mean slope is their mean
 with a t interval over units (the two-stage, summary-statistics form of a random-slope model; exact for balanced
 designs, where every unit is measured at every x).
 """
@@ -29,15 +29,16 @@ class MeanSlope:
     method: str = "per-unit slopes, t interval over units"
 
 
-def unit_points(records: Sequence[dict], x: str = "train_tokens", by_seed: bool = True) -> dict[tuple, list]:
-    """Eval records with per-prompt counts -> {(prompt id, seed): [(x, MAT of that prompt), ...]}. A prompt's MAT
-    is its new tokens / its target calls (docs/records.md)."""
+def unit_points(records: Sequence[dict], x: str = "train_tokens", by_run: bool = True) -> dict[tuple, list]:
+    """Eval records with per-prompt counts -> {(prompt id, run_id): [(x, MAT of that prompt), ...]}: a unit is a
+    prompt under one training run (one seed of a draft configuration), or with ``by_run`` False a prompt over all
+    runs. A prompt's MAT is its new tokens / its target calls (docs/records.md)."""
     units: dict[tuple, list] = {}
     for r in records:
         if not r.get("prompt_ids"):
             raise InputError(f"record {r.get('run_id', '?')} has no per-prompt counts (prompt_ids): re-run its eval")
         for pid, new, calls in zip(r["prompt_ids"], r["prompt_new_tokens"], r["prompt_target_calls"]):
-            units.setdefault((pid, r.get("seed") if by_seed else None), []).append((float(r[x]), new / calls))
+            units.setdefault((pid, r.get("run_id") if by_run else None), []).append((float(r[x]), new / calls))
     return units
 
 
