@@ -133,7 +133,7 @@ def test_variants_cross_the_grid(tmp_path):
     assert sorted(jobs) == ["eagle-base-seed0", "eagle-base-seed1", "eagle-ttt4-seed0", "eagle-ttt4-seed1"]
     assert (jobs["eagle-ttt4-seed1"].unroll, jobs["eagle-ttt4-seed1"].optim.feature_weight) == (4, 0.0)
     assert jobs["eagle-ttt4-seed1"].optim.lr == jobs["eagle-base-seed0"].optim.lr  # the rest of optim is kept
-    assert (jobs["eagle-base-seed1"].unroll, jobs["eagle-base-seed1"].seed) == (1, 1)
+    assert (jobs["eagle-base-seed1"].unroll, jobs["eagle-base-seed1"].seed) == (2, 1)  # a head's default
 
 
 def test_milestone_not_reachable_is_refused(tmp_path, capsys):

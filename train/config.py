@@ -70,8 +70,9 @@ class TrainConfig(Config):
     width: int = 0  # 0: the target's hidden size (eagle); draft-lm needs a width
     feature_layers: list[int] = field(default_factory=lambda: [-1])
     layout: str = "eagle"  # eagle heads: eagle (fuse, in_proj, standard layers) or eagle3 (EAGLE-3's first layer)
-    unroll: int = 2  # training-time test: steps the head is unrolled on its own features (train/unroll.py); 1: off
-    # (2 by the ablation of docs/training.md: positions 2+ are accepted 3-6x as often, at half of 4's cost)
+    unroll: int = 0  # training-time test: steps a head is unrolled on its own features (train/unroll.py); 1: off;
+    # 0: 2 for eagle heads (the ablation of docs/training.md: positions 2+ accepted 3-6x as often, at half of 4's cost)
+    # and 1 for draft LMs
     unroll_decay: float = 0.8  # step i's loss weighs unroll_decay**i (the weights are normalised to sum to 1)
     draft_vocab: int = 4096  # 0: the whole target vocabulary
     milestones: list[int] = field(default_factory=lambda: [2**14, 2**15, 2**16])
@@ -95,7 +96,9 @@ class TrainConfig(Config):
         require(self.layers >= 1, "layers", f"must be >= 1, got {self.layers}")
         require(self.width >= 0, "width", f"must be >= 0 (0 = the target's), got {self.width}")
         require(self.layout in LAYOUTS, "layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        require(self.unroll >= 1, "unroll", f"must be >= 1 (1: no training-time test), got {self.unroll}")
+        if self.unroll == 0:
+            self.unroll = 2 if self.drafter == "eagle" else 1
+        require(self.unroll >= 1, "unroll", f"must be >= 0 (1: no training-time test, 0: default), got {self.unroll}")
         require(self.drafter == "eagle" or self.unroll == 1, "unroll", "training-time test is for eagle heads")
         require(0 < self.unroll_decay <= 1, "unroll_decay", f"must be in (0, 1], got {self.unroll_decay}")
         require(self.drafter != "draft-lm" or self.width > 0, "width", "a draft-lm needs a width (its hidden size)")
