@@ -65,8 +65,8 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def _prompt_unit(records: Sequence[dict], group: dict, x: str) -> MeanSlope | None:
-    """The group's slope with the prompt (and seed) as the unit (fit/prompt_unit.py), when every record of the group
-    carries per-prompt counts and every unit has 2+ checkpoints; else None."""
+    """The group's slope with the prompt (under one training run) as the unit (fit/prompt_unit.py), when every record
+    of the group carries per-prompt counts and every unit has 2+ checkpoints; else None."""
     members = [r for r in records if all(r.get(k) == v for k, v in group.items())]
     if not members or not all(r.get("prompt_ids") for r in members):
         return None

@@ -35,8 +35,9 @@ def holdout_check(records: Sequence[dict], top: int, x: str = "train_tokens", y:
         groups.setdefault(tuple(r.get(name) for name in by), []).append(r)
     kept, held = [], []
     for key, members in groups.items():
-        cut = sorted({r[x] for r in members})[-top:]
-        if len({r[x] for r in members}) - top < 3:
+        distinct = sorted({r[x] for r in members})
+        cut = distinct[-top:]
+        if len(distinct) - top < 3:
             raise InputError(f"group {group_label(dict(zip(by, key)))}: holding out {top} x value(s) leaves fewer "
                              f"than 3 to fit; lower --holdout-top or add checkpoints")
         kept += [r for r in members if r[x] not in cut]

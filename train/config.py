@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scylla.config import Config
+from scylla.drafters.eagle import LAYOUTS
 
 DRAFTERS = ("eagle", "draft-lm")
-LAYOUTS = ("eagle", "eagle3")  # scylla.drafters.eagle
 LOSSES = ("ce", "kl")
 SCHEDULES = ("wsd", "separate")
 MIN_STEPS = 10  # steps at the smallest milestone
@@ -71,7 +71,7 @@ class TrainConfig(Config):
     feature_layers: list[int] = field(default_factory=lambda: [-1])
     layout: str = "eagle"  # eagle heads: eagle (fuse, in_proj, standard layers) or eagle3 (EAGLE-3's first layer)
     unroll: int = 0  # training-time test: steps a head is unrolled on its own features (train/unroll.py); 1: off;
-    # 0: 2 for eagle heads (the ablation of docs/training.md: positions 2+ accepted 3-6x as often, at half of 4's cost)
+    # 0: 2 for eagle heads (the ablation of docs/training.md: positions 2+ accepted 3-6x as often; 1.75x K=4's speed)
     # and 1 for draft LMs
     unroll_decay: float = 0.8  # step i's loss weighs unroll_decay**i (the weights are normalised to sum to 1)
     draft_vocab: int = 4096  # 0: the whole target vocabulary

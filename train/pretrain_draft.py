@@ -166,8 +166,9 @@ class Objective:
         vocab = int(target.get_output_embeddings().weight.shape[0])
         self.to_draft = torch.full((vocab,), -100, dtype=torch.long)
         self.to_draft[data.draft_vocab] = torch.arange(len(data.draft_vocab))
-        self.target_head = target.get_output_embeddings().weight.detach().float()
-        self.target_rows = self.target_head[data.draft_vocab]
+        head = target.get_output_embeddings().weight.detach()
+        self.target_rows = head[data.draft_vocab].float()
+        self.target_head = head.float() if cfg.optim.loss == "kl" else None  # kl's top-token test scores all of it
         self.layers = list(cfg.feature_layers)
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:

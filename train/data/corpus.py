@@ -21,7 +21,8 @@ import datasets
 from scylla.data.tasks import rg_items
 from scylla.errors import InputError
 
-SOURCE_FORMS = "gsm, rg:<task>, humaneval, pystdlib, jsonl:PATH, parquet:PATH, text:PATH, hf:NAME[:split], or several joined by +"
+SOURCE_FORMS = ("gsm, rg:<task>, humaneval, pystdlib, jsonl:PATH, parquet:PATH, text:PATH, hf:NAME[:split], or "
+                "several joined by +")
 DEFAULT_GENERATED = 1000  # examples drawn from a generator (gsm, rg:<task>) when n is None
 
 
