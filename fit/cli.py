@@ -7,13 +7,27 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from fit.holdout import holdout_check
-from fit.loglinear import fit_log_linear, group_label
-from fit.prompt_unit import MeanSlope, mean_slope, unit_points
+from fit.loglinear import FEW_POINTS, HC_MIN_POINTS, group_label
+from fit.prompt_unit import METHOD as PROMPT_UNIT
+from fit.prompt_unit import fit_laws
 from fit.results import ExtrapolationCheck
 from fit.saturating import extrapolation_check, fit_saturating
 from scylla.atomic import write_json_atomic
 from scylla.errors import InputError
 from scylla.records import read_records
+
+
+POOLED_KEYS = ("method", "intercept", "slope", "slope_ci95", "cov", "resid_var")  # the points' fit, kept for comparison
+
+
+ESTIMATORS = {
+    "prompt as unit": "prompt as unit = mean of per-unit OLS slopes (a unit: one prompt under one run), t interval "
+                      "over units, line through the pooled points",
+    "ols-classical": f"ols-classical = OLS on the points, classical errors (below {HC_MIN_POINTS} points, "
+                     "Breusch-Pagan not rejecting)",
+    "ols-hc3": f"ols-hc3 = OLS on the points, HC3 errors ({HC_MIN_POINTS}+ points, or Breusch-Pagan rejects)",
+    "huber": "huber = Huber M-estimate on the points (--robust)",
+}
 
 
 def parse_fields(text: str | None) -> tuple[str, ...]:
@@ -64,18 +78,6 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
 
-def _prompt_unit(records: Sequence[dict], group: dict, x: str) -> MeanSlope | None:
-    """The group's slope with the prompt (under one training run) as the unit (fit/prompt_unit.py), when every record
-    of the group carries per-prompt counts and every unit has 2+ checkpoints; else None."""
-    members = [r for r in records if all(r.get(k) == v for k, v in group.items())]
-    if not members or not all(r.get("prompt_ids") for r in members):
-        return None
-    try:
-        return mean_slope(unit_points(members, x))
-    except InputError:
-        return None
-
-
 def run_fit(
     run_dirs: Sequence[str],
     *,
@@ -101,25 +103,30 @@ def run_fit(
             f"no records in {', '.join(map(str, run_dirs))}"
             + (f" match {selection}; check --kind and --where" if selection else "")
         )
-    fits = fit_log_linear(records, x=x, y=y, by=by_fields, robust=robust, bootstrap=bootstrap, seed=seed)
-    checks = [extrapolation_check(f.x_values, f.y_values, seed=seed) for f in fits]
-    saturating = [None if c.reason else fit_saturating(f.x_values, f.y_values, seed=seed) for f, c in zip(fits, checks)]
-
-    units = [_prompt_unit(records, f.group, x) for f in fits]
-    method = "Huber M-estimate (RLM)" if robust else "OLS, HC3 errors"
-    lines = [f"{y} = a + b ln({x}) | {method} | {len(records)} records, {len(fits)} group(s)"]
-    rows = [["group", "n", "slope b", "b 95% CI", "b bootstrap 95% CI", "b, prompt as unit [95% CI]", "intercept a",
-             "R^2", "|error| at largest x"]]
-    for f, check, unit in zip(fits, checks, units):
+    pooled, fits, units = zip(*fit_laws(records, x=x, y=y, by=by_fields, robust=robust, bootstrap=bootstrap,
+                                        seed=seed))
+    checks = [extrapolation_check(f.x_values, f.y_values, seed=seed) for f in pooled]
+    saturating = [None if c.reason else fit_saturating(f.x_values, f.y_values, seed=seed)
+                  for f, c in zip(pooled, checks)]
+    lines = [f"{y} = a + b ln({x}) | {len(records)} records, {len(fits)} group(s)"]
+    rows = [["group", "n", "estimator", "slope b [95% CI]", "pooled-points b [95% CI]", "b bootstrap 95% CI",
+             "intercept a", "R^2", "|error| at largest x"]]
+    for f, p, check in zip(fits, pooled, checks):
         boot = _interval(f.slope_ci95_bootstrap)
         if f.bootstrap_unit:
             boot += f" ({f.bootstrap_units} {f.bootstrap_unit}s)"
-        rows.append(
-            [group_label(f.group), str(f.n), _g(f.slope), _interval(f.slope_ci95), boot,
-             f"{_g(unit.slope)} {_interval(unit.slope_ci95)} ({unit.units} units)" if unit else "n/a (no per-prompt counts)",
-             _g(f.intercept), _g(f.r2), _extrapolation(check)]
-        )
+        estimator = f"prompt as unit ({f.df + 1} units)" if f.method == PROMPT_UNIT else p.method
+        rows.append([group_label(f.group), str(f.n), estimator, f"{_g(f.slope)} {_interval(f.slope_ci95)}",
+                     f"{_g(p.slope)} {_interval(p.slope_ci95)} ({p.method})" if f is not p else "(same)", boot,
+                     _g(f.intercept), _g(f.r2), _extrapolation(check)])
     lines += _table(rows)
+    used = {"prompt as unit" if f.method == PROMPT_UNIT else f.method for f in (*fits, *pooled)}
+    lines.append("estimators: " + "; ".join(text for name, text in ESTIMATORS.items() if name in used))
+    few = [group_label(f.group) for f in fits if (f.df + 1 if f.df else f.n) < FEW_POINTS]
+    if few:
+        lines.append(f"warning: {len(few)} group(s) rest on fewer than {FEW_POINTS} points or units "
+                     f"({', '.join(few[:3])}{' ...' if len(few) > 3 else ''}): their intervals have few degrees of "
+                     "freedom; add checkpoints, seeds or prompts")
     held = holdout_check(records, holdout_top, x=x, y=y, by=by_fields, robust=robust) if holdout_top else []
     if held:
         inside = sum(p.inside for p in held)
@@ -136,7 +143,7 @@ def run_fit(
             "by": list(by_fields),
             "where": conditions,
             "kind": kind,
-            "method": "huber" if robust else "ols",
+            "method": "huber" if robust else "ols",  # the points' estimator; fits[].method: each group's
             "bootstrap": bootstrap,
             "seed": seed,
             "n_records": len(records),
@@ -144,8 +151,9 @@ def run_fit(
             "holdout": [{**asdict(p), "inside": p.inside} for p in held],
             "fits": [
                 {**f.to_dict(), "saturating": s.to_dict() if s else None, "extrapolation": c.to_dict(),
-                 "prompt_unit": asdict(u) if u else None}
-                for f, c, s, u in zip(fits, checks, saturating, units)
+                 "prompt_unit": asdict(u) if u else None,
+                 "pooled": None if f is p else {k: p.to_dict()[k] for k in POOLED_KEYS}}
+                for f, p, c, s, u in zip(fits, pooled, checks, saturating, units)
             ],
         }
         write_json_atomic(json_path, payload)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fit.loglinear import fit_log_linear, group_label
+from fit.loglinear import group_label
+from fit.prompt_unit import fit_laws
 from scylla.errors import InputError
 
 
@@ -26,7 +27,7 @@ class HeldOutPoint:
 def holdout_check(records: Sequence[dict], top: int, x: str = "train_tokens", y: str = "mean_accepted_length",
                   by: Sequence[str] = ("draft_layers",), robust: bool = False) -> list[HeldOutPoint]:
     """Every record whose x is among its group's ``top`` largest distinct x, against the law fitted to the rest of
-    its group (which needs 3+ distinct x left)."""
+    its group (which needs 3+ distinct x left; the prompt-unit law where records carry per-prompt counts)."""
     if top < 1:
         raise InputError(f"--holdout-top must be >= 1, got {top}")
     by = tuple(by)
@@ -42,7 +43,7 @@ def holdout_check(records: Sequence[dict], top: int, x: str = "train_tokens", y:
                              f"than 3 to fit; lower --holdout-top or add checkpoints")
         kept += [r for r in members if r[x] not in cut]
         held += [r for r in members if r[x] in cut]
-    fits = {tuple(f.group[name] for name in by): f for f in fit_log_linear(kept, x=x, y=y, by=by, robust=robust)}
+    fits = {tuple(law.group[name] for name in by): law for _, law, _ in fit_laws(kept, x=x, y=y, by=by, robust=robust)}
     points = []
     for r in held:
         fit = fits[tuple(r.get(name) for name in by)]

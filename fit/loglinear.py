@@ -9,9 +9,20 @@ import numpy as np
 import statsmodels.api as sm
 from scipy import stats
 
+from statsmodels.stats.diagnostic import het_breuschpagan
+
 from fit.bootstrap import bootstrap_slope
 from fit.results import JointFit, LogLinearFit
 from scylla.errors import InputError
+
+
+# HC errors need many points: at a handful they are far more variable than classical ones (Long & Ervin 2000, "Using
+# heteroscedasticity consistent standard errors in the linear regression model", The American Statistician 54(3),
+# test HC0-HC3 from n = 25 up). Below HC_MIN_POINTS a law's points get classical errors unless a Breusch-Pagan
+# test, meaningful from BP_MIN_POINTS points, finds the variance changes with x.
+HC_MIN_POINTS = 25
+BP_MIN_POINTS = 10
+FEW_POINTS = 5  # scylla fit warns when a group has fewer points than this
 
 
 def _which(records: Sequence[dict], indices: list[int]) -> str:
@@ -84,8 +95,9 @@ def fit_log_linear(
 ) -> list[LogLinearFit]:
     """Regress ``y`` on ln(``x``) within each group of records with equal ``by`` fields (groups in sorted order).
 
-    OLS with HC3 standard errors, or with ``robust`` a Huber M-estimate (statsmodels RLM); 95% intervals are t with
-    n - 2 df on those errors. ``bootstrap`` > 0 adds a percentile interval for the slope from that many resamples,
+    OLS, or with ``robust`` a Huber M-estimate (statsmodels RLM); 95% intervals are t with n - 2 df. OLS errors are
+    classical below HC_MIN_POINTS points unless a Breusch-Pagan test rejects constant variance (p < 0.05, from
+    BP_MIN_POINTS points), else HC3; ``method`` says which ("ols-classical", "ols-hc3", "huber"). ``bootstrap`` > 0 adds a percentile interval for the slope from that many resamples,
     of whole runs (``run_id``) when the group holds several runs, else of points.
     """
     if bootstrap < 0:
@@ -131,7 +143,6 @@ def fit_log_linear(
                 slope_ci95_bootstrap=interval,
                 x_values=xv.tolist(),
                 y_values=yv.tolist(),
-                method="huber" if robust else "ols",
                 bootstrap_unit=unit,
                 bootstrap_units=units,
                 n_bootstrap=bootstrap,
@@ -146,10 +157,12 @@ def _fit_one(xv: np.ndarray, yv: np.ndarray, robust: bool) -> dict:
     design = sm.add_constant(np.log(xv), has_constant="add")
     n = len(yv)
     if robust:
-        result = sm.RLM(yv, design, M=sm.robust.norms.HuberT()).fit()
+        result, method = sm.RLM(yv, design, M=sm.robust.norms.HuberT()).fit(), "huber"
         resid_var = float(result.scale) ** 2
     else:
-        result = sm.OLS(yv, design).fit(cov_type="HC3")
+        result, method = sm.OLS(yv, design).fit(), "ols-classical"
+        if n >= HC_MIN_POINTS or (n >= BP_MIN_POINTS and het_breuschpagan(result.resid, design)[1] < 0.05):
+            result, method = sm.OLS(yv, design).fit(cov_type="HC3"), "ols-hc3"
         resid_var = float(result.mse_resid)
     params, se = np.asarray(result.params), np.asarray(result.bse)
     residuals = yv - design @ params
@@ -168,6 +181,7 @@ def _fit_one(xv: np.ndarray, yv: np.ndarray, robust: bool) -> dict:
         "residuals": residuals.tolist(),
         "cov": np.asarray(result.cov_params()).tolist(),
         "resid_var": resid_var,
+        "method": method,
     }
 
 

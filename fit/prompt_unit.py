@@ -11,22 +11,28 @@ designs, where every unit is measured at every x).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import stats
 
+from fit.loglinear import fit_log_linear
+from fit.results import LogLinearFit
 from scylla.errors import InputError
+
+METHOD = "prompt as unit: mean of per-unit OLS lines, t interval over units"
 
 
 @dataclass(frozen=True)
 class MeanSlope:
-    """Mean over units of the per-unit slope of y on ln x, its interval, and how many units carry it."""
+    """The mean over units of the per-unit OLS slope of y on ln x, its t interval over units and how many units;
+    ``cov`` is the covariance of (mean unit centroid y, mean slope) over units / units (for ``prompt_unit_law``)."""
 
     slope: float
     slope_ci95: tuple[float, float]
     units: int
-    method: str = "per-unit slopes, t interval over units"
+    cov: tuple[tuple[float, float], tuple[float, float]] = ((float("nan"),) * 2,) * 2
+    method: str = METHOD
 
 
 def unit_points(records: Sequence[dict], x: str = "train_tokens", by_run: bool = True) -> dict[tuple, list]:
@@ -44,15 +50,62 @@ def unit_points(records: Sequence[dict], x: str = "train_tokens", by_run: bool =
 
 def mean_slope(units: dict[tuple, list], level: float = 0.95) -> MeanSlope:
     """The mean per-unit slope of y on ln x with a t interval over units (needs 2+ units, each at 2+ distinct x)."""
-    slopes = []
+    rows = []
     for key, points in units.items():
         xs, ys = np.log([p[0] for p in points]), np.array([p[1] for p in points])
         if np.ptp(xs) == 0:
             raise InputError(f"unit {key} is measured at one x only: a slope needs 2 or more")
         centred = xs - xs.mean()
-        slopes.append(float(centred @ ys / (centred @ centred)))
-    if len(slopes) < 2:
-        raise InputError(f"a mean slope over units needs 2 or more units, got {len(slopes)}")
-    values = np.array(slopes)
-    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return MeanSlope(float(values.mean()), (float(values.mean() - half), float(values.mean() + half)), len(values))
+        rows.append((float(ys.mean()), float(centred @ ys / (centred @ centred))))
+    if len(rows) < 2:
+        raise InputError(f"a mean slope over units needs 2 or more units, got {len(rows)}")
+    values = np.array(rows)  # (units, 2): the unit's mean y, its slope
+    slope, cov = float(values[:, 1].mean()), np.cov(values, rowvar=False) / len(values)
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * np.sqrt(cov[1, 1])
+    return MeanSlope(slope, (slope - half, slope + half), len(values), tuple(tuple(map(float, r)) for r in cov))
+
+
+def prompt_unit_law(fit: LogLinearFit, unit: MeanSlope) -> LogLinearFit:
+    """``fit`` (OLS on the pooled points) with the prompt as the unit: the slope and its interval are the mean
+    per-unit slope's; the line passes through the pooled points' centroid (so it predicts pooled MAT, the tokens
+    per target call of a workload of such prompts); intercept errors and ``cov`` come from the spread over units
+    of (unit centroid, slope); t intervals take units - 1 degrees of freedom."""
+    log_x, y = np.log(fit.x_values), np.asarray(fit.y_values)
+    centre = float(log_x.mean())
+    intercept = float(y.mean()) - unit.slope * centre
+    (var_c, cov_cb), (_, var_b) = unit.cov
+    var_a = var_c + centre**2 * var_b - 2 * centre * cov_cb
+    cov = [[var_a, cov_cb - centre * var_b], [cov_cb - centre * var_b, var_b]]
+    half_a = stats.t.ppf(0.975, unit.units - 1) * np.sqrt(var_a)
+    residuals = y - intercept - unit.slope * log_x
+    total = float(((y - y.mean()) ** 2).sum())
+    return replace(fit, intercept=intercept, slope=unit.slope, intercept_se=float(np.sqrt(var_a)),
+                   slope_se=float(np.sqrt(var_b)), intercept_ci95=(intercept - half_a, intercept + half_a),
+                   slope_ci95=unit.slope_ci95, residuals=residuals.tolist(), cov=cov, method=unit.method,
+                   r2=1 - float(residuals @ residuals) / total if total > 0 else float("nan"), df=unit.units - 1,
+                   resid_var=float(residuals @ residuals) / max(len(y) - 2, 1))
+
+
+def group_mean_slope(records: Sequence[dict], group: dict, x: str) -> MeanSlope | None:
+    """The group's mean slope with the prompt (under one training run) as the unit, when every record of the group
+    carries per-prompt counts and every unit has 2+ checkpoints; else None."""
+    members = [r for r in records if all(r.get(k) == v for k, v in group.items())]
+    if not members or not all(r.get("prompt_ids") for r in members):
+        return None
+    try:
+        return mean_slope(unit_points(members, x))
+    except InputError:
+        return None
+
+
+def fit_laws(records: Sequence[dict], x: str = "train_tokens", y: str = "mean_accepted_length",
+             by: Sequence[str] = ("draft_layers",), robust: bool = False, bootstrap: int = 0,
+             seed: int = 0) -> list[tuple[LogLinearFit, LogLinearFit, MeanSlope | None]]:
+    """Per group: (the fit to the points, the law, its mean slope over units). The law is the prompt-unit law where
+    the group's records carry per-prompt counts (and y is MAT, their ratio; not with ``robust``), else the points'
+    fit itself."""
+    out = []
+    for fit in fit_log_linear(records, x=x, y=y, by=by, robust=robust, bootstrap=bootstrap, seed=seed):
+        unit = group_mean_slope(records, fit.group, x) if y == "mean_accepted_length" and not robust else None
+        out.append((fit, prompt_unit_law(fit, unit) if unit else fit, unit))
+    return out

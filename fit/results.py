@@ -50,16 +50,17 @@ class LogLinearFit:
     residuals: list[float]
     x_values: list[float]
     y_values: list[float]
-    method: str  # "ols" (HC3 errors) or "huber" (statsmodels RLM, HuberT)
+    method: str  # the estimator, e.g. "ols" (errors: see fit_log_linear), "huber" (statsmodels RLM) or prompt_unit.METHOD
     cov: list[list[float]]
     resid_var: float
     bootstrap_unit: str | None = None  # "run" or "point": what the bootstrap resampled; None without bootstrap
     bootstrap_units: int = 0  # how many runs (or points) there were to resample
     n_bootstrap: int = 0  # resamples drawn
+    df: int | None = None  # degrees of freedom of the t intervals; None: n - 2 (prompt as unit: units - 1)
 
     def predict(self, x: float, interval: str = "confidence", level: float = 0.95) -> tuple[float, float, float]:
         """(mean, lo, hi) at ``x``: an interval for the mean of y ("confidence") or for one new observation
-        ("prediction": adds the residual variance), from the t distribution with n - 2 degrees of freedom."""
+        ("prediction": adds the residual variance), from the t distribution with ``df`` degrees of freedom."""
         if interval not in INTERVALS:
             raise InputError(f"interval must be one of {', '.join(INTERVALS)}, got {interval!r}")
         if not 0 < level < 1:
@@ -69,7 +70,7 @@ class LogLinearFit:
         g = np.array([1.0, math.log(x)])
         mean = self.intercept + self.slope * float(g[1])
         var = float(g @ np.asarray(self.cov) @ g) + (self.resid_var if interval == "prediction" else 0.0)
-        half = float(stats.t.ppf(0.5 + level / 2, self.n - 2)) * math.sqrt(max(var, 0.0))
+        half = float(stats.t.ppf(0.5 + level / 2, self.df or self.n - 2)) * math.sqrt(max(var, 0.0))
         return mean, mean - half, mean + half
 
     def to_dict(self) -> dict:

@@ -1,5 +1,5 @@
-"""Every figure and table of the paper that the records support, from records alone: laws 1 and 2 (laws.py) for MAT
-and held-out accuracy, law 3 (batch.py), Fig. 2 (tasks.py), Table 5 (table.py) and the test-time-scaling figures
+"""Every figure and table of the paper that the records support, from records alone: law 1 of the replay records
+and laws 1 and 2 of the train records for MAT and held-out accuracy (laws.py), law 3 (batch.py), Fig. 2 (tasks.py), Table 5 (table.py) and the test-time-scaling figures
 (tts.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from paper_figs.batch import batch_figures
-from paper_figs.laws import law_figures, plot_law
+from paper_figs.laws import law_figures, plot_law, replay_law_figures, train_caption
 from paper_figs.table import TABLE_NAME, throughput_table
 from paper_figs.tasks import task_figures
 from paper_figs.tts import tts_figures
@@ -37,9 +37,10 @@ def _laws(records: list[dict], out_dir: Path, y: str) -> list[Path]:
     depths = {r["draft_layers"] for r in law1}
     if len(depths) < 3 or law2 == law1:
         return law_figures(law1, out_dir, y)
-    paths = plot_law(law1, "train_tokens", y, "draft_layers", out_dir, f"law1_tokens_{y}")
+    caption = train_caption(law1, y)
+    paths = plot_law(law1, "train_tokens", y, "draft_layers", out_dir, f"law1_tokens_{y}", caption)
     if law2 and len({r["draft_layers"] for r in law2}) >= 3:
-        paths += plot_law(law2, "draft_params", y, "train_tokens", out_dir, f"law2_capacity_{y}")
+        paths += plot_law(law2, "draft_params", y, "train_tokens", out_dir, f"law2_capacity_{y}", caption)
     return paths
 
 
@@ -48,7 +49,8 @@ def all_figures(records: list[dict], out_dir: Path, scylla_config: str | None = 
     and PDF, Table 5 as .md and .tex). ``scylla_config``: a Scylla configuration (scylla select) naming Scylla's
     drafts, else the trained draft with the highest mean MAT stands for Scylla."""
     out_dir = Path(out_dir)
-    paths = [p for y in LAW_YS for p in _laws(records, out_dir, y)]
+    paths = replay_law_figures(records, out_dir)
+    paths += [p for y in LAW_YS for p in _laws(records, out_dir, y)]
     paths += batch_figures(records, out_dir)
     paths += task_figures(records, out_dir, scylla_config=scylla_config)
     paths += tts_figures(records, out_dir)

@@ -1,8 +1,11 @@
 """Figures of the first two laws, from run records alone (fits by fit/, drawing here; nothing is refitted by hand).
 
-- law 1: y against training tokens (log x), one colour per draft depth, fitted line and 95% confidence band;
+- law 1: MAT against training tokens (log x), one colour per draft depth, the law (fit.fit_laws: the prompt as the
+  unit where records carry per-prompt counts) and its 95% confidence band; from the replay eval records, one figure
+  per task and draft shape, the same records and groups as ``scylla fit --kind eval --where REPLAY_WHERE --by
+  draft_layers,draft_shape`` (the demo report's law 1); and from the train records' quick check at each checkpoint;
 - law 2: y against draft parameters (log x), one line per token budget.
-Each figure is written as PNG and PDF.
+Every figure's caption says which records it plots. Each is written as PNG and PDF.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fit import fit_log_linear  # noqa: E402
+from fit.loglinear import group_label  # noqa: E402
+from fit.prompt_unit import fit_laws  # noqa: E402
 from scylla.atomic import atomic_path  # noqa: E402
 
 LABELS = {
@@ -38,13 +42,16 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def draw_law(records: list[dict], x: str, y: str, by: str) -> plt.Figure:
-    """y against x (log axis) per group of ``by``: the points, each group's log-linear fit (a line) and its 95%
-    confidence band. The lines are the fits of fit.fit_log_linear, drawn, not refitted."""
-    fits = fit_log_linear(records, x=x, y=y, by=(by,))
+REPLAY_WHERE = {"kind": "eval", "drafter_type": "eagle", "mode": "replay", "prompt_set": "fit"}  # law 1's records
+
+
+def draw_law(records: list[dict], x: str, y: str, by: str, caption: str = "") -> plt.Figure:
+    """y against x (log axis) per group of ``by``: the points, each group's law (a line; fit.fit_laws, drawn, not
+    refitted) and its 95% confidence band; ``caption`` under the axes, with each line's estimator."""
+    laws = [law for _, law, _ in fit_laws(records, x=x, y=y, by=(by,))]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, f in enumerate(fits):
-        colour = plt.cm.viridis(i / max(1, len(fits) - 1))
+    for i, f in enumerate(laws):
+        colour = plt.cm.viridis(i / max(1, len(laws) - 1))
         ax.scatter(f.x_values, f.y_values, color=colour, s=22, zorder=3)
         grid = np.geomspace(min(f.x_values), max(f.x_values), 60)
         bands = np.array([f.predict(v) for v in grid])
@@ -57,19 +64,59 @@ def draw_law(records: list[dict], x: str, y: str, by: str) -> plt.Figure:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(f"{LABELS.get(y, y)} vs {LABELS.get(x, x)}", fontsize=10)
+    estimators = sorted({"prompt as unit" if f.df else f.method for f in laws})
+    fig.text(0.01, -0.02, f"{caption}\nLines: y = a + b ln x per {by.replace('_', ' ')}, {', '.join(estimators)}; "
+             "bands: 95% confidence.".strip(), fontsize=7, va="top", wrap=True)
     return fig
 
 
-def plot_law(records: list[dict], x: str, y: str, by: str, out_dir: Path, name: str) -> list[Path]:
+def plot_law(records: list[dict], x: str, y: str, by: str, out_dir: Path, name: str, caption: str = "") -> list[Path]:
     """``draw_law``, written to out_dir/name.png and .pdf."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return _save(draw_law(records, x, y, by), out_dir, name)
+    return _save(draw_law(records, x, y, by, caption), out_dir, name)
+
+
+def train_caption(records: list[dict], y: str) -> str:
+    """Which train records a figure plots: the quick check at each checkpoint, not the replay."""
+    if y != "mean_accepted_length":
+        return f"Train records: {LABELS.get(y, y)} on the job's held-out split at each checkpoint."
+    prompts = sorted({r.get("eval_prompts") for r in records} - {None})
+    return (f"Train records: the job's quick greedy check at each checkpoint ({', '.join(map(str, prompts)) or '?'} "
+            "prompts, online, the job's chain length); the report's law 1 is the replay figure.")
 
 
 def law_figures(records: list[dict], out_dir: Path, y: str = "mean_accepted_length") -> list[Path]:
-    """Law 1 (tokens, per depth) and, when there are 3+ depths, law 2 (parameters, per token budget)."""
+    """Law 1 (tokens, per depth) and, when there are 3+ depths, law 2 (parameters, per token budget), of train
+    records."""
     train = [r for r in records if r["kind"] == "train" and r.get(y) is not None]
-    paths = plot_law(train, "train_tokens", y, "draft_layers", out_dir, f"law1_tokens_{y}")
+    caption = train_caption(train, y)
+    paths = plot_law(train, "train_tokens", y, "draft_layers", out_dir, f"law1_tokens_{y}", caption)
     if len({r["draft_layers"] for r in train}) >= 3:
-        paths += plot_law(train, "draft_params", y, "train_tokens", out_dir, f"law2_capacity_{y}")
+        paths += plot_law(train, "draft_params", y, "train_tokens", out_dir, f"law2_capacity_{y}", caption)
+    return paths
+
+
+def replay_law_figures(records: list[dict], out_dir: Path) -> list[Path]:
+    """Law 1 from the replay eval records (REPLAY_WHERE), one figure per task and draft shape, of the depths with
+    3+ distinct token counts."""
+    replayed = [r for r in records if all(r.get(k) == v for k, v in REPLAY_WHERE.items()) and r["train_tokens"] > 0]
+    groups: dict[tuple, list[dict]] = {}
+    for r in replayed:
+        groups.setdefault((r["task"], r["draft_shape"]), []).append(r)
+    paths = []
+    for (task, shape), members in sorted(groups.items()):
+        depths = {d for d in {r["draft_layers"] for r in members}
+                  if len({r["train_tokens"] for r in members if r["draft_layers"] == d}) >= 3}
+        members = [r for r in members if r["draft_layers"] in depths]
+        if not members:
+            continue
+        sizes = sorted({(r["n_prompts"], r["max_new_tokens"]) for r in members})
+        where = group_label({k: v for k, v in REPLAY_WHERE.items() if k != "kind"})
+        caption = (f"Eval records ({where}): MAT by exact replay at T = 0, task {task}, draft shape {shape}, "
+                   f"prompt set fit ({', '.join(f'{n} prompts x {t} new tokens' for n, t in sizes)}), "
+                   f"{len({r['run_id'] for r in members})} runs; the report's law 1 (scylla fit --kind eval "
+                   f"--where {where} --by draft_layers,draft_shape).")
+        slug = "".join(c if c.isalnum() else "-" for c in f"{task}_{shape}").strip("-")
+        paths += plot_law(members, "train_tokens", "mean_accepted_length", "draft_layers", out_dir,
+                          f"law1_replay_{slug}", caption)
     return paths

@@ -19,6 +19,7 @@ from pipeline.tts_bench import load_bench, run_bench
 import scylla
 from scylla.atomic import write_json_atomic
 from scylla.costs import measure_costs, untrained_heads
+from scylla.data.prompt_sets import PROMPT_SETS
 from scylla.drafters.eagle import EagleDrafter
 from scylla.drafters.spec import SPECS, drafter_from_spec, parse_spec
 from scylla.drafters.tree import TREE_FORM, parse_tree
@@ -190,9 +191,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         config = EvalConfig.from_yaml(args.config, {"run_dir": args.run_dir} if args.run_dir else {})
     elif args.run_dir:
         config = EvalConfig(args.run_dir, args.drafts, args.target, args.tasks.split(","), args.temperatures,
-                            args.batch_sizes,
-                            args.shapes, args.baselines.split(",") if args.baselines else [], args.prompts,
-                            args.max_new_tokens, args.replay, args.cost, args.seed, args.device, args.dtype)
+                            args.batch_sizes, args.shapes, args.baselines.split(",") if args.baselines else [],
+                            prompts=args.prompts, prompt_set=args.prompt_set, max_new_tokens=args.max_new_tokens,
+                            replay=args.replay, cost=args.cost, seed=args.seed, device=args.device, dtype=args.dtype)
     else:
         raise InputError("give a RUN_DIR or --config FILE (e.g. experiments/batch.yaml)")
     written = evaluate(config)
@@ -324,7 +325,9 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--shapes", type=lambda t: [v for v in t.split(";") if v], default=["chain:2"],
                     help="';'-separated draft shapes: chain:G or tree:top_k=K,depth=D,total_tokens=N")
     ev.add_argument("--baselines", default="none,prompt-lookup", help="comma-separated specs, e.g. none,truncated:4")
-    ev.add_argument("--prompts", type=_positive(int), default=8, help="prompts per task")
+    ev.add_argument("--prompts", type=_positive(int), default=8, help="prompts per task (default 8)")
+    ev.add_argument("--prompt-set", choices=PROMPT_SETS, default="fit",
+                    help="which of each task's disjoint prompt sets (default fit; the Scylla check uses confirm)")
     ev.add_argument("--max-new-tokens", type=_positive(int), default=64)
     ev.add_argument("--replay", action="store_true", help="at T=0 count acceptance by exact replay (no timing)")
     ev.add_argument("--cost", help="cost table JSON (scylla costs): adds the predicted speed-up")

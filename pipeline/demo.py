@@ -12,21 +12,27 @@ import time
 from pathlib import Path
 
 from fit.cli import run_fit
+from fit.loglinear import group_label
 from paper_figs.all import all_figures
+from paper_figs.laws import REPLAY_WHERE
 from pipeline.evaluate import EvalConfig, evaluate, parse_shape
-from pipeline.select import checkpoint_for, run_selection
+from pipeline.select import checkpoint_for, load_fits, law_of, run_selection
 from pipeline.sweep import load_sweep, run_sweep
 from scylla.atomic import atomic_path
 from scylla.costs import measure_costs, untrained_heads
+from scylla.data.prompt_sets import check_disjoint, problem_set
 from scylla.models import load_model, target_quantization
-from scylla.records import read_records
+from scylla.records import find_checkpoints, read_records
+from train.data import load_corpus
 
 TREE = "tree:top_k=3,depth=3,total_tokens=8"  # the dynamic tree of the study (EAGLE-2's 10/5/60 is too big for a CPU)
 SHAPES = ["chain:3", TREE]  # replay costs most of the demo's time after training: 2 shapes x every checkpoint
 SEED_SHAPE = "chain:3"  # the shape of the per-seed law table
 BATCH_SIZES = [1, 4, 16]
-REPLAY_PROMPTS = 6
-NEW_TOKENS = 48
+FIT_PROMPTS = 16  # the fit prompt set: law 1's per-prompt units (x 2 seeds)
+SELECT_PROMPTS = 16  # the select prompt set: the top-milestone heads replayed on fresh prompts
+REPLAY_TOKENS = 32
+NEW_TOKENS = 48  # the check's, on the confirm prompt set (max(BATCH_SIZES) prompts)
 
 
 def _banner(start: float, text: str) -> None:
@@ -50,21 +56,39 @@ def _costs(run_dir: Path, target_name: str, layers: list[int], width: int) -> Pa
     return path
 
 
+def demo_prompt_sets(grid: str | Path = "experiments/demo.yaml", task: str = "gsm") -> dict[str, list[str]]:
+    """The demo's prompts by role: every training job's corpus prompts, then the fit, select and confirm sets of
+    ``task`` at the demo's sizes; ``check_disjoint`` of them must pass."""
+    train: dict[str, None] = {}
+    for job in load_sweep(grid).jobs:
+        train.update(dict.fromkeys(load_corpus(job.data.source, job.data.examples, seed=0)["prompt"]))
+    sizes = {"fit": FIT_PROMPTS, "select": SELECT_PROMPTS, "confirm": max(BATCH_SIZES)}
+    return {"train": list(train), **{name: [p.prompt for p in problem_set(task, name, n)] for name, n in sizes.items()}}
+
+
 def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/demo.yaml") -> Path:
     """Run every stage; returns the report's path."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
     sweep = load_sweep(grid, run_dir)
+    prompt_sets = demo_prompt_sets(grid)
+    check_disjoint(prompt_sets)  # before any work: a law, a choice and its report on disjoint prompts
     _banner(start, f"1/7 train {len(sweep.jobs)} draft heads through DeepSpeed ({grid} -> {run_dir})")
     for line in run_sweep(sweep):
         print(line, file=sys.stderr)
     train = read_records(run_dir, kind="train")
     target = train[0]["target"]
 
-    _banner(start, f"2/7 exact replay of {len(train)} checkpoints x {len(SHAPES)} draft shapes (gsm, T=0)")
-    evaluate(EvalConfig(str(run_dir), tasks=["gsm"], temperatures=[0.0], batch_sizes=[1], shapes=SHAPES,
-                        baselines=["none", "prompt-lookup"], prompts=REPLAY_PROMPTS, max_new_tokens=NEW_TOKENS,
-                        replay=True))
+    top = max(r["train_tokens"] for r in train)
+    _banner(start, f"2/7 exact replay (gsm, T=0) of {len(train)} checkpoints x {len(SHAPES)} draft shapes on the fit "
+                   f"prompt set, and of the {top}-token heads on the select set")
+    replay = dict(tasks=["gsm"], temperatures=[0.0], batch_sizes=[1], shapes=SHAPES, replay=True,
+                  max_new_tokens=REPLAY_TOKENS)
+    evaluate(EvalConfig(str(run_dir), baselines=["none", "prompt-lookup"], prompts=FIT_PROMPTS, prompt_set="fit",
+                        **replay))
+    evaluate(EvalConfig(str(run_dir), drafts=[f"draft:{r['checkpoint']}" for r in find_checkpoints(run_dir)
+                                              if r["train_tokens"] == top],
+                        baselines=["none"], prompts=SELECT_PROMPTS, prompt_set="select", **replay))
 
     _banner(start, "3/7 cost model: target and head forward costs by batch size")
     layers = sorted({r["draft_layers"] for r in train})
@@ -73,17 +97,18 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
     _banner(start, "4/7 fit the laws")
     fits_path, train_fits_path = run_dir / "fits.json", run_dir / "fits-train.json"
     holdout = 1 if len({r["train_tokens"] for r in train}) >= 4 else 0  # the top milestone, when 3+ stay to fit
-    mat_table = run_fit([str(run_dir)], kind="eval", where="drafter_type=eagle,mode=replay",
-                        by="draft_layers,draft_shape", bootstrap=200, json_path=str(fits_path), holdout_top=holdout)
+    law1_where = group_label({k: v for k, v in REPLAY_WHERE.items() if k != "kind"})
+    mat_table = run_fit([str(run_dir)], kind="eval", where=law1_where, by="draft_layers,draft_shape", bootstrap=200,
+                        json_path=str(fits_path), holdout_top=holdout)
     acc_table = run_fit([str(run_dir)], kind="train", y="heldout_accuracy", by="draft_layers", bootstrap=200,
                         json_path=str(train_fits_path))
-    seed_table = run_fit([str(run_dir)], kind="eval", where=f"drafter_type=eagle,mode=replay,draft_shape={SEED_SHAPE}",
+    seed_table = run_fit([str(run_dir)], kind="eval", where=f"{law1_where},draft_shape={SEED_SHAPE}",
                          by="draft_layers,run_id", bootstrap=200)
     print("\n".join(mat_table + acc_table + seed_table), file=sys.stderr)
 
     _banner(start, f"5/7 select the Scylla configuration for batch sizes {BATCH_SIZES} and measure it")
     config_path, check_dir = run_dir / "scylla.yaml", run_dir / "check"
-    baseline = checkpoint_for([str(run_dir)], 1, max(r["train_tokens"] for r in train))  # EAGLE-2-style: 1 layer
+    baseline = checkpoint_for([str(run_dir)], 1, top)  # EAGLE-2-style: 1 layer
     also = [(f"draft:{baseline}", TREE)] if baseline else []
     done = run_selection(fits_path, cost_path, BATCH_SIZES, [str(run_dir)], config_path, str(check_dir), target,
                          ["gsm"], also=also, check=(max(BATCH_SIZES), NEW_TOKENS))
@@ -97,16 +122,39 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
     _banner(start, "7/7 report")
     report = run_dir / "report.md"
     text = _report(run_dir, train, mat_table + ["", f"Per run (seed), {SEED_SHAPE}:", *seed_table], acc_table,
-                   chosen, drafts, checked, figures,
-                   (time.perf_counter() - start) / 60)
+                   chosen, drafts, checked, figures, (time.perf_counter() - start) / 60,
+                   {name: len(texts) for name, texts in prompt_sets.items()},
+                   _law_on_select_set(run_dir, fits_path, top))
     with atomic_path(report) as tmp:
         Path(tmp).write_text(text)
     print(f"wrote {report}", file=sys.stderr)
     return report
 
 
+def _law_on_select_set(run_dir: Path, fits_path: Path, top: int) -> list[str]:
+    """Markdown rows: each law's MAT at ``top`` tokens (95% confidence and prediction intervals) against the MAT of
+    the top heads replayed on the select prompt set (all seeds pooled), and on the fit set."""
+    rows = []
+    for fit in load_fits(fits_path):
+        law, group = law_of(fit), fit["group"]
+        measured = {}
+        for name in ("select", "fit"):
+            found = read_records(run_dir, kind="eval", where={**REPLAY_WHERE, "prompt_set": name, **group,
+                                                              "train_tokens": top})
+            calls = sum(r["target_calls"] for r in found)
+            measured[name] = f"{sum(r['new_tokens'] for r in found) / calls:.3f}" if calls else "-"
+        mean, lo, hi = law.predict(top)
+        _, plo, phi = law.predict(top, interval="prediction")
+        inside = measured["select"] != "-" and plo <= float(measured["select"]) <= phi
+        rows.append(f"| {group['draft_layers']} | {group['draft_shape']} | {mean:.3f} [{lo:.3f}, {hi:.3f}] | "
+                    f"[{plo:.3f}, {phi:.3f}] | {measured['select']} | {measured['fit']} | "
+                    f"{'yes' if inside else 'no'} |")
+    return rows
+
+
 def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: list[str], chosen: dict,
-            drafts: dict, measured: dict, figures: list[Path], minutes: float) -> str:
+            drafts: dict, measured: dict, figures: list[Path], minutes: float, set_sizes: dict[str, int],
+            select_rows: list[str]) -> str:
     lines = [
         "# Scylla demo report",
         "",
@@ -119,16 +167,32 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         f"{max(r.get('unique_tokens', 0) for r in train)} unique tokens; "
         f"this run took {minutes:.1f} min (stages that were already done are reused).",
         "",
+        "## Prompt sets",
+        "",
+        f"Three disjoint sets of held-out GSM-style problems (reasoning-gym gsm_symbolic, evaluation-only "
+        f"templates): fit ({set_sizes['fit']} prompts: law 1), select ({set_sizes['select']}: the laws checked on "
+        f"fresh prompts) and confirm ({set_sizes['confirm']}: the Scylla check), each from its own seed and hash "
+        f"bucket; checked disjoint by content hash from each other and from the {set_sizes['train']} training "
+        "prompts before any work (scylla.data.prompt_sets).",
+        "",
         "## Law 1: MAT against training tokens, per depth and draft shape",
         "",
-        f"Exact replay at T=0 on {REPLAY_PROMPTS} held-out GSM-style prompts x {NEW_TOKENS} new tokens. OLS with HC3 "
-        "errors; the bootstrap resamples runs (points when a group is one run); \"b, prompt as unit\" is the mean of "
-        "per-prompt slopes (each prompt under each seed a unit) with a t interval over units; the last column "
-        "compares the log-linear law with a saturating one fitted without the largest token count; \"Held out\" "
-        "fits each group without its largest token count and checks those points against their 95% prediction "
-        "intervals (docs/fitting.md).",
+        f"Exact replay at T=0 on the fit set ({set_sizes['fit']} prompts x {REPLAY_TOKENS} new tokens). The law's "
+        "slope is the mean of per-unit slopes, a unit being one prompt under one seed, with a t interval over units "
+        "(\"prompt as unit\"); the line passes through the pooled points; \"pooled-points b\" is OLS on the "
+        "pooled MAT per checkpoint, for comparison (its interval never sees the prompts' spread of slopes); the "
+        "bootstrap resamples runs; the last column compares the log-linear law with a saturating one fitted without "
+        "the largest token count; \"Held out\" fits each group without its largest token count and checks those "
+        "points against their 95% prediction intervals (docs/fitting.md).",
         "",
         "```", *mat_table, "```",
+        "",
+        "The laws at the largest token count against the same heads replayed on the select set "
+        f"({set_sizes['select']} fresh prompts x {REPLAY_TOKENS} new tokens, seeds pooled):",
+        "",
+        "| layers | shape | law: MAT [95% CI] | 95% prediction interval | select set | fit set | inside |",
+        "|---|---|---|---|---|---|---|",
+        *select_rows,
         "",
         "Held-out next-token accuracy at each checkpoint (train records):",
         "",
@@ -137,7 +201,8 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         "## The Scylla configuration",
         "",
         "Chosen per batch size from the laws and the measured costs (pipeline/select.py); then measured online on "
-        f"{max(BATCH_SIZES)} prompts x {NEW_TOKENS} new tokens against plain decoding in the same run.",
+        f"the confirm set ({max(BATCH_SIZES)} prompts x {NEW_TOKENS} new tokens) against plain decoding in the "
+        "same run.",
         "",
         "The best draft per batch size is measured whether or not it is chosen: where even it is predicted slower "
         "than plain decoding, Scylla's choice is plain decoding.",

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from scylla.config import Config
 from scylla.costs import CostTable, step_cost
+from scylla.data.prompt_sets import PROMPT_SETS, problem_set
 from scylla.data.tasks import get_task
 from scylla.drafters.spec import drafter_from_spec, parse_spec
 from scylla.drafters.tree import TREE_FORM, TreeShape, parse_tree
@@ -92,6 +93,7 @@ class EvalConfig(Config):
     shapes: list[str] = field(default_factory=lambda: ["chain:2"])
     baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
     prompts: int = 8
+    prompt_set: str = "fit"  # fit | select | confirm: disjoint sets of each task's problems (scylla.data.prompt_sets)
     max_new_tokens: int = 64
     replay: bool = False
     cost: str | None = None
@@ -105,6 +107,8 @@ class EvalConfig(Config):
             self.require(bool(getattr(self, name)), name, "is empty: give at least one value")
         self.require(min(self.batch_sizes) >= 1, "batch_sizes", f"must be >= 1, got {self.batch_sizes}")
         self.require(self.prompts >= 1, "prompts", f"must be >= 1, got {self.prompts}")
+        self.require(self.prompt_set in PROMPT_SETS, "prompt_set",
+                     f"must be one of {', '.join(PROMPT_SETS)}, got {self.prompt_set!r}")
         self.require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         self.require(min(self.temperatures) >= 0, "temperatures", f"must be >= 0, got {self.temperatures}")
         for key, check, values in (("tasks", get_task, self.tasks), ("shapes", parse_shape, self.shapes),
@@ -221,7 +225,7 @@ def evaluate(config: EvalConfig) -> int:
     trained = read_records(run_dir, kind="train") if has_records else []
     target_name = config.target or (trained[0]["target"] if trained else "smollm2-135m")
     cost = CostTable.load(config.cost) if config.cost else None
-    texts = {task: [p.prompt for p in get_task(task).problems(config.prompts)] for task in config.tasks}
+    texts = {task: [p.prompt for p in problem_set(task, config.prompt_set, config.prompts)] for task in config.tasks}
     target, tokenizer = load_model(target_name, device=config.device, dtype=config.dtype)
     quantization = target_quantization(target_name, target)
     done = {record_key(r) for r in read_records(run_dir, kind="eval")} if has_records else set()
@@ -244,7 +248,7 @@ def evaluate(config: EvalConfig) -> int:
         if mode == "replay" and batch != config.batch_sizes[0]:
             continue  # replay counts do not depend on the batch size: one set of records per task
         settings = dict(task=task, temperature=temperature, batch_size=batch, mode=mode, device=config.device,
-                        n_prompts=len(texts[task]), max_new_tokens=config.max_new_tokens,
+                        prompt_set=config.prompt_set, n_prompts=len(texts[task]), max_new_tokens=config.max_new_tokens,
                         target_quantization=quantization)
 
         def record(method, source, shape, **metrics):

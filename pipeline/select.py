@@ -59,7 +59,8 @@ def load_fits(path: str | Path) -> list[dict]:
     return fits
 
 
-def _law(fit: dict) -> LogLinearFit:
+def law_of(fit: dict) -> LogLinearFit:
+    """A fits file entry as the LogLinearFit it was written from."""
     names = LogLinearFit.__dataclass_fields__
     return LogLinearFit(**{k: v for k, v in fit.items() if k in names})
 
@@ -73,7 +74,7 @@ def candidates(fits: list[dict], cost: CostTable, batch_sizes: list[int], token_
     """
     out = []
     for fit in fits:
-        law = _law(fit)
+        law = law_of(fit)
         shape_text = fit["group"].get("draft_shape", default_shape)
         if shapes and shape_text not in shapes:
             continue
@@ -116,8 +117,9 @@ def measured(check_dir: str | Path, chosen: dict[int, Candidate], drafts: dict[i
     """Per batch size, the check's online eval record of its best draft and shape (None if not measured)."""
     out = {}
     for b, c in chosen.items():
-        rows = read_records(check_dir, kind="eval", where=dict(method=f"draft:{drafts[b]}", batch_size=b,
-                                                               draft_shape=c.draft_shape, mode="online"))
+        where = dict(method=f"draft:{drafts[b]}", batch_size=b, draft_shape=c.draft_shape, mode="online",
+                     prompt_set="confirm")
+        rows = read_records(check_dir, kind="eval", where=where)
         out[b] = rows[-1] if rows else None
     return out
 
@@ -126,7 +128,8 @@ def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, d
                  target: str, tasks: list[str], also: list[tuple[str, str]] = ()) -> dict:
     """The Scylla configuration: an eval config (``scylla eval --config``) that measures the chosen draft at each
     batch size (and ``also`` these (draft spec, shape) pairs, e.g. a baseline), whose ``selection`` section (read by
-    ``scylla generate --config``) holds the choice and its prediction per batch size. Where even the best draft is
+    ``scylla generate --config``) holds the choice and its prediction per batch size; it measures on the
+    ``confirm`` prompt set, disjoint from the prompts the laws were fitted on. Where even the best draft is
     predicted slower than plain decoding, the choice is plain decoding (``draft: none``) and the best draft stays in
     ``best_draft``. Written atomically; returns it."""
     specs = sorted({f"draft:{d}" for d in drafts.values() if d} | {spec for spec, _ in also})
@@ -137,7 +140,8 @@ def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, d
                              "predicted_mat_ci95": list(c.predicted_mat_ci95),
                              "predicted_speedup_ci95": list(c.predicted_speedup_ci95)}
     config = dict(
-        run_dir=run_dir, target=target, drafts=specs, baselines=["none"], tasks=tasks, temperatures=[0.0],
+        run_dir=run_dir, target=target, drafts=specs, baselines=["none"], tasks=tasks, prompt_set="confirm",
+        temperatures=[0.0],
         batch_sizes=sorted(chosen), shapes=sorted({c.draft_shape for c in chosen.values()} | {s for _, s in also}),
         selection=selection,
     )

@@ -42,7 +42,7 @@ REQUIRED = {
     "time": "str",
 }
 # part of the key of eval and tts records (None when absent)
-EVAL_KEY_FIELDS = ("task", "temperature", "batch_size", "method", "draft_shape", "mode")
+EVAL_KEY_FIELDS = ("task", "prompt_set", "temperature", "batch_size", "method", "draft_shape", "mode")
 TTS_KEY_FIELDS = EVAL_KEY_FIELDS + ("paradigm",)  # tts records: also the test-time-scaling protocol
 _ALLOWED = "numbers, strings, bools, null, lists of those or flat dicts of those"
 
@@ -179,8 +179,8 @@ def _key_fields(kind: str) -> tuple[str, ...]:
 
 
 def record_key(record: dict) -> tuple:
-    """What makes a record unique: (kind, run_id, train_tokens), plus task, temperature, batch_size, method,
-    draft_shape, mode (None when absent) for eval and tts records, and paradigm for tts records."""
+    """What makes a record unique: (kind, run_id, train_tokens), plus task, prompt_set, temperature, batch_size,
+    method, draft_shape, mode (None when absent) for eval and tts records, and paradigm for tts records."""
     key = (record["kind"], record["run_id"], record["train_tokens"])
     return key + tuple(record.get(name) for name in _key_fields(record["kind"]))
 

@@ -10,21 +10,22 @@ import re
 import pytest
 import yaml
 
-from fit import fit_log_linear
 from fit.loglinear import group_label
+from fit.prompt_unit import fit_laws
+from paper_figs.laws import REPLAY_WHERE
 from pipeline.demo import run_demo
 from scylla.records import read_records
 
 
 def check_report_against_records(run_dir, text: str) -> None:
     fits = json.loads((run_dir / "fits.json").read_text())["fits"]
-    replayed = read_records(run_dir, kind="eval", where={"drafter_type": "eagle", "mode": "replay"})
-    refit = fit_log_linear(replayed, by=("draft_layers", "draft_shape"))
+    replayed = read_records(run_dir, where=REPLAY_WHERE)
+    refit = [law for _, law, _ in fit_laws(replayed, by=("draft_layers", "draft_shape"))]
     assert [f["group"] for f in fits] == [g.group for g in refit] and fits
     for f, g in zip(fits, refit):
         assert f["slope"] == pytest.approx(g.slope, abs=1e-9) and f["n"] == g.n
         row = next(line for line in text.splitlines() if line.startswith(group_label(g.group) + " "))
-        assert row.split()[1:3] == [str(g.n), f"{g.slope:.4g}"]
+        assert row.split()[1] == str(g.n) and f" {g.slope:.4g} [" in row
     selection = yaml.safe_load((run_dir / "scylla.yaml").read_text())["selection"]
     rows = [line for line in text.splitlines() if re.match(r"\| \d+ \| \d+ \|", line)]
     assert len(rows) == len(selection)
@@ -32,7 +33,8 @@ def check_report_against_records(run_dir, text: str) -> None:
         cells = [c.strip() for c in line.strip("|").split("|")]
         chosen = selection[cells[0]]
         (record,) = read_records(run_dir / "check", kind="eval", where=dict(
-            method=chosen["best_draft"], batch_size=int(cells[0]), draft_shape=chosen["draft_shape"], mode="online"))
+            method=chosen["best_draft"], batch_size=int(cells[0]), draft_shape=chosen["draft_shape"], mode="online",
+            prompt_set="confirm"))
         assert cells[2] == chosen["draft_shape"] and cells[5] == f"{record['mean_accepted_length']:.2f}"
         assert cells[7] == f"{record['speedup']:.2f}x"
         assert cells[8] == ("the draft" if chosen["draft"] != "none" else "plain decoding")
@@ -42,7 +44,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     run_dir = tmp_path / "demo"
     report = run_demo(run_dir, "experiments/smoke.yaml")
     text = report.read_text()
-    assert "## Law 1" in text and "R^2" in text and "95% CI" in text
+    assert "## Law 1" in text and "R^2" in text and "95% CI" in text and "## Prompt sets" in text
+    assert "| select set | fit set | inside |" in text
     assert "## The Scylla configuration" in text and "| 16 |" in text
     assert (run_dir / "scylla.yaml").exists() and (run_dir / "fits.json").exists()
     assert list((run_dir / "figs").glob("law1_*.png")) and list((run_dir / "figs").glob("*.pdf"))

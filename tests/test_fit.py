@@ -42,9 +42,9 @@ def test_pinned_values():
     assert fit.slope == pytest.approx(0.28 / math.log(2), abs=1e-9)
     assert fit.intercept == pytest.approx(1.0, abs=1e-9)
     assert fit.r2 == pytest.approx(98 / 99, abs=1e-9)
-    # HC3, by hand: (X'X)^-1 X' diag(e^2 / (1 - h)^2) X (X'X)^-1
-    assert fit.slope_se == pytest.approx(0.019443368278654, abs=1e-9)
-    assert fit.n == 5 and fit.method == "ols" and len(fit.residuals) == 5
+    # 5 points: classical errors, by hand: residuals 0, .02, -.06, .06, -.02; sqrt(SSR / 3 / (10 ln^2 2))
+    assert fit.slope_se == pytest.approx(math.sqrt(0.008 / 3 / 10) / math.log(2), abs=1e-12)
+    assert fit.n == 5 and fit.method == "ols-classical" and len(fit.residuals) == 5
     t = 3.182446305284263  # t_0.975 with 3 df
     assert fit.slope_ci95 == pytest.approx((fit.slope - t * fit.slope_se, fit.slope + t * fit.slope_se), abs=1e-9)
     mean, lo, hi = fit.predict(16)
@@ -52,6 +52,21 @@ def test_pinned_values():
     _, plo, phi = fit.predict(16, interval="prediction")
     assert plo < lo and phi > hi
     assert json.loads(json.dumps(fit.to_dict()))["slope_ci95"] == list(fit.slope_ci95)
+
+
+def test_hc3_errors_from_25_points_or_when_the_variance_changes():
+    # The same 5 points 5 times (25 points): HC3, by hand (X'X)^-1 X' diag(e^2 / (1 - h)^2) X (X'X)^-1.
+    (fit,) = fit_log_linear(points([1, 2, 4, 8, 16] * 5, [1.0, 1.3, 1.5, 1.9, 2.1] * 5), by=())
+    x, e = np.log([1, 2, 4, 8, 16] * 5), np.array([0, 0.02, -0.06, 0.06, -0.02] * 5)
+    design = np.column_stack([np.ones(25), x])
+    bread = np.linalg.inv(design.T @ design)
+    h = np.einsum("ij,jk,ik->i", design, bread, design)
+    sandwich = bread @ design.T @ np.diag(e**2 / (1 - h) ** 2) @ design @ bread
+    assert fit.method == "ols-hc3" and fit.slope_se == pytest.approx(math.sqrt(sandwich[1, 1]), rel=1e-9)
+    # 12 points whose spread grows with x: Breusch-Pagan rejects, so HC3 below 25 points too.
+    grow = np.random.default_rng(0).normal(0, 1, 12) * np.repeat([0.001, 0.01, 0.1, 1.0], 3)
+    (fit,) = fit_log_linear(points(np.repeat([1, 2, 4, 8], 3), 1 + np.repeat(np.arange(4), 3) + grow), by=())
+    assert fit.method == "ols-hc3"
 
 
 def test_robust_fit_resists_an_outlier():
@@ -169,7 +184,7 @@ def test_cli_end_to_end(tmp_path, capsys):
             "--bootstrap", "100", "--json", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "draft_layers=1" in printed and "draft_layers=2" in printed and "b 95% CI" in printed
+    assert "draft_layers=1" in printed and "draft_layers=2" in printed and "slope b [95% CI]" in printed
     payload = json.loads(out.read_text())
     fits = payload["fits"]
     assert [f["group"] for f in fits] == [{"draft_layers": 1}, {"draft_layers": 2}]

@@ -27,9 +27,9 @@ def law_records(bend: float = 0.0, seed: int = 0) -> list[dict]:
 
 
 def test_a_law_that_holds_predicts_its_held_out_points_and_a_bent_one_does_not():
-    held = holdout_check(law_records(), 1, by=("draft_layers",))
-    assert len(held) == 4 and all(p.x == TOKENS[-1] for p in held)
-    assert sum(p.inside for p in held) >= 3
+    held = [p for seed in range(30) for p in holdout_check(law_records(seed=seed), 1, by=("draft_layers",))]
+    assert len(held) == 30 * 4 and all(p.x == TOKENS[-1] for p in held)
+    assert sum(p.inside for p in held) >= 0.88 * len(held)  # 95% prediction intervals (measured: 94.5% over 50)
     bent = holdout_check(law_records(bend=0.2), 1, by=("draft_layers",))
     assert not any(p.inside for p in bent)
 

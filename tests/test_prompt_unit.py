@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fit.prompt_unit import mean_slope, unit_points
+from fit.prompt_unit import METHOD, mean_slope, unit_points
 from scylla.errors import InputError
 
 TRUE_SLOPE, SLOPE_SD, NOISE_SD, PROMPTS = 0.10, 0.06, 0.02, 16
@@ -78,6 +78,52 @@ def test_scylla_fit_reports_the_prompt_unit_slope(tmp_path):
             append_record(tmp_path, new_record("eval", **identity, **r, task="gsm", mode="replay",
                                                draft_shape="chain:3", mean_accepted_length=mat))
     lines = run_fit([str(tmp_path)], kind="eval", by="draft_layers", json_path=str(tmp_path / "fits.json"))
-    assert "(32 units)" in "\n".join(lines)  # 16 prompts x 2 seeds
-    unit = json.loads((tmp_path / "fits.json").read_text())["fits"][0]["prompt_unit"]
+    assert "prompt as unit (32 units)" in "\n".join(lines)  # 16 prompts x 2 seeds
+    (fit,) = json.loads((tmp_path / "fits.json").read_text())["fits"]
+    unit = fit["prompt_unit"]
     assert unit["units"] == 32 and unit["slope_ci95"][0] < unit["slope"] < unit["slope_ci95"][1]
+    # The law's slope and interval are the prompt unit's; the points' OLS stays under "pooled", narrower.
+    assert fit["method"] == unit["method"] and fit["slope_ci95"] == unit["slope_ci95"] and fit["df"] == 31
+    assert np.ptp(fit["pooled"]["slope_ci95"]) < np.ptp(fit["slope_ci95"])
+    # The line passes through the pooled points' centroid.
+    centre = np.mean(np.log(fit["x_values"]))
+    assert fit["intercept"] + fit["slope"] * centre == pytest.approx(np.mean(fit["y_values"]), abs=1e-12)
+
+
+def test_the_replay_figure_draws_the_reports_laws(tmp_path):
+    """Law 1's replay figure plots the records ``scylla fit --where REPLAY_WHERE`` fits, and its lines are those
+    fits (the prompt-unit laws), not a refit of the pooled points."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from fit.cli import run_fit
+    from paper_figs.laws import REPLAY_WHERE, draw_law, replay_law_figures
+    from fit.loglinear import group_label
+    from scylla.records import append_record, new_record, read_records
+
+    identity = dict(sweep="s", target="tiny", drafter_type="eagle", draft_width=8, draft_params=1,
+                    draft_params_with_embeddings=2, data="gsm")
+    for layers in (1, 2):
+        for seed, prompt_set in ((0, "fit"), (1, "fit"), (2, "select")):  # select-set records must stay out
+            for r in synthetic_records(np.random.default_rng(10 * layers + seed)):
+                r.update(run_id=f"l{layers}-s{seed}", seed=seed)
+                mat = sum(r["prompt_new_tokens"]) / sum(r["prompt_target_calls"])
+                append_record(tmp_path, new_record(
+                    "eval", **identity, **r, draft_layers=layers, task="gsm", mode="replay", prompt_set=prompt_set,
+                    draft_shape="chain:3", mean_accepted_length=mat, n_prompts=PROMPTS, max_new_tokens=48))
+    where = group_label({k: v for k, v in REPLAY_WHERE.items() if k != "kind"})
+    run_fit([str(tmp_path)], kind="eval", where=where, by="draft_layers,draft_shape",
+            json_path=str(tmp_path / "fits.json"))
+    fits = json.loads((tmp_path / "fits.json").read_text())["fits"]
+    records = read_records(tmp_path)
+    paths = replay_law_figures(records, tmp_path / "figs")
+    assert [p.name for p in paths] == ["law1_replay_gsm-chain-3.png", "law1_replay_gsm-chain-3.pdf"]
+    fig = draw_law([r for r in records if r["prompt_set"] == "fit"], "train_tokens", "mean_accepted_length",
+                   "draft_layers")
+    for line, fit in zip(fig.axes[0].lines, fits):
+        x, y = line.get_data()
+        assert np.polyfit(np.log(x), y, 1)[0] == pytest.approx(fit["slope"], rel=1e-6)
+        assert fit["method"] == METHOD and fit["df"] == 2 * PROMPTS - 1
+        assert len(fit["x_values"]) == 8  # 4 checkpoints x the 2 fit-set seeds
+    plt.close(fig)

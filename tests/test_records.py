@@ -121,7 +121,10 @@ def test_duplicates_are_refused(tmp_path):
     assert append_record(tmp_path, eval_record(method=None))
     assert not append_record(tmp_path, {k: v for k, v in eval_record().items() if k != "method"})
     assert len(read_records(tmp_path)) == 5
-    assert record_key(eval_record()) == ("eval", "eagle-l2-w512", 1_000_000, "gsm", 0.0, 1, "chain", None, None)
+    assert record_key(eval_record()) == ("eval", "eagle-l2-w512", 1_000_000, "gsm", None, 0.0, 1, "chain", None,
+                                         None)
+    # The same checkpoint on two prompt sets keeps both records.
+    assert append_record(tmp_path, eval_record(prompt_set="select"))
     assert record_key(train_record()) == ("train", "eagle-l2-w512", 1_000_000)
 
 
