@@ -21,8 +21,8 @@ POOLED_KEYS = ("method", "intercept", "slope", "slope_ci95", "cov", "resid_var")
 
 
 ESTIMATORS = {
-    "prompt as unit": "prompt as unit = mean of per-unit OLS slopes (a unit: one prompt under one run), t interval "
-                      "over units, line through the pooled points",
+    "prompt as unit": "prompt as unit = mean of per-prompt OLS slopes (averaged over runs), t interval from their "
+                      "spread over prompts plus each run's checkpoint shocks, line through the pooled points",
     "ols-classical": f"ols-classical = OLS on the points, classical errors (below {HC_MIN_POINTS} points, "
                      "Breusch-Pagan not rejecting)",
     "ols-hc3": f"ols-hc3 = OLS on the points, HC3 errors ({HC_MIN_POINTS}+ points, or Breusch-Pagan rejects)",
@@ -111,20 +111,20 @@ def run_fit(
     lines = [f"{y} = a + b ln({x}) | {len(records)} records, {len(fits)} group(s)"]
     rows = [["group", "n", "estimator", "slope b [95% CI]", "pooled-points b [95% CI]", "b bootstrap 95% CI",
              "intercept a", "R^2", "|error| at largest x"]]
-    for f, p, check in zip(fits, pooled, checks):
+    for f, p, u, check in zip(fits, pooled, units, checks):
         boot = _interval(f.slope_ci95_bootstrap)
         if f.bootstrap_unit:
             boot += f" ({f.bootstrap_units} {f.bootstrap_unit}s)"
-        estimator = f"prompt as unit ({f.df + 1} units)" if f.method == PROMPT_UNIT else p.method
+        estimator = f"prompt as unit ({u.prompts} prompts x {u.runs} runs, {u.df:.0f} df)" if u else p.method
         rows.append([group_label(f.group), str(f.n), estimator, f"{_g(f.slope)} {_interval(f.slope_ci95)}",
                      f"{_g(p.slope)} {_interval(p.slope_ci95)} ({p.method})" if f is not p else "(same)", boot,
                      _g(f.intercept), _g(f.r2), _extrapolation(check)])
     lines += _table(rows)
     used = {"prompt as unit" if f.method == PROMPT_UNIT else f.method for f in (*fits, *pooled)}
     lines.append("estimators: " + "; ".join(text for name, text in ESTIMATORS.items() if name in used))
-    few = [group_label(f.group) for f in fits if (f.df + 1 if f.df else f.n) < FEW_POINTS]
+    few = [group_label(f.group) for f, u in zip(fits, units) if (u.prompts if u else f.n) < FEW_POINTS]
     if few:
-        lines.append(f"warning: {len(few)} group(s) rest on fewer than {FEW_POINTS} points or units "
+        lines.append(f"warning: {len(few)} group(s) rest on fewer than {FEW_POINTS} points or prompts "
                      f"({', '.join(few[:3])}{' ...' if len(few) > 3 else ''}): their intervals have few degrees of "
                      "freedom; add checkpoints, seeds or prompts")
     held = holdout_check(records, holdout_top, x=x, y=y, by=by_fields, robust=robust) if holdout_top else []

@@ -4,8 +4,9 @@ A law's points are MATs over the same prompts at every checkpoint. Pooling the p
 MAT against ln x leaves the prompt-to-prompt variation of the slope out of the interval: the fit then estimates the
 mean slope of these prompts, not of the population they were drawn from. Here each unit (a prompt under one
 training run, i.e. one seed) gets its own OLS slope over the checkpoints, and the population's mean slope is their mean
-with a t interval over units (the two-stage, summary-statistics form of a random-slope model; exact for balanced
-designs, where every unit is measured at every x).
+(the two-stage, summary-statistics form of a random-slope model; exact for balanced designs, where every unit is
+measured at every x). Its interval adds to the spread of the units' slopes the checkpoint shocks that all prompts of
+a run share (``mean_slope``).
 """
 
 from __future__ import annotations
@@ -20,18 +21,21 @@ from fit.loglinear import fit_log_linear
 from fit.results import LogLinearFit
 from scylla.errors import InputError
 
-METHOD = "prompt as unit: mean of per-unit OLS lines, t interval over units"
+METHOD = "prompt as unit: mean of per-prompt OLS slopes, t interval over prompts plus the runs' checkpoint shocks"
 
 
 @dataclass(frozen=True)
 class MeanSlope:
-    """The mean over units of the per-unit OLS slope of y on ln x, its t interval over units and how many units;
+    """The mean over units of the per-unit OLS slope of y on ln x, its t interval, how many units, prompts and runs;
     ``cov`` is the covariance of (mean unit centroid y, mean slope) over units / units (for ``prompt_unit_law``)."""
 
     slope: float
     slope_ci95: tuple[float, float]
     units: int
     cov: tuple[tuple[float, float], tuple[float, float]] = ((float("nan"),) * 2,) * 2
+    df: float = float("nan")  # degrees of freedom of the t interval (Welch-Satterthwaite)
+    prompts: int = 0
+    runs: int = 0
     method: str = METHOD
 
 
@@ -48,21 +52,56 @@ def unit_points(records: Sequence[dict], x: str = "train_tokens", by_run: bool =
     return units
 
 
+def _line(points: list) -> tuple[float, float, float, float, int]:
+    """OLS of y on ln x: (mean y, slope, residual variance (0 without residual df), Sxx, residual df)."""
+    xs, ys = np.log([p[0] for p in points]), np.array([p[1] for p in points])
+    centred = xs - xs.mean()
+    sxx = float(centred @ centred)
+    slope = float(centred @ ys / sxx)
+    resid = ys - ys.mean() - slope * centred
+    df = len(ys) - 2
+    return float(ys.mean()), slope, float(resid @ resid) / df if df > 0 else 0.0, sxx, max(df, 0)
+
+
 def mean_slope(units: dict[tuple, list], level: float = 0.95) -> MeanSlope:
-    """The mean per-unit slope of y on ln x with a t interval over units (needs 2+ units, each at 2+ distinct x)."""
-    rows = []
+    """The mean per-unit slope of y on ln x with a t interval (needs 2+ prompts, each unit at 2+ distinct x).
+
+    Units are keyed (prompt, run). The slope's variance has two parts. Prompts: each prompt's slope averaged over
+    the runs that measured it (the same prompts under every seed share their difficulty, so a prompt, not a
+    prompt-run pair, is the independent unit), their spread / prompts, prompts - 1 degrees of freedom.
+    Checkpoints: a training run's checkpoint is better or worse at every prompt at once (its data order, its
+    schedule), a shock that all prompts of the run share, so their spread never sees it; it is estimated from the
+    residual variance of each run's prompt-averaged points around its line, less what per-unit noise explains
+    (the units' own residual variance / prompts in the run), and enters as that / (Sxx x runs). Degrees of freedom
+    by Welch-Satterthwaite.
+    """
+    lines, runs, prompts = {}, {}, {}
     for key, points in units.items():
-        xs, ys = np.log([p[0] for p in points]), np.array([p[1] for p in points])
-        if np.ptp(xs) == 0:
+        if np.ptp(np.log([p[0] for p in points])) == 0:
             raise InputError(f"unit {key} is measured at one x only: a slope needs 2 or more")
-        centred = xs - xs.mean()
-        rows.append((float(ys.mean()), float(centred @ ys / (centred @ centred))))
-    if len(rows) < 2:
-        raise InputError(f"a mean slope over units needs 2 or more units, got {len(rows)}")
-    values = np.array(rows)  # (units, 2): the unit's mean y, its slope
-    slope, cov = float(values[:, 1].mean()), np.cov(values, rowvar=False) / len(values)
-    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * np.sqrt(cov[1, 1])
-    return MeanSlope(slope, (slope - half, slope + half), len(values), tuple(tuple(map(float, r)) for r in cov))
+        lines[key] = _line(points)
+        runs.setdefault(key[1] if len(key) > 1 else None, []).append(key)
+        prompts.setdefault(key[0], []).append(key)
+    if len(prompts) < 2:
+        raise InputError(f"a mean slope over prompts needs 2 or more prompts, got {len(prompts)}")
+    values = np.array([np.mean([lines[k][:2] for k in keys], axis=0) for keys in prompts.values()])
+    slope = float(values[:, 1].mean())  # (prompts, 2): the prompt's mean y and slope, averaged over runs
+    cov = np.cov(values, rowvar=False) / len(values)
+    v_prompt, df_prompt, shock, df_shock = cov[1, 1], len(values) - 1, [], 0
+    for keys in runs.values():
+        xs = sorted({p[0] for k in keys for p in units[k]})
+        averaged = [(x, np.mean([y for k in keys for xv, y in units[k] if xv == x])) for x in xs]
+        if len(averaged) >= 3:
+            _, _, resid_var, sxx, df = _line(averaged)
+            noise = np.mean([lines[k][2] for k in keys]) / len(keys)
+            shock.append(max(0.0, resid_var - noise) / sxx)
+            df_shock += df
+    v_shock = float(np.mean(shock)) / len(runs) if shock else 0.0
+    cov[1, 1] = v_prompt + v_shock
+    df = (v_prompt + v_shock) ** 2 / (v_prompt**2 / df_prompt + (v_shock**2 / df_shock if v_shock else 0.0))
+    half = stats.t.ppf(0.5 + level / 2, df) * np.sqrt(cov[1, 1])
+    return MeanSlope(slope, (slope - half, slope + half), len(lines), tuple(tuple(map(float, r)) for r in cov),
+                     df=float(df), prompts=len(values), runs=len(runs))
 
 
 def prompt_unit_law(fit: LogLinearFit, unit: MeanSlope) -> LogLinearFit:
@@ -76,13 +115,13 @@ def prompt_unit_law(fit: LogLinearFit, unit: MeanSlope) -> LogLinearFit:
     (var_c, cov_cb), (_, var_b) = unit.cov
     var_a = var_c + centre**2 * var_b - 2 * centre * cov_cb
     cov = [[var_a, cov_cb - centre * var_b], [cov_cb - centre * var_b, var_b]]
-    half_a = stats.t.ppf(0.975, unit.units - 1) * np.sqrt(var_a)
+    half_a = stats.t.ppf(0.975, unit.df) * np.sqrt(var_a)
     residuals = y - intercept - unit.slope * log_x
     total = float(((y - y.mean()) ** 2).sum())
     return replace(fit, intercept=intercept, slope=unit.slope, intercept_se=float(np.sqrt(var_a)),
                    slope_se=float(np.sqrt(var_b)), intercept_ci95=(intercept - half_a, intercept + half_a),
                    slope_ci95=unit.slope_ci95, residuals=residuals.tolist(), cov=cov, method=unit.method,
-                   r2=1 - float(residuals @ residuals) / total if total > 0 else float("nan"), df=unit.units - 1,
+                   r2=1 - float(residuals @ residuals) / total if total > 0 else float("nan"), df=unit.df,
                    resid_var=float(residuals @ residuals) / max(len(y) - 2, 1))
 
 

@@ -56,7 +56,7 @@ class LogLinearFit:
     bootstrap_unit: str | None = None  # "run" or "point": what the bootstrap resampled; None without bootstrap
     bootstrap_units: int = 0  # how many runs (or points) there were to resample
     n_bootstrap: int = 0  # resamples drawn
-    df: int | None = None  # degrees of freedom of the t intervals; None: n - 2 (prompt as unit: units - 1)
+    df: float | None = None  # degrees of freedom of the t intervals; None: n - 2 (prompt as unit: see prompt_unit)
 
     def predict(self, x: float, interval: str = "confidence", level: float = 0.95) -> tuple[float, float, float]:
         """(mean, lo, hi) at ``x``: an interval for the mean of y ("confidence") or for one new observation

@@ -82,13 +82,14 @@ def fit_saturating(
 
 def extrapolation_check(x: Sequence[float], y: Sequence[float], starts: int = 8, seed: int = 0) -> ExtrapolationCheck:
     """Fit the log-linear law (OLS) and the saturating law on all points but those at the largest x, and report
-    each law's absolute error in predicting the mean y there. Needs at least 4 distinct x (3 left to fit)."""
+    each law's absolute error in predicting the mean y there. Needs at least 5 distinct x: 4 left to fit, so the
+    3-parameter saturating law is never fitted through 3 x values (which it would match exactly)."""
     xv, yv = _xy(x, y, min_distinct=1)
     distinct = len(np.unique(xv))
-    if distinct < 4:
+    if distinct < 5:
         none = {"log_linear": None, "saturating": None}
         return ExtrapolationCheck(
-            predictions=dict(none), errors=dict(none), reason=f"needs at least 4 distinct x values, got {distinct}"
+            predictions=dict(none), errors=dict(none), reason=f"needs at least 5 distinct x values, got {distinct}"
         )
     held = xv == xv.max()
     x_fit, y_fit = xv[~held], yv[~held]

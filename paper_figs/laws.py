@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fit.loglinear import group_label  # noqa: E402
+from fit.prompt_unit import METHOD as PROMPT_UNIT  # noqa: E402
 from fit.prompt_unit import fit_laws  # noqa: E402
 from scylla.atomic import atomic_path  # noqa: E402
 
@@ -64,7 +65,7 @@ def draw_law(records: list[dict], x: str, y: str, by: str, caption: str = "") ->
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(f"{LABELS.get(y, y)} vs {LABELS.get(x, x)}", fontsize=10)
-    estimators = sorted({"prompt as unit" if f.df else f.method for f in laws})
+    estimators = sorted({"prompt as unit" if f.method == PROMPT_UNIT else f.method for f in laws})
     fig.text(0.01, -0.02, f"{caption}\nLines: y = a + b ln x per {by.replace('_', ' ')}, {', '.join(estimators)}; "
              "bands: 95% confidence.".strip(), fontsize=7, va="top", wrap=True)
     return fig

@@ -13,7 +13,7 @@ from fit.cli import run_fit
 from paper_figs.all import all_figures
 from pipeline.demo import run_demo
 from pipeline.evaluate import EvalConfig, best_settings, evaluate, parse_shape
-from pipeline.select import run_selection, selection_for
+from pipeline.select import pays, run_selection, selection_for
 from pipeline.sweep import load_sweep, run_sweep
 from pipeline.tts_bench import load_bench, run_bench
 import scylla
@@ -31,6 +31,7 @@ from scylla.prompts import encode_prompts, read_prompts
 from scylla.records import read_records
 from scylla.sampling import SamplingConfig
 from scylla.threads import use_threads
+from scylla.timing import Speedup
 
 
 def _positive(kind):
@@ -192,7 +193,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.run_dir:
         config = EvalConfig(args.run_dir, args.drafts, args.target, args.tasks.split(","), args.temperatures,
                             args.batch_sizes, args.shapes, args.baselines.split(",") if args.baselines else [],
-                            prompts=args.prompts, prompt_set=args.prompt_set, max_new_tokens=args.max_new_tokens,
+                            prompts=args.prompts, prompt_set=args.prompt_set, repeats=args.repeats,
+                            max_new_tokens=args.max_new_tokens,
                             replay=args.replay, cost=args.cost, seed=args.seed, device=args.device, dtype=args.dtype)
     else:
         raise InputError("give a RUN_DIR or --config FILE (e.g. experiments/batch.yaml)")
@@ -223,16 +225,19 @@ def cmd_select(args: argparse.Namespace) -> int:
               f"[{c.predicted_mat_ci95[0]:.2f}, {c.predicted_mat_ci95[1]:.2f}]   {c.step_cost:5.2f}  "
               f"{c.predicted_speedup:.2f}x [{lo:.2f}, {hi:.2f}]" + ("  (extrapolated)" if c.extrapolated else "")
               + ("" if drafts[b] else "  (no trained draft)")
-              + ("" if c.predicted_speedup > 1 else "  -> plain decoding"))
+              + ("" if pays(c) else "  -> plain decoding (lower bound not above 1)"))
     print(f"wrote {args.out} ({len(done.candidates)} candidates)")
     if done.measured is not None:
-        print("check: predicted vs measured speed-up (online, T=0)")
+        print("check on the confirm prompt set: predicted vs measured speed-up of the best draft (online, T=0)")
         for b, c in chosen.items():
-            r = done.measured[b] or {"speedup": float("nan"), "mean_accepted_length": float("nan")}
-            speedup, mat = r["speedup"], r["mean_accepted_length"]
+            r = done.measured[b]
+            measured = (f"{Speedup(r['speedup'], tuple(r['speedup_ci95']), 0, 0).describe()} (MAT predicted "
+                        f"{c.predicted_mat:.2f}, measured {r['mean_accepted_length']:.2f})" if r else "not measured")
+            regret = (done.regrets or {}).get(b)
             print(f"  batch {b:>3}: predicted {c.predicted_speedup:.2f}x [{c.predicted_speedup_ci95[0]:.2f}, "
-                  f"{c.predicted_speedup_ci95[1]:.2f}], measured {speedup:.2f}x (MAT predicted "
-                  f"{c.predicted_mat:.2f}, measured {mat:.2f})")
+                  f"{c.predicted_speedup_ci95[1]:.2f}], measured {measured}"
+                  + (f"; regret of the choice {regret['regret']:.2f} [{regret['regret_ci95'][0]:.2f}, "
+                     f"{regret['regret_ci95'][1]:.2f}]" if regret else ""))
     return 0
 
 
@@ -328,6 +333,8 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--prompts", type=_positive(int), default=8, help="prompts per task (default 8)")
     ev.add_argument("--prompt-set", choices=PROMPT_SETS, default="fit",
                     help="which of each task's disjoint prompt sets (default fit; the Scylla check uses confirm)")
+    ev.add_argument("--repeats", type=_positive(int), default=3, help="online: interleaved timing rounds of plain "
+                    "decoding and each method, for paired speed-ups with a 95%% interval (default 3)")
     ev.add_argument("--max-new-tokens", type=_positive(int), default=64)
     ev.add_argument("--replay", action="store_true", help="at T=0 count acceptance by exact replay (no timing)")
     ev.add_argument("--cost", help="cost table JSON (scylla costs): adds the predicted speed-up")

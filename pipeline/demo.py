@@ -7,6 +7,7 @@ demo re-run picks up where it stopped. Stages print a banner with the elapsed ti
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -16,13 +17,14 @@ from fit.loglinear import group_label
 from paper_figs.all import all_figures
 from paper_figs.laws import REPLAY_WHERE
 from pipeline.evaluate import EvalConfig, evaluate, parse_shape
-from pipeline.select import checkpoint_for, load_fits, law_of, run_selection
+from pipeline.select import checkpoint_for, law_of, load_fits, pays, run_selection
 from pipeline.sweep import load_sweep, run_sweep
 from scylla.atomic import atomic_path
-from scylla.costs import measure_costs, untrained_heads
+from scylla.costs import CostTable, calibrate, measure_costs, untrained_heads
 from scylla.data.prompt_sets import check_disjoint, problem_set
 from scylla.models import load_model, target_quantization
 from scylla.records import find_checkpoints, read_records
+from scylla.timing import Speedup
 from train.data import load_corpus
 
 TREE = "tree:top_k=3,depth=3,total_tokens=8"  # the dynamic tree of the study (EAGLE-2's 10/5/60 is too big for a CPU)
@@ -32,27 +34,35 @@ BATCH_SIZES = [1, 4, 16]
 FIT_PROMPTS = 16  # the fit prompt set: law 1's per-prompt units (x 2 seeds)
 SELECT_PROMPTS = 16  # the select prompt set: the top-milestone heads replayed on fresh prompts
 REPLAY_TOKENS = 32
-NEW_TOKENS = 48  # the check's, on the confirm prompt set (max(BATCH_SIZES) prompts)
+NEW_TOKENS = 32  # the check's, on the confirm prompt set (max(BATCH_SIZES) prompts)
+CALIBRATION_TOKENS = 16  # the cost model's overhead calibration, on the select set
 
 
 def _banner(start: float, text: str) -> None:
     print(f"\n=== [{(time.perf_counter() - start) / 60:5.1f} min] {text}", file=sys.stderr, flush=True)
 
 
-def _costs(run_dir: Path, target_name: str, layers: list[int], width: int) -> Path:
-    """The cost table of the target and untrained heads of these depths (measured once, then reused)."""
+def _costs(run_dir: Path, target_name: str, layers: list[int], width: int, heads: list[str]) -> Path:
+    """The cost table of the target and untrained heads of these depths (measured once, then reused), with its
+    per-step overhead calibrated on online runs of ``heads`` (draft specs) on the select prompt set."""
     path = run_dir / "costs.json"
-    if path.exists():
-        return path
-    target, _ = load_model(target_name)
-    shapes = [parse_shape(s) for s in SHAPES]
-    heads = untrained_heads(target, layers, width)
-    draft_tokens = sorted({1} | {s.tree.top_k for s in shapes if s.tree})
-    table = measure_costs({"target": target}, BATCH_SIZES, sorted({1} | {s.verify_tokens for s in shapes}), [128],
-                          reps=5)
-    table.entries += measure_costs(heads, BATCH_SIZES, draft_tokens, [128], reps=5).entries
-    table.target_quantization = target_quantization(target_name, target)
-    table.save(path)
+    if not path.exists():
+        target, _ = load_model(target_name)
+        shapes = [parse_shape(s) for s in SHAPES]
+        untrained = untrained_heads(target, layers, width)
+        draft_tokens = sorted({1} | {s.tree.top_k for s in shapes if s.tree})
+        table = measure_costs({"target": target}, BATCH_SIZES, sorted({1} | {s.verify_tokens for s in shapes}),
+                              [128], reps=5)
+        table.entries += measure_costs(untrained, BATCH_SIZES, draft_tokens, [128], reps=5).entries
+        table.target_quantization = target_quantization(target_name, target)
+        table.save(path)
+    table = CostTable.load(path)
+    if not table.overhead:
+        calibration = run_dir / "calibration"
+        evaluate(EvalConfig(str(calibration), drafts=heads, target=target_name, tasks=["gsm"], temperatures=[0.0],
+                            batch_sizes=BATCH_SIZES, shapes=SHAPES, baselines=["none"], prompts=max(BATCH_SIZES),
+                            prompt_set="select", max_new_tokens=CALIBRATION_TOKENS, repeats=1))
+        calibrate(table, read_records(calibration, kind="eval")).save(path)
     return path
 
 
@@ -86,13 +96,14 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
                   max_new_tokens=REPLAY_TOKENS)
     evaluate(EvalConfig(str(run_dir), baselines=["none", "prompt-lookup"], prompts=FIT_PROMPTS, prompt_set="fit",
                         **replay))
-    evaluate(EvalConfig(str(run_dir), drafts=[f"draft:{r['checkpoint']}" for r in find_checkpoints(run_dir)
-                                              if r["train_tokens"] == top],
-                        baselines=["none"], prompts=SELECT_PROMPTS, prompt_set="select", **replay))
+    top_heads = [f"draft:{r['checkpoint']}" for r in find_checkpoints(run_dir) if r["train_tokens"] == top]
+    evaluate(EvalConfig(str(run_dir), drafts=top_heads, baselines=["none"], prompts=SELECT_PROMPTS,
+                        prompt_set="select", **replay))
 
-    _banner(start, "3/7 cost model: target and head forward costs by batch size")
+    _banner(start, "3/7 cost model: target and head forward costs by batch size, and the per-step overhead "
+                   "calibrated online on the select set")
     layers = sorted({r["draft_layers"] for r in train})
-    cost_path = _costs(run_dir, target, layers, train[0]["draft_width"])
+    cost_path = _costs(run_dir, target, layers, train[0]["draft_width"], top_heads[:1])
 
     _banner(start, "4/7 fit the laws")
     fits_path, train_fits_path = run_dir / "fits.json", run_dir / "fits-train.json"
@@ -112,7 +123,7 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
     also = [(f"draft:{baseline}", TREE)] if baseline else []
     done = run_selection(fits_path, cost_path, BATCH_SIZES, [str(run_dir)], config_path, str(check_dir), target,
                          ["gsm"], also=also, check=(max(BATCH_SIZES), NEW_TOKENS))
-    chosen, drafts, checked = done.chosen, done.drafts, done.measured
+    chosen, drafts, checked, regrets = done.chosen, done.drafts, done.measured, done.regrets
 
     _banner(start, "6/7 figures from the records alone")
 
@@ -124,7 +135,7 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
     text = _report(run_dir, train, mat_table + ["", f"Per run (seed), {SEED_SHAPE}:", *seed_table], acc_table,
                    chosen, drafts, checked, figures, (time.perf_counter() - start) / 60,
                    {name: len(texts) for name, texts in prompt_sets.items()},
-                   _law_on_select_set(run_dir, fits_path, top))
+                   _law_on_select_set(run_dir, fits_path, top), regrets or {}, fits_path, CostTable.load(cost_path))
     with atomic_path(report) as tmp:
         Path(tmp).write_text(text)
     print(f"wrote {report}", file=sys.stderr)
@@ -152,9 +163,52 @@ def _law_on_select_set(run_dir: Path, fits_path: Path, top: int) -> list[str]:
     return rows
 
 
+def _interval_text(median: float, ci95) -> str:
+    return Speedup(median, tuple(ci95), 0, 0).describe() if ci95 else f"{median:.2f}x"
+
+
+def _measured(record: dict) -> str:
+    """A check record's speed-up with its interval, or "no measurable difference (...)"."""
+    return _interval_text(record["speedup"], record.get("speedup_ci95"))
+
+
+def _short(method: str) -> str:
+    """``draft:runs/demo/jobs/eagle-layers2-s0/tokens-65536 chain:3`` -> ``eagle-layers2-s0/tokens-65536 chain:3``."""
+    spec, _, shape = method.partition(" ")
+    if spec == "none":
+        return "plain decoding"
+    return f"{'/'.join(Path(spec.partition(':')[2]).parts[-2:])} {shape}"
+
+
+def _plain_words(fits_path: Path, regrets: dict) -> list[str]:
+    """Which laws held on their held-out milestone, where the saturating law predicted better, and the regret."""
+    payload = json.loads(fits_path.read_text())
+    held, out = payload.get("holdout") or [], []
+    if held:
+        missed = [p for p in held if not p["inside"]]
+        out.append(f"- Held out: {len(held) - len(missed)} of {len(held)} top-milestone points fall inside the 95% "
+                   "prediction interval of the law fitted without them"
+                   + ("." if not missed else ": the law does not predict " + ", ".join(
+                       f"{group_label(p['group'])} (measured {p['y']:.3f}, predicted {p['predicted']:.3f})"
+                       for p in missed) + "."))
+    bends = [group_label(f["group"]) for f in payload["fits"] if f["extrapolation"].get("preferred") == "saturating"]
+    checked = [f for f in payload["fits"] if f["extrapolation"].get("preferred")]
+    if checked:
+        out.append(f"- Bends: the saturating law predicted the largest token count better than the log-linear one "
+                   f"for {len(bends)} of {len(checked)} groups" + (f" ({', '.join(bends)})" if bends else "")
+                   + "; one held-out x per group is a single, noisy test.")
+    for b, g in regrets.items():
+        if g:
+            verdict = ("the choice was the best measured" if g["choice"] == g["best"] else
+                       f"the best measured was {_short(g['best'])}, {g['regret']:.2f} more speed-up "
+                       f"[{g['regret_ci95'][0]:.2f}, {g['regret_ci95'][1]:.2f}]")
+            out.append(f"- Batch {b}: Scylla chose {_short(g['choice'])}; {verdict}.")
+    return out
+
+
 def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: list[str], chosen: dict,
             drafts: dict, measured: dict, figures: list[Path], minutes: float, set_sizes: dict[str, int],
-            select_rows: list[str]) -> str:
+            select_rows: list[str], regrets: dict, fits_path: Path, cost: CostTable) -> str:
     lines = [
         "# Scylla demo report",
         "",
@@ -200,21 +254,26 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         "",
         "## The Scylla configuration",
         "",
-        "Chosen per batch size from the laws and the measured costs (pipeline/select.py); then measured online on "
-        f"the confirm set ({max(BATCH_SIZES)} prompts x {NEW_TOKENS} new tokens) against plain decoding in the "
-        "same run.",
+        "Chosen per batch size from the laws and the measured costs (pipeline/select.py): the best draft is the one "
+        "whose predicted speed-up has the highest lower 95% bound, and it is chosen over plain decoding only where "
+        "that bound is above 1. Then measured online on the confirm set "
+        f"({max(BATCH_SIZES)} prompts x {NEW_TOKENS} new tokens) against plain decoding in the same run, in "
+        f"{EvalConfig.repeats} interleaved rounds: the speed-up is the median paired ratio with a 95% interval over "
+        "prompts (scylla.timing); where the interval holds 1 it reads \"no measurable difference\".",
         "",
-        "The best draft per batch size is measured whether or not it is chosen: where even it is predicted slower "
-        "than plain decoding, Scylla's choice is plain decoding.",
+        "The cost model's per-step overhead outside the forwards, fitted on online runs of a 1-layer head on the "
+        f"select set ({CALIBRATION_TOKENS} new tokens; scylla.costs.calibrate), ms per step, plain / draft: "
+        + ", ".join(f"batch {b}: {o.get('plain', 0) * 1e3:.1f} / {o.get('draft', 0) * 1e3:.1f}"
+                    for b, o in sorted(cost.overhead.items(), key=lambda kv: int(kv[0]))) + ".",
         "",
         "| batch | best draft: layers | shape | train tokens | MAT predicted (95% CI) | MAT measured | speed-up "
-        "predicted (95% CI) | speed-up measured | Scylla's choice |",
+        "predicted (95% CI) | speed-up measured (95% CI) | Scylla's choice |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for b, c in chosen.items():
         m = measured.get(b)
-        mat, speedup = (f"{m['mean_accepted_length']:.2f}", f"{m['speedup']:.2f}x") if m else ("-", "-")
-        choice = "the draft" if c.predicted_speedup > 1 else "plain decoding"
+        mat, speedup = (f"{m['mean_accepted_length']:.2f}", _measured(m)) if m else ("-", "-")
+        choice = "the draft" if pays(c) else "plain decoding"
         lines.append(
             f"| {b} | {c.draft_layers} | {c.draft_shape} | {c.train_tokens} | {c.predicted_mat:.2f} "
             f"[{c.predicted_mat_ci95[0]:.2f}, {c.predicted_mat_ci95[1]:.2f}] | {mat} | {c.predicted_speedup:.2f}x "
@@ -222,8 +281,19 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
     if measured.get(1):
         c, m = chosen[1], measured[1]
         lines += ["", f"The demo's best head at batch 1 ({c.draft_layers} layer(s), {c.train_tokens} tokens, "
-                  f"{c.draft_shape}): MAT {m['mean_accepted_length']:.2f} and {m['speedup']:.2f}x plain decoding, "
-                  "measured."]
+                  f"{c.draft_shape}): MAT {m['mean_accepted_length']:.2f}, speed-up over plain decoding "
+                  f"{_measured(m)}, measured."]
+    if regrets:
+        lines += ["", "How far the choice is from the best configuration measured on the confirm set (the check's "
+                  "drafts and shapes, and plain decoding; regret = best - choice in median paired speed-up):", "",
+                  "| batch | Scylla's choice | its speed-up | best measured | its speed-up | regret [95% CI] |",
+                  "|---|---|---|---|---|---|"]
+        for b, g in regrets.items():
+            if g:
+                lines.append(f"| {b} | {_short(g['choice'])} | {_interval_text(g['choice_speedup'], g['choice_ci95'])} "
+                             f"| {_short(g['best'])} | {_interval_text(g['best_speedup'], g['best_ci95'])} | "
+                             f"{g['regret']:.2f} [{g['regret_ci95'][0]:.2f}, {g['regret_ci95'][1]:.2f}] |")
+    lines += ["", "## In plain words", "", *_plain_words(fits_path, regrets)]
     lines += ["", f"Configuration: `{run_dir / 'scylla.yaml'}` (`scylla generate --config` and `scylla eval --config` "
               "read it).", "", "## Figures", ""]
     for path in figures:

@@ -4,7 +4,8 @@ shapes (chains of g tokens, dynamic trees).
 Each measurement becomes one "eval" record (docs/records.md) keyed by task, temperature, batch size, method, draft
 shape and mode:
 - mode "online": decoding by the engine, timed; the speed-up is over plain decoding measured in the same call, at
-  the same task, temperature and batch size.
+  the same task, temperature and batch size, in interleaved rounds with paired ratios (scylla.timing): the record
+  holds the median ratio, its 95% interval and a verdict ("no measurable difference" when the interval holds 1).
 - mode "replay" (T=0 only, ``replay=True``): exact counts by scylla.replay (the fast path for sweeps), no timing.
 With a cost table (scylla.costs) each record also carries the speed-up the cost model predicts from its MAT.
 Finished measurements (their record exists) are skipped, so a killed evaluation resumes. ``best_settings`` reads
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from scylla.config import Config
@@ -32,6 +34,7 @@ from scylla.prompts import encode_prompts, prompt_id
 from scylla.records import append_record, find_checkpoints, new_record, read_records, record_key, records_path
 from scylla.replay import replay
 from scylla.threads import warn_if_busy
+from scylla.timing import Speedup, paired_speedup
 
 DEFAULT_BASELINES = ("none", "prompt-lookup")
 IDENTITY = ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width", "draft_params",
@@ -94,6 +97,7 @@ class EvalConfig(Config):
     baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
     prompts: int = 8
     prompt_set: str = "fit"  # fit | select | confirm: disjoint sets of each task's problems (scylla.data.prompt_sets)
+    repeats: int = 3  # online: interleaved timing rounds of plain decoding and every method (scylla.timing)
     max_new_tokens: int = 64
     replay: bool = False
     cost: str | None = None
@@ -109,6 +113,7 @@ class EvalConfig(Config):
         self.require(self.prompts >= 1, "prompts", f"must be >= 1, got {self.prompts}")
         self.require(self.prompt_set in PROMPT_SETS, "prompt_set",
                      f"must be one of {', '.join(PROMPT_SETS)}, got {self.prompt_set!r}")
+        self.require(self.repeats >= 1, "repeats", f"must be >= 1, got {self.repeats}")
         self.require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         self.require(min(self.temperatures) >= 0, "temperatures", f"must be >= 0, got {self.temperatures}")
         for key, check, values in (("tasks", get_task, self.tasks), ("shapes", parse_shape, self.shapes),
@@ -174,36 +179,75 @@ class _Runner:
                                                           tree=shape.tree)
         return self.cache[(spec, shape)]
 
+    def _chunks(self, task: str, batch: int):
+        """(first prompt index, input_ids, attention_mask) per batch of the task's prompts."""
+        texts = self.texts[task]
+        for start in range(0, len(texts), batch):
+            yield start, *encode_prompts(self.tokenizer, texts[start : start + batch], device=self.config.device)
+
+    def _kwargs(self) -> dict:
+        return dict(max_new_tokens=self.config.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+                    pad_token_id=self.tokenizer.pad_token_id)
+
+    def _generate(self, method: str, shape: DraftShape, ids, mask, temperature: float, start: int):
+        d = None if method == "none" else self.drafter(method, shape)
+        return SpeculativeDecoder(self.target, d).generate(ids, mask, temperature=temperature,
+                                                           seed=self.config.seed + start, **self._kwargs())
+
     def __call__(self, method: str, shape: DraftShape, task: str, temperature: float, batch: int,
                  references: list[list[int]] | None = None) -> tuple[DecodeStats, list[list[int]]]:
-        """Stats and generated tokens of ``method`` on ``task``."""
-        config, tokenizer, texts = self.config, self.tokenizer, self.texts[task]
+        """Stats and generated tokens of ``method`` on ``task`` (one untimed pass, or replayed on ``references``)."""
         d = None if method == "none" else self.drafter(method, shape)
         parts, generated = [], []
-        for start in range(0, len(texts), batch):
-            ids, mask = encode_prompts(tokenizer, texts[start : start + batch], device=config.device)
-            kwargs = dict(max_new_tokens=config.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id)
+        for start, ids, mask in self._chunks(task, batch):
             if references is not None:
                 parts.append(replay(self.target, d, ids, mask, references=references[start : start + batch],
-                                    feature_cache=self.features, **kwargs))
+                                    feature_cache=self.features, **self._kwargs()))
             else:
-                out = SpeculativeDecoder(self.target, d).generate(ids, mask, temperature=temperature,
-                                                                  seed=config.seed + start, **kwargs)
+                out = self._generate(method, shape, ids, mask, temperature, start)
                 parts.append(out.stats)
                 generated += out.generated
         return DecodeStats.merge(parts), generated
 
+    def rounds(self, methods: list[tuple[str, DraftShape]], task: str, temperature: float,
+               batch: int) -> tuple[list[DecodeStats], list[float], list[tuple[Speedup, list[list[float]]]]]:
+        """Plain decoding and ``methods`` timed in ``config.repeats`` interleaved rounds (scylla.timing): per method,
+        its first round's stats, its median tokens/s over rounds and its paired speed-up over plain with the ratios
+        behind it ([chunk][round]); plain first."""
+        runs = [("none", DraftShape(num_draft_tokens=0))] + methods
+        chunks = list(self._chunks(task, batch))
+        first: list[list[DecodeStats]] = [[] for _ in runs]
+        totals = np.zeros((len(runs), self.config.repeats, 2))  # tokens, seconds
+        ratios = [[[] for _ in chunks] for _ in runs]
+        for k in range(self.config.repeats):
+            for c, (start, ids, mask) in enumerate(chunks):
+                order = list(range(len(runs)))[:: -1 if k % 2 else 1]
+                timed = {}
+                for i in order:
+                    stats = self._generate(*runs[i], ids, mask, temperature, start).stats
+                    timed[i] = stats.tokens_per_second
+                    totals[i, k] += stats.new_tokens, stats.wall_seconds
+                    if k == 0:
+                        first[i].append(stats)
+                for i in range(len(runs)):
+                    ratios[i][c].append(timed[i] / timed[0])
+        tps = [float(np.median(t[:, 0] / t[:, 1])) for t in totals]
+        return [DecodeStats.merge(f) for f in first], tps, [(paired_speedup(r), r) for r in ratios]
 
-def _metrics(s: DecodeStats, plain: DecodeStats, timed: bool, predicted: float | None,
-             prompt_ids: list[str]) -> dict:
-    """The metric fields of an eval record (timing ones null for replay), with the per-prompt counts."""
+
+def _metrics(s: DecodeStats, predicted: float | None, prompt_ids: list[str], tps: float | None = None,
+             speedup: Speedup | None = None, rounds: int | None = None,
+             ratios: list[list[float]] | None = None) -> dict:
+    """The metric fields of an eval record, with the per-prompt counts; the timing ones (``tps``, ``speedup``: see
+    _Runner.rounds) null for replay."""
     return dict(**s.per_prompt(prompt_ids), new_tokens=s.new_tokens, target_calls=s.target_calls,
                 mean_accepted_length=s.mean_accepted_length,
                 acceptance_rate=s.acceptance_rate if s.drafted else None,
-                per_position_acceptance=s.per_position_acceptance,
-                tokens_per_second=s.tokens_per_second if timed else None,
-                speedup=s.tokens_per_second / plain.tokens_per_second if timed else None,
+                per_position_acceptance=s.per_position_acceptance, tokens_per_second=tps,
+                speedup=speedup.median if speedup else None,
+                speedup_ci95=list(speedup.ci95) if speedup else None,
+                speedup_verdict=speedup.verdict if speedup else None, timing_rounds=rounds,
+                speedup_ratios=[r for chunk in ratios for r in chunk] if ratios else None,
                 predicted_speedup=predicted)
 
 
@@ -259,14 +303,26 @@ def evaluate(config: EvalConfig) -> int:
         plain_key = record_key(record("none", None, plain_shape))
         if not todo and plain_key in done:
             continue
-        # Plain decoding: the baseline every speed-up is over, and at T=0 the greedy references replay needs.
-        plain, greedy = run("none", plain_shape, task, temperature, batch)
-        references = greedy if mode == "replay" else None
-        for method, source, shape in [("none", None, plain_shape)] * (plain_key not in done) + todo:
+        ids = [prompt_id(t) for t in texts[task]]
+        todo = [("none", None, plain_shape)] * (plain_key not in done) + todo
+        if mode == "online":  # every method timed against plain decoding in interleaved rounds
+            stats, tps, speedups = run.rounds([(m, shape) for m, _, shape in todo if m != "none"], task, temperature,
+                                              batch)
+            if todo[0][0] != "none":
+                stats, tps, speedups = stats[1:], tps[1:], speedups[1:]
+            for (method, source, shape), s, t, (up, ratios) in zip(todo, stats, tps, speedups):
+                predicted = _predicted(cost, method, shape, batch, s.mean_accepted_length)
+                new = record(method, source, shape, **_metrics(s, predicted, ids, t, up, config.repeats, ratios))
+                written += append_record(run_dir, new)
+                done.add(record_key(new))
+            continue
+        # Replay: plain decoding gives the greedy references every draft is replayed on.
+        plain, references = run("none", plain_shape, task, temperature, batch)
+        for method, source, shape in tqdm(todo, desc=f"{task} T={temperature} batch {batch}", unit="method",
+                                          leave=False):
             s = plain if method == "none" else run(method, shape, task, temperature, batch, references)[0]
             predicted = _predicted(cost, method, shape, batch, s.mean_accepted_length)
-            new = record(method, source, shape, **_metrics(s, plain, mode == "online" or method == "none", predicted,
-                                                           [prompt_id(t) for t in texts[task]]))
+            new = record(method, source, shape, **_metrics(s, predicted, ids))
             written += append_record(run_dir, new)
             done.add(record_key(new))
     return written

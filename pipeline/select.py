@@ -24,6 +24,7 @@ from scylla.costs import CostTable, predicted_speedup, step_cost
 from scylla.errors import InputError, ScyllaError
 from scylla.records import find_checkpoints, read_records
 from scylla.selection import SelectionEntry, entry_for, load_selection
+from scylla.timing import chunked, regret
 
 
 @dataclass
@@ -84,12 +85,14 @@ def candidates(fits: list[dict], cost: CostTable, batch_sizes: list[int], token_
         mat, lo, hi = (max(1.0, v) for v in (mat, lo, hi))  # a step always yields at least one token
         for batch in batch_sizes:
             try:
-                c = step_cost(cost, f"head:{int(fit['group']['draft_layers'])}", batch, shape.verify_tokens,
-                              shape.draft_forwards, shape.draft_width)
+                c, c_lo, c_hi = (step_cost(cost, f"head:{int(fit['group']['draft_layers'])}", batch,
+                                           shape.verify_tokens, shape.draft_forwards, shape.draft_width, bound=b)
+                                 for b in ("", "min", "max"))
             except ScyllaError:
                 continue
             out.append(Candidate(batch, int(fit["group"]["draft_layers"]), shape_text, tokens, mat, (lo, hi), c,
-                                 predicted_speedup(mat, 1, 0.0, c), (lo / c, hi / c), tokens > max(law.x_values)))
+                                 predicted_speedup(mat, 1, 0.0, c), (lo / c_hi, hi / c_lo),
+                                 tokens > max(law.x_values)))
     if not out:
         raise InputError("no candidate has measured costs: run scylla costs with --head-layers for the fitted "
                           "depths, the batch sizes and the verify sizes (--tokens) of the shapes")
@@ -97,12 +100,24 @@ def candidates(fits: list[dict], cost: CostTable, batch_sizes: list[int], token_
 
 
 def select(found: list[Candidate]) -> dict[int, Candidate]:
-    """The candidate with the highest predicted speed-up at each batch size."""
+    """The best draft at each batch size: the candidate whose predicted speed-up has the highest lower 95% bound
+    (the law's interval, which carries the prompts' spread, through the cost table's fastest and slowest repeats),
+    ties going to the higher point prediction. Deciding on the lower bound rather than the point keeps the argmax
+    over many candidates from choosing on its own noise (the winner's curse)."""
     best: dict[int, Candidate] = {}
     for c in found:
-        if c.batch_size not in best or c.predicted_speedup > best[c.batch_size].predicted_speedup:
+        key = (c.predicted_speedup_ci95[0], c.predicted_speedup)
+        if c.batch_size not in best or key > (best[c.batch_size].predicted_speedup_ci95[0],
+                                              best[c.batch_size].predicted_speedup):
             best[c.batch_size] = c
     return dict(sorted(best.items()))
+
+
+def pays(c: Candidate) -> bool:
+    """Whether the draft is chosen over plain decoding: only when even the lower 95% bound of its predicted
+    speed-up is above 1. A draft predicted faster whose interval holds 1 is a predicted "no measurable
+    difference", and plain decoding, which needs no draft, is kept."""
+    return c.predicted_speedup_ci95[0] > 1
 
 
 def checkpoint_for(run_dirs: list[str], layers: int, tokens: int) -> str | None:
@@ -124,19 +139,51 @@ def measured(check_dir: str | Path, chosen: dict[int, Candidate], drafts: dict[i
     return out
 
 
+def confirmation(check_dir: str | Path, chosen: dict[int, Candidate], drafts: dict[int, str | None]) -> dict:
+    """Per batch size, the choice against the best configuration measured online on the confirm prompt set (every
+    draft and shape of the check, and plain decoding): {"choice", "choice_speedup", "best", "best_speedup",
+    "regret", "regret_ci95"}, the regret being best - choice in median paired speed-up (scylla.timing.regret);
+    None where the check has no timed records for that batch size."""
+    out: dict = {}
+    for b, c in chosen.items():
+        rows = [r for r in read_records(check_dir, kind="eval", where=dict(batch_size=b, mode="online",
+                                                                           prompt_set="confirm"))
+                if r.get("speedup_ratios")]
+        plain = next((r for r in rows if r["method"] == "none"), None)
+        if plain is None:
+            out[b] = None
+            continue
+        if pays(c):
+            pick = next((r for r in rows if r["method"] == f"draft:{drafts[b]}" and r["draft_shape"] == c.draft_shape),
+                        None)
+        else:
+            pick = plain
+        best = max(rows, key=lambda r: r["speedup"])
+        if pick is None:
+            out[b] = None
+            continue
+        rounds = pick["timing_rounds"]
+        value, interval = regret(chunked(pick["speedup_ratios"], rounds), chunked(best["speedup_ratios"], rounds))
+        out[b] = dict(choice=f"{pick['method']} {pick['draft_shape']}", choice_speedup=pick["speedup"],
+                      choice_ci95=pick["speedup_ci95"], best=f"{best['method']} {best['draft_shape']}",
+                      best_speedup=best["speedup"], best_ci95=best["speedup_ci95"], regret=value,
+                      regret_ci95=interval)
+    return out
+
+
 def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, drafts: dict[int, str | None],
                  target: str, tasks: list[str], also: list[tuple[str, str]] = ()) -> dict:
     """The Scylla configuration: an eval config (``scylla eval --config``) that measures the chosen draft at each
     batch size (and ``also`` these (draft spec, shape) pairs, e.g. a baseline), whose ``selection`` section (read by
     ``scylla generate --config``) holds the choice and its prediction per batch size; it measures on the
-    ``confirm`` prompt set, disjoint from the prompts the laws were fitted on. Where even the best draft is
-    predicted slower than plain decoding, the choice is plain decoding (``draft: none``) and the best draft stays in
+    ``confirm`` prompt set, disjoint from the prompts the laws were fitted on. Where the best draft's predicted
+    speed-up is not above 1 at its lower 95% bound (``pays``), the choice is plain decoding (``draft: none``) and the best draft stays in
     ``best_draft``. Written atomically; returns it."""
     specs = sorted({f"draft:{d}" for d in drafts.values() if d} | {spec for spec, _ in also})
     selection = {}
     for b, c in chosen.items():
         best = f"draft:{drafts[b]}" if drafts[b] else None
-        selection[str(b)] = {**asdict(c), "best_draft": best, "draft": best if c.predicted_speedup > 1 else "none",
+        selection[str(b)] = {**asdict(c), "best_draft": best, "draft": best if pays(c) else "none",
                              "predicted_mat_ci95": list(c.predicted_mat_ci95),
                              "predicted_speedup_ci95": list(c.predicted_speedup_ci95)}
     config = dict(
@@ -169,6 +216,7 @@ class Selection:
     drafts: dict[int, str | None]
     config: dict
     measured: dict | None
+    regrets: dict | None = None  # per batch size: confirmation(...)
 
 
 def run_selection(fits_path: str | Path, cost_path: str | Path, batch_sizes: list[int], run_dirs: list[str],
@@ -183,7 +231,7 @@ def run_selection(fits_path: str | Path, cost_path: str | Path, batch_sizes: lis
     chosen = select(found)
     drafts = {b: checkpoint_for(run_dirs, c.draft_layers, c.train_tokens) for b, c in chosen.items()}
     config = write_config(out, chosen, check_dir, drafts, target, tasks, also)
-    checked = None
+    checked = regrets = None
     if check is not None:
         if not all(drafts.values()):
             raise InputError("checking the choice needs a trained draft for every batch size: give the run "
@@ -191,4 +239,5 @@ def run_selection(fits_path: str | Path, cost_path: str | Path, batch_sizes: lis
         prompts, new_tokens = check
         evaluate(EvalConfig(**{**config, "prompts": prompts, "max_new_tokens": new_tokens}))
         checked = measured(check_dir, chosen, drafts)
-    return Selection(found, chosen, drafts, config, checked)
+        regrets = confirmation(check_dir, chosen, drafts)
+    return Selection(found, chosen, drafts, config, checked, regrets if check is not None else None)

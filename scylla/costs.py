@@ -1,12 +1,13 @@
 """The cost model: measured forward costs of the target and of drafts, and the speed-up they predict.
 
 Costs are seconds per forward of ``tokens`` new tokens per row, at a batch size, on a KV cache already holding
-``context`` tokens (median of repeats, this engine's RaggedKV, so the same code path as decoding). They are saved
-per device as JSON. With c = draft step / target step and v = verify of g+1 tokens / target step (both at the same
+``context`` tokens (median of repeats, with the fastest and slowest repeat; this engine's RaggedKV, so the same code
+path as decoding). They are saved per device as JSON. With c = draft step / target step and v = verify of g+1 tokens / target step (both at the same
 batch size), a chain drafter with mean accepted length MAT is predicted to run at MAT / (g c + v) times plain
 decoding (Leviathan et al. 2023's expected speed-up, with the measured MAT in place of the i.i.d. model and the
-verify cost measured rather than assumed to be one step). A prediction, not a bound: it leaves out the per-step work
-outside the forwards (docs/benchmarks.md gives its measured error).
+verify cost measured rather than assumed to be one step). The per-step work outside the forwards (sampling,
+acceptance, cache bookkeeping, Python) is added as an overhead per step, fitted from online runs (``calibrate``);
+docs/benchmarks.md gives the model's measured error.
 """
 
 from __future__ import annotations
@@ -34,14 +35,20 @@ class CostTable:
     dtype: str
     entries: list[dict] = field(default_factory=list)
     target_quantization: str = ""  # scylla.models.target_quantization of the measured target ("" in old tables)
+    # Per batch size (a string key, JSON's): seconds of per-step work outside the forwards, {"plain": s, "draft": s},
+    # fitted from online runs by ``calibrate``; empty: forwards only.
+    overhead: dict = field(default_factory=dict)
 
-    def nearest(self, model: str, batch: int, tokens: int, context: int | None = None) -> float:
+    def nearest(self, model: str, batch: int, tokens: int, context: int | None = None, bound: str = "") -> float:
         """The cost at this model, batch and tokens, at the measured context nearest to ``context`` (None: the
-        smallest measured). InputError if the model, batch or tokens were not measured."""
+        smallest measured): the median of its repeats, or with ``bound`` "min" / "max" the fastest / slowest repeat
+        (the median in tables written before they were kept). InputError if the model, batch or tokens were not
+        measured."""
         rows = [e for e in self.entries if (e["model"], e["batch"], e["tokens"]) == (model, batch, tokens)]
         if not rows:
             raise InputError(f"no measured cost for {model} at batch {batch}, {tokens} tokens")
-        return min(rows, key=lambda e: e["context"] if context is None else abs(e["context"] - context))["seconds"]
+        row = min(rows, key=lambda e: e["context"] if context is None else abs(e["context"] - context))
+        return row.get(f"seconds_{bound}", row["seconds"]) if bound else row["seconds"]
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(path, asdict(self))
@@ -54,10 +61,17 @@ class CostTable:
             raise InputError(f"{path} is not a cost table ({type(err).__name__})") from None
 
 
-@torch.inference_mode()
 def forward_seconds(model: torch.nn.Module, batch: int, tokens: int, context: int, reps: int = 10,
                     warmup: int = 2, **kwargs) -> float:
     """Median seconds of one forward of ``tokens`` new tokens per row on a cache of ``context`` tokens."""
+    return statistics.median(forward_times(model, batch, tokens, context, reps, warmup, **kwargs))
+
+
+@torch.inference_mode()
+def forward_times(model: torch.nn.Module, batch: int, tokens: int, context: int, reps: int = 10,
+                  warmup: int = 2, **kwargs) -> list[float]:
+    """Seconds of each of ``reps`` forwards (after ``warmup``) of ``tokens`` new tokens per row on a cache of
+    ``context`` tokens."""
     param = next(model.parameters())
     device = param.device
     g = torch.Generator().manual_seed(0)
@@ -85,7 +99,7 @@ def forward_seconds(model: torch.nn.Module, batch: int, tokens: int, context: in
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
         kv.trim(kv.lengths - tokens)
-    return statistics.median(times[warmup:])
+    return times[warmup:]
 
 
 def measure_costs(models: dict[str, torch.nn.Module], batch_sizes: list[int], tokens: list[int],
@@ -99,21 +113,66 @@ def measure_costs(models: dict[str, torch.nn.Module], batch_sizes: list[int], to
         for b in batch_sizes:
             for n in tokens:
                 for c in contexts:
-                    seconds = forward_seconds(model, b, n, c, reps=reps)
-                    table.entries.append(dict(model=name, batch=b, tokens=n, context=c, seconds=seconds))
+                    times = forward_times(model, b, n, c, reps=reps)
+                    table.entries.append(dict(model=name, batch=b, tokens=n, context=c,
+                                              seconds=statistics.median(times), seconds_min=min(times),
+                                              seconds_max=max(times)))
     return table
 
 
 def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int, draft_forwards: int = 0,
-              draft_width: int = 1) -> float:
+              draft_width: int = 1, bound: str = "") -> float:
     """Seconds of one speculative step / seconds of one plain target step, at this batch size: ``draft_forwards``
     forwards of the draft model named ``draft`` in the table on ``draft_width`` new tokens each (a chain of g: g
     forwards of 1; a tree: depth forwards of top_k; none for a drafter without a model, draft=None), plus one target
     forward on ``verify_tokens``. A chain drafter with mean accepted length MAT is predicted to run at
-    MAT / step_cost times plain decoding. InputError if the table lacks a size."""
-    step = cost.nearest("target", batch, 1)
-    drafting = draft_forwards * cost.nearest(draft, batch, draft_width) if draft is not None and draft_forwards else 0.0
-    return (drafting + cost.nearest("target", batch, verify_tokens)) / step
+    MAT / step_cost times plain decoding. With ``bound`` "min" / "max": the lowest / highest ratio the repeats allow
+    (fastest speculative forwards over the slowest plain step, and the reverse). InputError if the table lacks a
+    size."""
+    flip = {"min": "max", "max": "min"}.get(bound, bound)
+    extra = cost.overhead.get(str(batch), {})
+    step = cost.nearest("target", batch, 1, bound=flip) + extra.get("plain", 0.0)
+    drafting = (draft_forwards * cost.nearest(draft, batch, draft_width, bound=bound)
+                if draft is not None and draft_forwards else 0.0)
+    return (drafting + cost.nearest("target", batch, verify_tokens, bound=bound) + extra.get("draft", 0.0)) / step
+
+
+def _iterations(record: dict) -> int:
+    """Decoding steps of an online eval record: per batch of prompts, its longest row's target calls."""
+    calls, b = record["prompt_target_calls"], record["batch_size"]
+    return sum(max(calls[i : i + b]) for i in range(0, len(calls), b))
+
+
+def _forward_seconds(cost: "CostTable", record: dict) -> float:
+    """Seconds of the forwards of one step of this record's method, from the table (no overhead)."""
+    b = record["batch_size"]
+    if record["method"] == "none":
+        return cost.nearest("target", b, 1)
+    draft = f"head:{record['draft_layers']}" if record["drafter_type"] == "eagle" else None
+    width = record.get("tree_top_k") or 1
+    forwards = record.get("tree_depth") or record.get("num_draft_tokens") or 0
+    verify = (record.get("tree_total_tokens") or record.get("num_draft_tokens") or 0) + 1
+    drafting = forwards * cost.nearest(draft, b, width) if draft and forwards else 0.0
+    return drafting + cost.nearest("target", b, verify)
+
+
+def calibrate(cost: "CostTable", records: list[dict]) -> "CostTable":
+    """The table with a per-step overhead fitted from online eval records (with per-prompt counts): per batch size,
+    the median over records of (measured seconds per step - the table's forwards), separately for plain decoding
+    and for drafts. Records of drafters whose costs the table lacks are skipped."""
+    gaps: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        if r.get("mode") != "online" or not r.get("tokens_per_second") or not r.get("prompt_target_calls"):
+            continue
+        try:
+            predicted = _forward_seconds(cost, r)
+        except InputError:
+            continue
+        measured = r["new_tokens"] / r["tokens_per_second"] / _iterations(r)
+        kind = "plain" if r["method"] == "none" else "draft"
+        gaps.setdefault(str(r["batch_size"]), {}).setdefault(kind, []).append(measured - predicted)
+    overhead = {b: {k: float(statistics.median(v)) for k, v in kinds.items()} for b, kinds in gaps.items()}
+    return CostTable(cost.device, cost.dtype, cost.entries, cost.target_quantization, {**cost.overhead, **overhead})
 
 
 def untrained_heads(target: torch.nn.Module, layers: list[int], width: int = 0) -> dict[str, torch.nn.Module]:

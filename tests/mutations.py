@@ -101,6 +101,30 @@ MUTATIONS = [
         ("tests/test_data.py::test_training_prompts_never_come_from_an_evaluation_set",),
     ),
     Mutation(
+        "choice-by-point",
+        "the Scylla choice takes a draft whose point prediction beats plain decoding, whatever its lower bound",
+        "pipeline/select.py", "return c.predicted_speedup_ci95[0] > 1", "return c.predicted_speedup > 1",
+        ("tests/test_decision.py",),
+    ),
+    Mutation(
+        "verdict-from-median",
+        "a measured speed-up's verdict reads its median alone, ignoring its interval",
+        "scylla/timing.py", "lo, hi = self.ci95", "lo, hi = self.median, self.median",
+        ("tests/test_decision.py",),
+    ),
+    Mutation(
+        "prompt-unit-pooled-interval",
+        "the prompt-unit law keeps the pooled points' slope interval instead of the one over units",
+        "fit/prompt_unit.py", "slope_ci95=unit.slope_ci95, residuals", "slope_ci95=fit.slope_ci95, residuals",
+        ("tests/test_prompt_unit.py",),
+    ),
+    Mutation(
+        "prompt-unit-no-shock",
+        "the prompt-unit interval leaves out the checkpoint shocks that all prompts of a run share",
+        "fit/prompt_unit.py", "v_shock = float(np.mean(shock)) / len(runs) if shock else 0.0",
+        "v_shock = 0.0", ("tests/test_prompt_unit.py::test_prompt_unit_interval_covers_the_population_slope",),
+    ),
+    Mutation(
         "unroll-positions",
         "training-time test gives step i the rotary positions of the real pairs, q - i, instead of q",
         "train/unroll.py", "position_ids=positions, cache", "position_ids=(positions - step).clamp(min=0), cache",

@@ -54,13 +54,18 @@ def test_gsm_is_deterministic_worked_solutions():
 @pytest.mark.parametrize("source, dataset, task", [("gsm", "gsm_symbolic", "gsm"),
                                                    ("rg:chain_sum", "chain_sum", "rg:chain_sum")])
 def test_training_prompts_never_come_from_an_evaluation_set(source, dataset, task):
-    """No training prompt is an evaluation question (content), and no gsm template serves both."""
-    from scylla.data.tasks import EVAL_POOL, HELD_OUT_SEED, get_task, rg_items
+    """No training prompt is an evaluation question (content) of any of the three evaluation seeds (the fit,
+    select and confirm prompt sets), and no gsm template serves both."""
+    from scylla.data.prompt_sets import PROMPT_SETS, check_disjoint, problem_set
+    from scylla.data.tasks import EVAL_POOL, EVAL_SEEDS, HELD_OUT_SEED, get_task, rg_items
 
     training = load_corpus(source, 600, seed=0)["prompt"]
-    pool = rg_items(dataset, EVAL_POOL, HELD_OUT_SEED, evaluation=True)  # what any evaluation draws from
+    pools = [rg_items(dataset, EVAL_POOL, HELD_OUT_SEED + k, evaluation=True) for k in range(EVAL_SEEDS)]
+    pool = [q for p in pools for q in p]  # what any evaluation draws from
     assert [p.prompt for p in get_task(task).problems(200)] == [q["question"] + ANSWER_FORMAT for q in pool[:200]]
     assert len(training) == 600 and not set(training) & {q["question"] for q in pool}
+    check_disjoint({"train": training, **{name: [p.prompt for p in problem_set(task, name, 40)]
+                                          for name in PROMPT_SETS}})
     if dataset == "gsm_symbolic":
         train_templates = {item["template"] for item in rg_items(dataset, 600, 0, evaluation=False)}
         eval_templates = {item["template"] for item in pool}

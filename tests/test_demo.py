@@ -15,6 +15,7 @@ from fit.prompt_unit import fit_laws
 from paper_figs.laws import REPLAY_WHERE
 from pipeline.demo import run_demo
 from scylla.records import read_records
+from scylla.timing import Speedup
 
 
 def check_report_against_records(run_dir, text: str) -> None:
@@ -36,8 +37,12 @@ def check_report_against_records(run_dir, text: str) -> None:
             method=chosen["best_draft"], batch_size=int(cells[0]), draft_shape=chosen["draft_shape"], mode="online",
             prompt_set="confirm"))
         assert cells[2] == chosen["draft_shape"] and cells[5] == f"{record['mean_accepted_length']:.2f}"
-        assert cells[7] == f"{record['speedup']:.2f}x"
+        assert cells[7] == Speedup(record["speedup"], tuple(record["speedup_ci95"]), 0, 0).describe()
+        chunks = -(-record["n_prompts"] // int(cells[0]))  # one paired ratio per batch of prompts and round
+        assert record["timing_rounds"] == 3 and len(record["speedup_ratios"]) == 3 * chunks
         assert cells[8] == ("the draft" if chosen["draft"] != "none" else "plain decoding")
+        lower = chosen["predicted_speedup_ci95"][0]
+        assert (chosen["draft"] != "none") == (lower > 1)  # never a draft whose lower bound is below plain
 
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
@@ -45,7 +50,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     report = run_demo(run_dir, "experiments/smoke.yaml")
     text = report.read_text()
     assert "## Law 1" in text and "R^2" in text and "95% CI" in text and "## Prompt sets" in text
-    assert "| select set | fit set | inside |" in text
+    assert "| select set | fit set | inside |" in text and "## In plain words" in text
+    assert "| batch | Scylla's choice | its speed-up | best measured | its speed-up | regret [95% CI] |" in text
     assert "## The Scylla configuration" in text and "| 16 |" in text
     assert (run_dir / "scylla.yaml").exists() and (run_dir / "fits.json").exists()
     assert list((run_dir / "figs").glob("law1_*.png")) and list((run_dir / "figs").glob("*.pdf"))

@@ -141,8 +141,9 @@ def test_saturating_law_and_extrapolation_check():
     assert check.errors["saturating"] < 1e-3 < check.errors["log_linear"]
     check = extrapolation_check(X, 1.2 + 0.35 * np.log(X))
     assert check.preferred == "log_linear" and check.errors["log_linear"] < 1e-9
-    check = extrapolation_check(X[:3], y[:3])
-    assert check.preferred is None and "at least 4 distinct" in check.reason
+    check = extrapolation_check(X[:4], y[:4])  # 3 x left would fit the 3-parameter law exactly: refused
+    assert check.preferred is None and "at least 5 distinct" in check.reason
+    assert extrapolation_check(X[:5], y[:5]).n_fit == 4
 
 
 def test_joint_fit_recovers_coefficients():

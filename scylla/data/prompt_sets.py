@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 
-from scylla.data.tasks import ANSWER_FORMAT, HELD_OUT_SEED, Problem, get_task
+from scylla.data.tasks import ANSWER_FORMAT, EVAL_SEEDS, HELD_OUT_SEED, Problem, get_task
 from scylla.errors import ConfigError, InputError
 
-PROMPT_SETS = ("fit", "select", "confirm")
+PROMPT_SETS = ("fit", "select", "confirm")  # set k draws from seed HELD_OUT_SEED + k, which training avoids
+assert len(PROMPT_SETS) == EVAL_SEEDS
 
 
 def question_id(text: str) -> str:

@@ -23,7 +23,8 @@ CODE_TIMEOUT = 5.0  # seconds for one HumanEval test run
 
 
 HELD_OUT_SEED = 20261123  # problems for evaluation; the training corpora are drawn with seed 0
-EVAL_POOL = 1000  # evaluation draws from the first EVAL_POOL held-out problems; training drops their questions
+EVAL_SEEDS = 3  # evaluation draws from seeds HELD_OUT_SEED .. + 2: the fit, select and confirm sets (prompt_sets.py)
+EVAL_POOL = 1000  # per seed, the first EVAL_POOL held-out problems; training drops their questions
 HELD_OUT_TEMPLATES = 4  # gsm_symbolic: templates whose number is a multiple of 4 are for evaluation only
 
 
@@ -64,8 +65,10 @@ def rg_items(dataset: str, n: int, seed: int, evaluation: bool) -> list[dict]:
 
 @functools.lru_cache(maxsize=None)
 def _evaluation_questions(dataset: str) -> frozenset[str]:
-    """The questions of the first EVAL_POOL evaluation items (generated once per dataset)."""
-    return frozenset(item["question"] for item in rg_items(dataset, EVAL_POOL, HELD_OUT_SEED, evaluation=True))
+    """The questions of the first EVAL_POOL evaluation items of every evaluation seed (generated once per
+    dataset)."""
+    return frozenset(item["question"] for k in range(EVAL_SEEDS)
+                     for item in rg_items(dataset, EVAL_POOL, HELD_OUT_SEED + k, evaluation=True))
 
 
 def _seed(seed: int | None) -> int:
