@@ -71,6 +71,20 @@ def _values(records: Sequence[dict], index: list[int], name: str, role: str, whe
     return np.array(values)
 
 
+def _refuse_mixed_settings(records: Sequence[dict], index: list[int], where: str) -> None:
+    """A job re-run with changed settings becomes run RUN_ID~HASH (pipeline/sweep.py); its records and the old
+    run's must not meet in one fit."""
+    runs: dict[str, set[str]] = {}
+    for i in index:
+        run_id = records[i].get("run_id")
+        if isinstance(run_id, str):
+            runs.setdefault(run_id.split("~")[0], set()).add(run_id)
+    mixed = next((sorted(ids) for ids in runs.values() if len(ids) > 1), None)
+    if mixed:
+        raise InputError(f"{where} mixes runs of one job trained with different settings ({', '.join(mixed)}); "
+                         "fit them apart (--where run_id=..., or --by run_id)")
+
+
 def _sort_key(key: tuple) -> tuple:
     """Numbers first in numeric order, then text, then anything else."""
     return tuple(
@@ -119,6 +133,7 @@ def fit_log_linear(
         index = groups[key]
         group = dict(zip(by, key))
         where = f"group {group_label(group)}"
+        _refuse_mixed_settings(records, index, where)
         xv = _values(records, index, x, "x", where, positive=True)
         yv = _values(records, index, y, "y", where, positive=False)
         distinct = len(np.unique(xv))

@@ -119,7 +119,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.grid, args.run_dir)
-    for line in run_sweep(sweep, dry_run=args.dry_run):
+    for line in run_sweep(sweep, dry_run=args.dry_run, rerun_changed=args.rerun_changed):
         print(line)
     return 0
 
@@ -297,6 +297,8 @@ def _sweep_parser(sub) -> None:
     sweep.add_argument("grid", help="grid YAML, e.g. experiments/smoke.yaml")
     sweep.add_argument("--run-dir", help="where records, drafts and features go (default runs/SWEEP)")
     sweep.add_argument("--dry-run", action="store_true", help="list the jobs and launch commands, run nothing")
+    sweep.add_argument("--rerun-changed", action="store_true", help="train jobs whose settings changed since they "
+                       "ran as new runs (RUN_ID~HASH) instead of refusing")
     sweep.set_defaults(func=cmd_sweep)
 
 

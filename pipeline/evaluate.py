@@ -38,7 +38,7 @@ from scylla.timing import Speedup, paired_speedup
 
 DEFAULT_BASELINES = ("none", "prompt-lookup")
 IDENTITY = ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width", "draft_params",
-            "draft_params_with_embeddings", "train_tokens", "data")
+            "draft_params_with_embeddings", "train_tokens", "data", "config_hash")
 SHAPE_FORM = f"chain:G (G draft tokens) or tree:{TREE_FORM}"
 
 
@@ -148,8 +148,8 @@ def _train_record_of(spec: str) -> dict | None:
 
 
 def _baseline_identity(method: str, seed: int) -> dict:
-    return dict(run_id="baseline", sweep="", drafter_type=method, draft_layers=0, draft_width=0, draft_params=0,
-                draft_params_with_embeddings=0, train_tokens=0, data="", seed=seed)
+    return dict(run_id="baseline", sweep="", config_hash=None, drafter_type=method, draft_layers=0, draft_width=0,
+                draft_params=0, draft_params_with_embeddings=0, train_tokens=0, data="", seed=seed)
 
 
 def _predicted(cost, method: str, shape: DraftShape, batch: int, mat: float) -> float | None:
@@ -210,14 +210,15 @@ class _Runner:
         return DecodeStats.merge(parts), generated
 
     def rounds(self, methods: list[tuple[str, DraftShape]], task: str, temperature: float,
-               batch: int) -> tuple[list[DecodeStats], list[float], list[tuple[Speedup, list[list[float]]]]]:
+               batch: int) -> tuple[list[DecodeStats], list[tuple[float, float]],
+                                    list[tuple[Speedup, list[list[float]]]]]:
         """Plain decoding and ``methods`` timed in ``config.repeats`` interleaved rounds (scylla.timing): per method,
-        its first round's stats, its median tokens/s over rounds and its paired speed-up over plain with the ratios
-        behind it ([chunk][round]); plain first."""
+        its first round's stats, its median tokens/s and seconds per decoding step (prefill excluded) over rounds,
+        and its paired speed-up over plain with the ratios behind it ([chunk][round]); plain first."""
         runs = [("none", DraftShape(num_draft_tokens=0))] + methods
         chunks = list(self._chunks(task, batch))
         first: list[list[DecodeStats]] = [[] for _ in runs]
-        totals = np.zeros((len(runs), self.config.repeats, 2))  # tokens, seconds
+        totals = np.zeros((len(runs), self.config.repeats, 4))  # tokens, seconds, decode seconds, decode steps
         ratios = [[[] for _ in chunks] for _ in runs]
         for k in range(self.config.repeats):
             for c, (start, ids, mask) in enumerate(chunks):
@@ -226,12 +227,14 @@ class _Runner:
                 for i in order:
                     stats = self._generate(*runs[i], ids, mask, temperature, start).stats
                     timed[i] = stats.tokens_per_second
-                    totals[i, k] += stats.new_tokens, stats.wall_seconds
+                    totals[i, k] += (stats.new_tokens, stats.wall_seconds, stats.wall_seconds - stats.prefill_seconds,
+                                     stats.forward_passes - stats.generate_calls)
                     if k == 0:
                         first[i].append(stats)
                 for i in range(len(runs)):
                     ratios[i][c].append(timed[i] / timed[0])
-        tps = [float(np.median(t[:, 0] / t[:, 1])) for t in totals]
+        tps = [(float(np.median(t[:, 0] / t[:, 1])), float(np.median(t[:, 2] / np.maximum(t[:, 3], 1))))
+               for t in totals]
         return [DecodeStats.merge(f) for f in first], tps, [(paired_speedup(r), r) for r in ratios]
 
 
@@ -282,7 +285,7 @@ def evaluate(config: EvalConfig) -> int:
 
     def identity(method, source):
         base = source or _baseline_identity(method, config.seed)
-        return {k: base[k] for k in IDENTITY}
+        return {k: base.get(k) for k in IDENTITY}  # config_hash: None in records older than it
 
     written = 0
     plain_shape = DraftShape(num_draft_tokens=0)
@@ -312,7 +315,8 @@ def evaluate(config: EvalConfig) -> int:
                 stats, tps, speedups = stats[1:], tps[1:], speedups[1:]
             for (method, source, shape), s, t, (up, ratios) in zip(todo, stats, tps, speedups):
                 predicted = _predicted(cost, method, shape, batch, s.mean_accepted_length)
-                new = record(method, source, shape, **_metrics(s, predicted, ids, t, up, config.repeats, ratios))
+                new = record(method, source, shape, **_metrics(s, predicted, ids, t[0], up, config.repeats, ratios),
+                             step_seconds=t[1], prefill_share=s.prefill_seconds / s.wall_seconds)
                 written += append_record(run_dir, new)
                 done.add(record_key(new))
             continue

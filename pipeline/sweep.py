@@ -19,12 +19,17 @@ milestones that already have records).
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import itertools
 import os
 import shlex
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +42,7 @@ from scylla.config import Config, with_overrides
 from scylla.errors import ConfigError, InputError
 from scylla.models import ALIASES, SMOLLM2
 from scylla.ports import free_port
-from train.config import TrainConfig
+from train.config import UNHASHED, TrainConfig
 
 
 LAUNCHERS = ("local", "hostfile", "slurm")
@@ -149,22 +154,54 @@ def launch_command(sweep: Sweep, job_yaml: Path, hostfile: Path | None = None, p
     return argv + ["--module", "train.pretrain_draft", "--config", str(job_yaml)]
 
 
-def run_sweep(sweep: Sweep, dry_run: bool = False) -> list[str]:
-    """Launch (local) or write scripts (hostfile, slurm) for every unfinished job; returns what was done."""
+def changed_settings(job: TrainConfig) -> list[str]:
+    """``setting: old -> new`` for each setting (nested ones dotted) in which ``job`` differs from the job.yaml its
+    folder already holds; [] for a new job or an unchanged one."""
+    path = job.job_dir / "job.yaml"
+    if not path.is_file():
+        return []
+    old = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k not in UNHASHED}
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    before, after = flat(old), flat(job.settings())  # a setting added since the job ran keeps its default
+    return [f"{k}: {before[k]!r} -> {after.get(k)!r}" for k in sorted(before) if before[k] != after.get(k)]
+
+
+def guard_changes(sweep: Sweep, rerun_changed: bool = False) -> list[str]:
+    """Refuse to reuse a job folder trained with other settings (InputError naming them), or with
+    ``rerun_changed`` give each changed job a new run_id, ``RUN_ID~HASH`` (its own folder and records, never fitted
+    together with the old run: fit.loglinear refuses to mix them). Returns a line per renamed job."""
+    lines = []
+    for job in sweep.jobs:
+        changed = changed_settings(job)
+        if not changed:
+            continue
+        if not rerun_changed:
+            more = f" and {len(changed) - 2} more" if len(changed) > 2 else ""
+            raise InputError(f"job {job.run_id} was trained with other settings ({'; '.join(changed[:2])}{more}): "
+                             "restore them, or re-run with --rerun-changed to train it as a new run")
+        job.run_id = f"{job.run_id}~{job.config_hash()[:6]}"
+        lines.append(f"{job.run_id}: settings changed ({'; '.join(changed)}), trained as a new run")
+    return lines
+
+
+def run_sweep(sweep: Sweep, dry_run: bool = False, rerun_changed: bool = False) -> list[str]:
+    """Launch (local) or write scripts (hostfile, slurm) for every unfinished job; returns what was done. A job
+    whose folder holds other settings is refused, or renamed with ``rerun_changed`` (``guard_changes``)."""
+    renamed = guard_changes(sweep, rerun_changed)
     todo = [j for j in sweep.jobs if not (j.job_dir / "DONE").exists()]
-    lines = [f"{len(sweep.jobs)} jobs, {len(sweep.jobs) - len(todo)} finished, {len(todo)} to run"]
+    lines = renamed + [f"{len(sweep.jobs)} jobs, {len(sweep.jobs) - len(todo)} finished, {len(todo)} to run"]
     if dry_run:
         return lines + [shlex.join(launch_command(sweep, j.job_dir / "job.yaml")) for j in todo]
     sweep.run_dir.mkdir(parents=True, exist_ok=True)
     if sweep.launcher == "local":
-        for job in tqdm(todo, desc=f"sweep {sweep.name}", unit="job", file=sys.stderr):
-            argv = launch_command(sweep, write_job(job), port=free_port())
-            result = subprocess.run(argv, env={**os.environ, "PYTHONPATH": _pythonpath()})
-            if result.returncode != 0:
-                raise InputError(f"job {job.run_id} failed (exit {result.returncode}); its log is above. "
-                                  "Fix it and re-run: finished work is kept")
-            lines.append(f"finished {job.run_id}")
-        return lines
+        with sweep_lock(sweep.run_dir):
+            return lines + _run_local(sweep, todo)
     hostfile = sweep.run_dir / "hostfile"
     if sweep.launcher == "hostfile":
         hostfile.write_text("\n".join(sweep.hosts) + "\n")
@@ -172,6 +209,39 @@ def run_sweep(sweep: Sweep, dry_run: bool = False) -> list[str]:
     path.write_text("\n".join(script) + "\n")
     path.chmod(0o755)
     return lines + [f"wrote {path}" + (f" and {hostfile}" if sweep.launcher == "hostfile" else "")]
+
+
+def _run_local(sweep: Sweep, todo: list[TrainConfig]) -> list[str]:
+    """Launch the jobs here, one after another."""
+    lines = []
+    for job in tqdm(todo, desc=f"sweep {sweep.name}", unit="job", file=sys.stderr):
+        argv = launch_command(sweep, write_job(job), port=free_port())
+        result = subprocess.run(argv, env={**os.environ, "PYTHONPATH": _pythonpath()})
+        if result.returncode != 0:
+            raise InputError(f"job {job.run_id} failed (exit {result.returncode}); its log is above. "
+                             "Fix it and re-run: finished work is kept")
+        lines.append(f"finished {job.run_id}")
+    return lines
+
+
+@contextmanager
+def sweep_lock(run_dir: Path) -> Iterator[None]:
+    """Hold RUN_DIR/sweep.lock (an exclusive flock, released when the process ends however it ends) while jobs
+    run here; a second sweep on the same folder gets an InputError saying who holds it."""
+    path = run_dir / "sweep.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text().strip() or "another process"
+            raise InputError(f"{run_dir} is being swept by {holder}: wait for it to finish (or stop it), then re-run "
+                             "to complete what is missing") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 def _script(sweep: Sweep, todo: list[TrainConfig], hostfile: Path | None) -> tuple[Path, list[str]]:

@@ -137,12 +137,6 @@ def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int
     return (drafting + cost.nearest("target", batch, verify_tokens, bound=bound) + extra.get("draft", 0.0)) / step
 
 
-def _iterations(record: dict) -> int:
-    """Decoding steps of an online eval record: per batch of prompts, its longest row's target calls."""
-    calls, b = record["prompt_target_calls"], record["batch_size"]
-    return sum(max(calls[i : i + b]) for i in range(0, len(calls), b))
-
-
 def _forward_seconds(cost: "CostTable", record: dict) -> float:
     """Seconds of the forwards of one step of this record's method, from the table (no overhead)."""
     b = record["batch_size"]
@@ -157,18 +151,18 @@ def _forward_seconds(cost: "CostTable", record: dict) -> float:
 
 
 def calibrate(cost: "CostTable", records: list[dict]) -> "CostTable":
-    """The table with a per-step overhead fitted from online eval records (with per-prompt counts): per batch size,
-    the median over records of (measured seconds per step - the table's forwards), separately for plain decoding
-    and for drafts. Records of drafters whose costs the table lacks are skipped."""
+    """The table with a per-step overhead fitted from online eval records: per batch size, the median over records
+    of (their measured seconds per decoding step, ``step_seconds``, prefill excluded - the table's forwards),
+    separately for plain decoding and for drafts. Records of drafters whose costs the table lacks are skipped."""
     gaps: dict[str, dict[str, list[float]]] = {}
     for r in records:
-        if r.get("mode") != "online" or not r.get("tokens_per_second") or not r.get("prompt_target_calls"):
+        if r.get("mode") != "online" or not r.get("step_seconds"):
             continue
         try:
             predicted = _forward_seconds(cost, r)
         except InputError:
             continue
-        measured = r["new_tokens"] / r["tokens_per_second"] / _iterations(r)
+        measured = r["step_seconds"]
         kind = "plain" if r["method"] == "none" else "draft"
         gaps.setdefault(str(r["batch_size"]), {}).setdefault(kind, []).append(measured - predicted)
     overhead = {b: {k: float(statistics.median(v)) for k, v in kinds.items()} for b, kinds in gaps.items()}

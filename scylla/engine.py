@@ -164,6 +164,8 @@ class SpeculativeDecoder:
         if self.drafter is not None:
             self.drafter.start(run.context(torch.zeros_like(run.seq_len), out))
             run.stats.draft_seconds += self._clock(device) - t_now
+        run.stats.prefill_seconds = self._clock(device) - run.t_start
+        run.stats.generate_calls = 1
         return done
 
     def _drop_finished(self, run: _Decoding, done: torch.Tensor) -> bool:

@@ -104,6 +104,8 @@ class DecodeStats(Counts):
     forward_passes: int = 0  # batched target forwards (a row's target_calls counts those it took part in)
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
+    prefill_seconds: float = 0.0  # of wall_seconds: the prompts' forward and the drafter's start
+    generate_calls: int = 0  # generate calls merged here (each has one prefill forward)
     rows: list[RowStats] = field(default_factory=list)
 
     @classmethod
@@ -115,9 +117,17 @@ class DecodeStats(Counts):
             total.forward_passes += part.forward_passes
             total.draft_seconds += part.draft_seconds
             total.verify_seconds += part.verify_seconds
+            total.prefill_seconds += part.prefill_seconds
+            total.generate_calls += part.generate_calls
             total.wall_seconds += part.wall_seconds
             total.rows.extend(part.rows)
         return total
+
+    @property
+    def step_seconds(self) -> float | None:
+        """Seconds per decoding step after the prefill: (wall - prefill) / (batched forwards - prefills)."""
+        steps = self.forward_passes - self.generate_calls
+        return (self.wall_seconds - self.prefill_seconds) / steps if steps > 0 else None
 
     def per_prompt(self, prompt_ids: list[str]) -> dict:
         """Per-prompt counts as flat lists aligned with ``prompt_ids`` (one row per prompt, in order), so that a

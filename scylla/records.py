@@ -309,10 +309,28 @@ def append_record(run_dir: str | Path, record: dict) -> bool:
     return True
 
 
+def checkpoint_folder(run_dir: str | Path, checkpoint: str) -> Path | None:
+    """The draft folder a train record's ``checkpoint`` names, or None if none exists. Records store it relative to
+    the run directory (``jobs/RUN_ID/tokens-N``), so a run folder copied or moved anywhere finds its own drafts;
+    older records stored the path as typed at launch (``runs/demo/jobs/...``, or absolute), which is resolved by its
+    part from ``jobs`` on, inside run_dir, before it is taken as it is."""
+    path, run_dir = Path(checkpoint), Path(run_dir)
+    tries = [run_dir / path] if not path.is_absolute() else []
+    if "jobs" in path.parts:
+        tries.append(run_dir.joinpath(*path.parts[len(path.parts) - path.parts[::-1].index("jobs") - 1:]))
+    tries.append(path)
+    return next((t for t in tries if checkpoint and t.is_dir()), None)
+
+
 def find_checkpoints(run_dir: str | Path, where: dict | None = None) -> list[dict]:
-    """The train records of ``run_dir`` (with fields equal to those in ``where``) whose draft folder, their
-    ``checkpoint``, exists, in file order; [] when run_dir has no records file. The one place that maps train
-    records to trained drafts."""
+    """The train records of ``run_dir`` (with fields equal to those in ``where``) whose draft folder exists, with
+    ``checkpoint`` set to that folder (``checkpoint_folder``), in file order; [] when run_dir has no records file.
+    The one place that maps train records to trained drafts."""
     if not records_path(run_dir).is_file():
         return []
-    return [r for r in read_records(run_dir, kind="train", where=where) if Path(r.get("checkpoint", "")).is_dir()]
+    found = []
+    for r in read_records(run_dir, kind="train", where=where):
+        folder = checkpoint_folder(run_dir, r.get("checkpoint", ""))
+        if folder is not None:
+            found.append({**r, "checkpoint": str(folder)})
+    return found

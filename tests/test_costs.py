@@ -56,24 +56,20 @@ def test_step_cost_chain_tree_and_lookup():
 
 
 def test_calibrate_fits_the_per_step_overhead_and_step_cost_adds_it():
-    """Online records whose steps take the table's forwards plus 5 ms (plain) or 12 ms (a head's chain of 3): the
-    calibrated table recovers both overheads, and the predicted speed-up uses them."""
+    """Online records whose decoding steps take the table's forwards plus 5 ms (plain) or 11-13 ms (a head's chain of
+    3): the calibrated table recovers both overheads (medians), and the predicted speed-up uses them."""
     from scylla.costs import calibrate
 
     table = CostTable("cpu", "float32", [
         {"model": m, "batch": 2, "tokens": t, "context": 128, "seconds": s}
         for m, t, s in [("target", 1, 0.10), ("target", 4, 0.15), ("head:1", 1, 0.01)]])
 
-    def online(method, drafter, forwards, extra, calls):
-        steps = sum(max(calls[i : i + 2]) for i in range(0, len(calls), 2))
-        seconds = steps * (forwards + extra)
+    def online(method, drafter, forwards, extra):
         return dict(mode="online", method=method, drafter_type=drafter, draft_layers=1, batch_size=2,
-                    num_draft_tokens=3 if drafter == "eagle" else 0, new_tokens=64, tokens_per_second=64 / seconds,
-                    prompt_target_calls=calls)
+                    num_draft_tokens=3 if drafter == "eagle" else 0, step_seconds=forwards + extra)
 
-    records = [online("none", "none", 0.10, 0.005, [32, 32, 30, 32]),
-               online("draft:h", "eagle", 3 * 0.01 + 0.15, 0.012, [20, 18, 16, 17]),
-               online("draft:h", "eagle", 3 * 0.01 + 0.15, 0.012, [21, 19, 15, 15]),
+    records = [online("none", "none", 0.10, 0.005), online("draft:h", "eagle", 3 * 0.01 + 0.15, 0.011),
+               online("draft:h", "eagle", 3 * 0.01 + 0.15, 0.012), online("draft:h", "eagle", 3 * 0.01 + 0.15, 0.013),
                dict(mode="replay", method="draft:h")]  # not timed: ignored
     calibrated = calibrate(table, records)
     assert calibrated.overhead["2"]["plain"] == pytest.approx(0.005)

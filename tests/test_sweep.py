@@ -16,7 +16,7 @@ import yaml
 from scylla import SpeculativeDecoder, load_model
 from pipeline.cli import main
 from scylla.drafters.eagle import EagleDrafter, EagleHead
-from scylla.records import read_records, record_key
+from scylla.records import find_checkpoints, read_records, record_key
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "smoke.yaml"
@@ -50,7 +50,7 @@ def test_smoke_sweep_records(smoke_run):
         assert 0 < r["draft_params"] < r["draft_params_with_embeddings"]
         assert r["mean_accepted_length"] >= 1.0 and len(r["per_position_acceptance"]) == 3
         assert r["heldout_loss"] > 0 and 0 <= r["heldout_accuracy"] <= 1
-        assert Path(r["checkpoint"], "model.safetensors").is_file()
+        assert Path(smoke_run, r["checkpoint"], "model.safetensors").is_file()  # relative to the run folder
     depth2 = sorted((r for r in records if r["draft_layers"] == 2), key=lambda r: r["train_tokens"])
     assert depth2[0]["draft_params"] > min(r["draft_params"] for r in records)  # capacity axis is recorded
     assert all((smoke_run / "jobs" / f"eagle-layers{d}" / "DONE").exists() for d in (1, 2))
@@ -191,7 +191,7 @@ def test_draft_lm_trains_without_the_launcher(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "train.pretrain_draft", "--config", str(path)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = read_records(tmp_path, kind="train")
+    records = find_checkpoints(tmp_path)
     assert [r["train_tokens"] for r in records] == [512, 1024]
     assert records[0]["drafter_type"] == "draft-lm" and records[0]["draft_width"] == 32
     model, _ = load_model(records[-1]["checkpoint"])  # a self-contained HF folder
@@ -207,9 +207,62 @@ def test_figs_are_drawn_from_records_alone(smoke_run, tmp_path, capsys):
     assert not list(out.glob("law2_*"))  # the capacity law needs 3 or more depths; the smoke grid has 2
 
 
+def test_a_copied_run_folder_uses_its_own_drafts_from_any_directory(smoke_run, tmp_path, monkeypatch):
+    """Records name draft folders relative to the run folder: a copy, read from another working directory,
+    evaluates its own drafts and fits the same laws (issue 16)."""
+    import shutil
+
+    from fit.cli import run_fit
+
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(smoke_run, copy)
+    monkeypatch.chdir(tmp_path)
+    drafts = find_checkpoints("elsewhere/copy")
+    assert len(drafts) == 6 and all(Path(d["checkpoint"]).resolve().is_relative_to(copy) for d in drafts)
+    assert all(not Path(r["checkpoint"]).is_absolute() for r in read_records(copy, kind="train"))
+    argv = ["eval", "elsewhere/copy", "--tasks", "gsm", "--temperatures", "0", "--replay", "--prompts", "2",
+            "--max-new-tokens", "4", "--baselines", "none"]
+    assert main(argv) == 0
+    methods = {r["method"] for r in read_records(copy, kind="eval") if r["method"] != "none"}
+    assert len(methods) == 6 and all(Path(m.partition(":")[2]).resolve().is_relative_to(copy) for m in methods)
+    law = dict(kind="train", by="draft_layers", y="heldout_accuracy")
+    assert run_fit(["elsewhere/copy"], **law) == run_fit([str(smoke_run)], **law)
+
+
+def test_a_changed_setting_is_refused_or_run_as_a_new_run(smoke_run, capsys):
+    """Re-running a finished grid with another learning rate names the setting and exits 2; --rerun-changed
+    trains the changed jobs as new runs (RUN_ID~HASH), and fits refuse to mix them with the old ones."""
+    from fit.loglinear import fit_log_linear
+    from pipeline.sweep import load_sweep, run_sweep
+
+    changed = smoke_run.parent / "changed.yaml"
+    grid = yaml.safe_load(SMOKE.read_text())
+    grid["base"]["optim"]["lr"] = 0.5
+    changed.write_text(yaml.safe_dump(grid))
+    assert main(["sweep", str(changed), "--run-dir", str(smoke_run)]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with other settings (optim.lr: " in err and "-> 0.5" in err and "--rerun-changed" in err
+    lines = run_sweep(load_sweep(changed, smoke_run), dry_run=True, rerun_changed=True)
+    assert sum("~" in line and "trained as a new run" in line for line in lines) == 2
+    assert "2 jobs, 0 finished, 2 to run" in lines
+    assert main(["sweep", str(SMOKE), "--run-dir", str(smoke_run), "--dry-run"]) == 0  # unchanged: nothing to run
+    mixed = [dict(r, run_id=r["run_id"] + "~abcdef") for r in read_records(smoke_run, kind="train")]
+    with pytest.raises(Exception, match="mixes runs of one job trained with different settings"):
+        fit_log_linear(read_records(smoke_run, kind="train") + mixed, by=("draft_layers",))
+
+
+def test_a_second_sweep_on_a_folder_being_swept_exits_2(smoke_run, capsys):
+    from pipeline.sweep import sweep_lock
+
+    with sweep_lock(smoke_run):  # as a running sweep holds it (another process: the same flock)
+        assert main(["sweep", str(SMOKE), "--run-dir", str(smoke_run)]) == 2
+    assert f"{smoke_run} is being swept by pid {os.getpid()} on " in capsys.readouterr().err
+    assert main(["sweep", str(SMOKE), "--run-dir", str(smoke_run)]) == 0  # released
+
+
 def test_eval_writes_records_for_every_draft_and_resumes(smoke_run, capsys):
     argv = ["eval", str(smoke_run), "--tasks", "gsm", "--temperatures", "0,0.6", "--batch-sizes", "1,2",
-            "--prompts", "2", "--max-new-tokens", "6"]
+            "--prompts", "2", "--max-new-tokens", "6", "--repeats", "2"]
     assert main(argv) == 0
     evals = read_records(smoke_run, kind="eval")
     assert len(evals) == (6 + 2) * 2 * 2  # (drafts + baselines) x temperatures x batch sizes
@@ -225,7 +278,7 @@ def test_eval_replay_trees_costs_and_best_shape(smoke_run, tmp_path, capsys):
     """Replay at T=0 gives the online MAT; trees and chains are separate records; the cost model predicts."""
     from pipeline.evaluate import best_settings
 
-    head = read_records(smoke_run, kind="train")[-1]["checkpoint"]
+    head = find_checkpoints(smoke_run)[-1]["checkpoint"]
     cost = tmp_path / "costs.json"
     assert main(["costs", "--target", "tiny-random-llama", "--draft", f"draft:{head}", "--batch-sizes", "1,2",
                  "--tokens", "1,2,3,7", "--contexts", "16", "--reps", "2", "--out", str(cost)]) == 0

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from scylla.config import Config
 from scylla.drafters.eagle import LAYOUTS
+
+UNHASHED = ("run_dir", "run_id", "wandb")  # where a job writes and logs, not what it trains
 
 DRAFTERS = ("eagle", "draft-lm")
 LOSSES = ("ce", "kl")
@@ -137,6 +141,14 @@ class TrainConfig(Config):
     def tokens_per_step(self) -> int:
         """Tokens of one optimizer step over all processes."""
         return self.optim.batch_blocks * self.data.block_size * self.processes
+
+    def settings(self) -> dict:
+        """Every setting that shapes the trained draft: the resolved config less where it is written and logged."""
+        return {k: v for k, v in self.to_dict().items() if k not in UNHASHED}
+
+    def config_hash(self) -> str:
+        """12 hex digits of a hash of ``settings()``: equal hashes, equal training."""
+        return hashlib.sha1(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:12]
 
     @property
     def run_path(self) -> Path:
