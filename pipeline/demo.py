@@ -209,6 +209,9 @@ def _plain_words(fits_path: Path, regrets: dict) -> list[str]:
 def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: list[str], chosen: dict,
             drafts: dict, measured: dict, figures: list[Path], minutes: float, set_sizes: dict[str, int],
             select_rows: list[str], regrets: dict, fits_path: Path, cost: CostTable) -> str:
+    plain_share = {r["batch_size"]: r["prefill_share"] for r in read_records(
+        run_dir / "check", kind="eval", where=dict(method="none", mode="online", prompt_set="confirm"))
+        if r.get("prefill_share") is not None}
     lines = [
         "# Scylla demo report",
         "",
@@ -261,23 +264,33 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         f"{EvalConfig.repeats} interleaved rounds: the speed-up is the median paired ratio with a 95% interval over "
         "prompts (scylla.timing); where the interval holds 1 it reads \"no measurable difference\".",
         "",
-        "The cost model's per-step overhead outside the forwards, fitted on online runs of a 1-layer head on the "
-        f"select set ({CALIBRATION_TOKENS} new tokens; scylla.costs.calibrate), ms per step, plain / draft: "
-        + ", ".join(f"batch {b}: {o.get('plain', 0) * 1e3:.1f} / {o.get('draft', 0) * 1e3:.1f}"
-                    for b, o in sorted(cost.overhead.items(), key=lambda kv: int(kv[0]))) + ".",
+        "The cost model's per-step correction (work outside the forwards; negative where a step in the engine costs "
+        "less than its forwards measured alone), fitted on online runs of a 1-layer head on the select set "
+        f"({CALIBRATION_TOKENS} new tokens, prefill excluded; scylla.costs.calibrate), ms per step, plain / chain / "
+        "tree: " + ", ".join(f"batch {b}: " + " / ".join(f"{o.get(k, 0) * 1e3:.1f}" for k in ("plain", "chain", "tree"))
+                             for b, o in sorted(cost.overhead.items(), key=lambda kv: int(kv[0]))) + ".",
+        "",
+        "The cost model predicts the decoding phase; \"decoding only\" is that phase measured (the paired median "
+        "with the prompts' prefill left out), its error the cost model's. The end-to-end speed-up includes the "
+        "prefill, which speculation does not speed up (its share of plain decoding's time is given).",
         "",
         "| batch | best draft: layers | shape | train tokens | MAT predicted (95% CI) | MAT measured | speed-up "
-        "predicted (95% CI) | speed-up measured (95% CI) | Scylla's choice |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "predicted (95% CI) | decoding only, measured (error) | end to end, measured (95% CI) | prefill share "
+        "| Scylla's choice |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b, c in chosen.items():
         m = measured.get(b)
         mat, speedup = (f"{m['mean_accepted_length']:.2f}", _measured(m)) if m else ("-", "-")
+        decode = (f"{m['decode_speedup']:.2f}x ({c.predicted_speedup / m['decode_speedup'] - 1:+.0%})"
+                  if m and m.get("decode_speedup") else "-")
+        share = f"{plain_share.get(b, float('nan')):.0%}"
         choice = "the draft" if pays(c) else "plain decoding"
         lines.append(
             f"| {b} | {c.draft_layers} | {c.draft_shape} | {c.train_tokens} | {c.predicted_mat:.2f} "
             f"[{c.predicted_mat_ci95[0]:.2f}, {c.predicted_mat_ci95[1]:.2f}] | {mat} | {c.predicted_speedup:.2f}x "
-            f"[{c.predicted_speedup_ci95[0]:.2f}, {c.predicted_speedup_ci95[1]:.2f}] | {speedup} | {choice} |")
+            f"[{c.predicted_speedup_ci95[0]:.2f}, {c.predicted_speedup_ci95[1]:.2f}] | {decode} | {speedup} | {share} "
+            f"| {choice} |")
     if measured.get(1):
         c, m = chosen[1], measured[1]
         lines += ["", f"The demo's best head at batch 1 ({c.draft_layers} layer(s), {c.train_tokens} tokens, "

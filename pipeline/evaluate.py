@@ -210,31 +210,39 @@ class _Runner:
         return DecodeStats.merge(parts), generated
 
     def rounds(self, methods: list[tuple[str, DraftShape]], task: str, temperature: float,
-               batch: int) -> tuple[list[DecodeStats], list[tuple[float, float]],
+               batch: int) -> tuple[list[DecodeStats], list[tuple[float, float, float]],
                                     list[tuple[Speedup, list[list[float]]]]]:
         """Plain decoding and ``methods`` timed in ``config.repeats`` interleaved rounds (scylla.timing): per method,
-        its first round's stats, its median tokens/s and seconds per decoding step (prefill excluded) over rounds,
-        and its paired speed-up over plain with the ratios behind it ([chunk][round]); plain first."""
+        its first round's stats, its median tokens/s, seconds per decoding step and paired speed-up with the
+        prefill excluded (what the cost model predicts) over rounds, and its paired speed-up over plain with the
+        ratios behind it ([chunk][round]); plain first."""
         runs = [("none", DraftShape(num_draft_tokens=0))] + methods
         chunks = list(self._chunks(task, batch))
         first: list[list[DecodeStats]] = [[] for _ in runs]
         totals = np.zeros((len(runs), self.config.repeats, 4))  # tokens, seconds, decode seconds, decode steps
         ratios = [[[] for _ in chunks] for _ in runs]
+        decode_ratios: list[list[float]] = [[] for _ in runs]  # the same, prefill excluded
+        bar = tqdm(total=self.config.repeats * len(chunks), desc=f"{task} batch {batch}: timing rounds", unit="batch",
+                   leave=False)
         for k in range(self.config.repeats):
             for c, (start, ids, mask) in enumerate(chunks):
+                bar.update()
                 order = list(range(len(runs)))[:: -1 if k % 2 else 1]
-                timed = {}
+                timed, decode = {}, {}
                 for i in order:
                     stats = self._generate(*runs[i], ids, mask, temperature, start).stats
                     timed[i] = stats.tokens_per_second
+                    decode[i] = stats.new_tokens / (stats.wall_seconds - stats.prefill_seconds)
                     totals[i, k] += (stats.new_tokens, stats.wall_seconds, stats.wall_seconds - stats.prefill_seconds,
                                      stats.forward_passes - stats.generate_calls)
                     if k == 0:
                         first[i].append(stats)
                 for i in range(len(runs)):
                     ratios[i][c].append(timed[i] / timed[0])
-        tps = [(float(np.median(t[:, 0] / t[:, 1])), float(np.median(t[:, 2] / np.maximum(t[:, 3], 1))))
-               for t in totals]
+                    decode_ratios[i].append(decode[i] / decode[0])
+        bar.close()
+        tps = [(float(np.median(t[:, 0] / t[:, 1])), float(np.median(t[:, 2] / np.maximum(t[:, 3], 1))),
+                float(np.median(d))) for t, d in zip(totals, decode_ratios)]
         return [DecodeStats.merge(f) for f in first], tps, [(paired_speedup(r), r) for r in ratios]
 
 
@@ -316,7 +324,7 @@ def evaluate(config: EvalConfig) -> int:
             for (method, source, shape), s, t, (up, ratios) in zip(todo, stats, tps, speedups):
                 predicted = _predicted(cost, method, shape, batch, s.mean_accepted_length)
                 new = record(method, source, shape, **_metrics(s, predicted, ids, t[0], up, config.repeats, ratios),
-                             step_seconds=t[1], prefill_share=s.prefill_seconds / s.wall_seconds)
+                             step_seconds=t[1], decode_speedup=t[2], prefill_share=s.prefill_seconds / s.wall_seconds)
                 written += append_record(run_dir, new)
                 done.add(record_key(new))
             continue

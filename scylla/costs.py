@@ -35,7 +35,7 @@ class CostTable:
     dtype: str
     entries: list[dict] = field(default_factory=list)
     target_quantization: str = ""  # scylla.models.target_quantization of the measured target ("" in old tables)
-    # Per batch size (a string key, JSON's): seconds of per-step work outside the forwards, {"plain": s, "draft": s},
+    # Per batch size (a string key, JSON's): seconds of per-step work outside the forwards, {"plain", "chain", "tree"},
     # fitted from online runs by ``calibrate``; empty: forwards only.
     overhead: dict = field(default_factory=dict)
 
@@ -134,7 +134,8 @@ def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int
     step = cost.nearest("target", batch, 1, bound=flip) + extra.get("plain", 0.0)
     drafting = (draft_forwards * cost.nearest(draft, batch, draft_width, bound=bound)
                 if draft is not None and draft_forwards else 0.0)
-    return (drafting + cost.nearest("target", batch, verify_tokens, bound=bound) + extra.get("draft", 0.0)) / step
+    correction = extra.get("tree" if draft_width > 1 else "chain", 0.0)
+    return (drafting + cost.nearest("target", batch, verify_tokens, bound=bound) + correction) / step
 
 
 def _forward_seconds(cost: "CostTable", record: dict) -> float:
@@ -153,7 +154,7 @@ def _forward_seconds(cost: "CostTable", record: dict) -> float:
 def calibrate(cost: "CostTable", records: list[dict]) -> "CostTable":
     """The table with a per-step overhead fitted from online eval records: per batch size, the median over records
     of (their measured seconds per decoding step, ``step_seconds``, prefill excluded - the table's forwards),
-    separately for plain decoding and for drafts. Records of drafters whose costs the table lacks are skipped."""
+    separately for plain decoding, chains and trees. Records of drafters whose costs the table lacks are skipped."""
     gaps: dict[str, dict[str, list[float]]] = {}
     for r in records:
         if r.get("mode") != "online" or not r.get("step_seconds"):
@@ -163,7 +164,7 @@ def calibrate(cost: "CostTable", records: list[dict]) -> "CostTable":
         except InputError:
             continue
         measured = r["step_seconds"]
-        kind = "plain" if r["method"] == "none" else "draft"
+        kind = "plain" if r["method"] == "none" else "tree" if r.get("tree_depth") else "chain"
         gaps.setdefault(str(r["batch_size"]), {}).setdefault(kind, []).append(measured - predicted)
     overhead = {b: {k: float(statistics.median(v)) for k, v in kinds.items()} for b, kinds in gaps.items()}
     return CostTable(cost.device, cost.dtype, cost.entries, cost.target_quantization, {**cost.overhead, **overhead})

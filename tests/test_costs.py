@@ -73,6 +73,6 @@ def test_calibrate_fits_the_per_step_overhead_and_step_cost_adds_it():
                dict(mode="replay", method="draft:h")]  # not timed: ignored
     calibrated = calibrate(table, records)
     assert calibrated.overhead["2"]["plain"] == pytest.approx(0.005)
-    assert calibrated.overhead["2"]["draft"] == pytest.approx(0.012)
+    assert calibrated.overhead["2"]["chain"] == pytest.approx(0.012)
     assert step_cost(calibrated, "head:1", 2, 4, 3) == pytest.approx((3 * 0.01 + 0.15 + 0.012) / 0.105)
     assert step_cost(table, "head:1", 2, 4, 3) == pytest.approx((3 * 0.01 + 0.15) / 0.10)  # uncalibrated

@@ -37,10 +37,11 @@ def check_report_against_records(run_dir, text: str) -> None:
             method=chosen["best_draft"], batch_size=int(cells[0]), draft_shape=chosen["draft_shape"], mode="online",
             prompt_set="confirm"))
         assert cells[2] == chosen["draft_shape"] and cells[5] == f"{record['mean_accepted_length']:.2f}"
-        assert cells[7] == Speedup(record["speedup"], tuple(record["speedup_ci95"]), 0, 0).describe()
+        assert cells[8] == Speedup(record["speedup"], tuple(record["speedup_ci95"]), 0, 0).describe()
+        assert cells[7].startswith(f"{record['decode_speedup']:.2f}x (")
         chunks = -(-record["n_prompts"] // int(cells[0]))  # one paired ratio per batch of prompts and round
         assert record["timing_rounds"] == 3 and len(record["speedup_ratios"]) == 3 * chunks
-        assert cells[8] == ("the draft" if chosen["draft"] != "none" else "plain decoding")
+        assert cells[10] == ("the draft" if chosen["draft"] != "none" else "plain decoding")
         lower = chosen["predicted_speedup_ci95"][0]
         assert (chosen["draft"] != "none") == (lower > 1)  # never a draft whose lower bound is below plain
 
