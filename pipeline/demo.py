@@ -164,6 +164,8 @@ def _law_on_select_set(run_dir: Path, fits_path: Path, top: int) -> list[str]:
 
 
 def _interval_text(median: float, ci95) -> str:
+    if ci95 and ci95[0] == ci95[1] == median == 1:
+        return "1.00x (the baseline)"
     return Speedup(median, tuple(ci95), 0, 0).describe() if ci95 else f"{median:.2f}x"
 
 
