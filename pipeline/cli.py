@@ -280,12 +280,12 @@ def _generate_parser(sub) -> None:
     gen.add_argument("--max-ngram", type=_positive(int), default=3, help="prompt lookup: longest n-gram matched")
     gen.add_argument("--tree", type=_tree, help=f"draft a dynamic tree: {TREE_FORM}")
     gen.add_argument("--config", help="a Scylla configuration (scylla select): its draft and shape for --batch-size")
-    gen.add_argument("--batch-size", type=_positive(int), default=1)
-    gen.add_argument("--max-new-tokens", type=_positive(int), default=128)
+    gen.add_argument("--batch-size", type=_positive(int), default=1, help="rows decoded together")
+    gen.add_argument("--max-new-tokens", type=_positive(int), default=128, help="new-token limit per prompt")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
     gen.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=None, help="sampling seed (default: none, a fresh draw)")
     gen.add_argument("--no-chat-template", action="store_true", help="feed prompts as raw text")
     gen.add_argument("--json", help="also write texts and statistics to this JSON file")
     gen.add_argument("--quiet", action="store_true", help="statistics only, no texts")
@@ -327,8 +327,8 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--drafts", action="append", help="evaluate these draft specs instead of the run's drafts")
     ev.add_argument("--target", help="default: the target the run's drafts were trained for, else smollm2-135m")
     ev.add_argument("--tasks", default="gsm,code", help="comma-separated: gsm, code, copy, rg:NAME, jsonl:PATH")
-    ev.add_argument("--temperatures", type=_floats, default=[0.0, 0.6])
-    ev.add_argument("--batch-sizes", type=_ints, default=[1])
+    ev.add_argument("--temperatures", type=_floats, default=[0.0, 0.6], help="comma-separated; 0 is greedy")
+    ev.add_argument("--batch-sizes", type=_ints, default=[1], help="comma-separated decoding batch sizes")
     ev.add_argument("--shapes", type=lambda t: [v for v in t.split(";") if v], default=["chain:2"],
                     help="';'-separated draft shapes: chain:G or tree:top_k=K,depth=D,total_tokens=N")
     ev.add_argument("--baselines", default="none,prompt-lookup", help="comma-separated specs, e.g. none,truncated:4")
@@ -337,26 +337,28 @@ def _eval_parser(sub) -> None:
                     help="which of each task's disjoint prompt sets (default fit; the Scylla check uses confirm)")
     ev.add_argument("--repeats", type=_positive(int), default=3, help="online: interleaved timing rounds of plain "
                     "decoding and each method, for paired speed-ups with a 95%% interval (default 3)")
-    ev.add_argument("--max-new-tokens", type=_positive(int), default=64)
+    ev.add_argument("--max-new-tokens", type=_positive(int), default=64, help="new-token limit per prompt")
     ev.add_argument("--replay", action="store_true", help="at T=0 count acceptance by exact replay (no timing)")
     ev.add_argument("--cost", help="cost table JSON (scylla costs): adds the predicted speed-up")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, default=0, help="sampling seed at T > 0 (batch b uses seed + its first "
+                    "prompt's index)")
     ev.set_defaults(func=cmd_eval)
 
 
 def _costs_parser(sub) -> None:
     costs = sub.add_parser("costs", parents=[MODEL_ARGS],
                            help="measure forward costs of the target and drafts (the cost model) to JSON")
-    costs.add_argument("--target", default="smollm2-135m")
+    costs.add_argument("--target", default="smollm2-135m", help="HF folder, hub id or alias")
     costs.add_argument("--draft", action="append", help="truncated:K or draft:PATH (repeat for several)")
     costs.add_argument("--head-layers", type=_ints, help="also untrained EAGLE heads of these depths (head:L)")
     costs.add_argument("--head-width", type=int, default=0, help="their width (0: the target's)")
-    costs.add_argument("--batch-sizes", type=_ints, default=[1, 4, 16])
+    costs.add_argument("--batch-sizes", type=_ints, default=[1, 4, 16], help="comma-separated batch sizes")
     costs.add_argument("--tokens", type=_ints, default=[1, 2, 3, 4, 5, 9, 17],
                        help="new tokens per forward (verify sizes, tree widths)")
     costs.add_argument("--contexts", type=_ints, default=[128, 512], help="tokens already in the KV cache")
-    costs.add_argument("--reps", type=_positive(int), default=10)
-    costs.add_argument("--out", default="costs.json")
+    costs.add_argument("--reps", type=_positive(int), default=10,
+                       help="timed repeats per forward (median, min and max kept)")
+    costs.add_argument("--out", default="costs.json", help="the cost table (JSON)")
     costs.set_defaults(func=cmd_costs)
 
 
@@ -365,7 +367,7 @@ def _select_parser(sub) -> None:
                          help="pick the fastest draft configuration per batch size from laws and costs")
     sel.add_argument("--fits", required=True, help="scylla fit --by draft_layers[,draft_shape] --json output")
     sel.add_argument("--cost", required=True, help="scylla costs --head-layers ... output")
-    sel.add_argument("--batch-sizes", type=_ints, default=[1, 8, 64])
+    sel.add_argument("--batch-sizes", type=_ints, default=[1, 8, 64], help="comma-separated: one choice per batch size")
     sel.add_argument("--token-budget", type=_positive(int), help="training tokens (default: the largest fitted)")
     sel.add_argument("--fitted-shape", default="chain:2", help="shape the MAT was measured at, for fits without "
                      "a draft_shape group (default chain:2)")
@@ -383,8 +385,8 @@ def _select_parser(sub) -> None:
 def _demo_parser(sub) -> None:
     demo = sub.add_parser("demo", parents=[THREAD_ARGS], help="the whole study on SmolLM2 (train, replay, fit, select, "
                           "check, figures, report); re-runs reuse finished work")
-    demo.add_argument("--run-dir", default="runs/demo")
-    demo.add_argument("--grid", default="experiments/demo.yaml")
+    demo.add_argument("--run-dir", default="runs/demo", help="where everything goes (re-runs reuse its work)")
+    demo.add_argument("--grid", default="experiments/demo.yaml", help="the training grid")
     demo.set_defaults(func=cmd_demo)
 
 
@@ -405,6 +407,18 @@ def _tts_bench_parser(sub) -> None:
     tts.set_defaults(func=cmd_tts_bench)
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the help already states it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        shown = ",".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+        return f"{text} (default: {shown})".lstrip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scylla", description="Speculative decoding research toolkit.")
     parser.add_argument("--version", action="version", version=f"scylla {scylla.__version__}")
@@ -418,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _figs_parser(sub)
     _tts_bench_parser(sub)
+    for command in sub.choices.values():
+        command.formatter_class = _DefaultsFormatter
     return parser
 
 

@@ -131,3 +131,22 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("scylla: error: --") and message in err and "\n" not in err
+
+
+def test_every_flag_has_help_that_states_its_default():
+    """`scylla VERB --help` documents every flag, and every flag with a default says what it is (issue 16)."""
+    import argparse
+
+    from pipeline.cli import build_parser
+
+    parser = build_parser()
+    (verbs,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, verb in verbs.choices.items():
+        text = " ".join(verb.format_help().split())
+        for action in verb._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"scylla {name} {action.option_strings[0]} has no help"
+            if action.default not in (None, False):
+                help_text = " ".join(verb.formatter_class(name)._get_help_string(action).replace("%%", "%").split())
+                assert "default" in help_text.lower() and help_text in text, (name, action.option_strings)
