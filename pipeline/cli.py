@@ -18,7 +18,7 @@ from pipeline.sweep import load_sweep, run_sweep
 from pipeline.tts_bench import load_bench, run_bench
 import scylla
 from scylla.atomic import write_json_atomic
-from scylla.costs import measure_costs, untrained_heads
+from scylla.costs import calibrate, measure_costs, untrained_heads
 from scylla.data.prompt_sets import PROMPT_SETS
 from scylla.drafters.eagle import EagleDrafter
 from scylla.drafters.spec import SPECS, drafter_from_spec, parse_spec
@@ -164,6 +164,10 @@ def cmd_costs(args: argparse.Namespace) -> int:
     for spec in args.draft or []:
         if parse_spec(spec)[0] not in ("truncated", "draft"):
             raise InputError(f"--draft takes truncated:K or draft:PATH (a draft LM or head), got {spec!r}")
+    online = [r for d in args.calibrate or [] for r in read_records(d, kind="eval", where={"mode": "online"})]
+    if args.calibrate and not any(r.get("step_seconds") for r in online):
+        raise InputError(f"--calibrate: {', '.join(args.calibrate)} holds no online eval records with step_seconds; "
+                         "run scylla eval there first (without --replay)")
     target, _ = load_model(args.target, device=args.device, dtype=args.dtype)
     models = {"target": target}
     for spec in args.draft or []:
@@ -172,6 +176,10 @@ def cmd_costs(args: argparse.Namespace) -> int:
     models.update(untrained_heads(target, args.head_layers or [], args.head_width))
     table = measure_costs(models, args.batch_sizes, args.tokens, args.contexts, reps=args.reps)
     table.target_quantization = target_quantization(args.target, target)
+    if args.calibrate:
+        table = calibrate(table, online)
+        print("per-step correction (ms), by batch size: " + "; ".join(
+            f"{b}: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in o.items()) for b, o in table.overhead.items()))
     table.save(args.out)
     for e in table.entries:
         print(f"{e['model'][-24:]:>24}  batch {e['batch']:>3}  tokens {e['tokens']:>3}  context {e['context']:>5}  "
@@ -359,6 +367,8 @@ def _costs_parser(sub) -> None:
     costs.add_argument("--reps", type=_positive(int), default=10,
                        help="timed repeats per forward (median, min and max kept)")
     costs.add_argument("--out", default="costs.json", help="the cost table (JSON)")
+    costs.add_argument("--calibrate", action="append", metavar="RUN_DIR", help="fit the per-step correction from the "
+                       "online eval records of this run directory (repeat for several; scylla.costs.calibrate)")
     costs.set_defaults(func=cmd_costs)
 
 

@@ -40,6 +40,26 @@ def test_costs_cli(tmp_path, capsys):
     assert len(CostTable.load(out).entries) == 8
     assert main(["costs", "--draft", "prompt-lookup", "--out", str(out)]) == 2
     assert "truncated:K or draft:PATH" in capsys.readouterr().err
+    # --calibrate: plain decoding's online records' seconds per step, against the table's forward
+    from scylla.records import append_record, new_record
+
+    table, steps = CostTable.load(out), {}
+    run = tmp_path / "online"
+    for b in (1, 2):
+        steps[b] = step = table.nearest("target", b, 1) + 0.003
+        append_record(run, new_record("eval", run_id="baseline", sweep="", target="tiny-random-llama",
+                                      drafter_type="none", draft_layers=0, draft_width=0, draft_params=0,
+                                      draft_params_with_embeddings=0, train_tokens=0, data="", seed=0, method="none",
+                                      mode="online", batch_size=b, task="copy", temperature=0.0,
+                                      draft_shape="chain:0", step_seconds=step))
+    assert main(argv + ["--calibrate", str(run)]) == 0  # measures the table again, then calibrates it
+    calibrated = CostTable.load(out)
+    assert set(calibrated.overhead) == {"1", "2"}
+    for b in (1, 2):
+        assert calibrated.overhead[str(b)]["plain"] == pytest.approx(steps[b] - calibrated.nearest("target", b, 1))
+    capsys.readouterr()
+    assert main(argv + ["--calibrate", str(tmp_path)]) == 2  # no records there: refused before measuring
+    assert "records.jsonl does not exist" in capsys.readouterr().err
 
 
 def test_step_cost_chain_tree_and_lookup():
