@@ -36,12 +36,30 @@ def realign(x: torch.Tensor, dim: int, lengths: torch.Tensor, keep: torch.Tensor
     return x.gather(dim, index.view(shape).expand(*[s if i != dim else index.shape[1] for i, s in enumerate(x.shape)]))
 
 
+def sliding_window(config) -> tuple[int | None, bool]:
+    """(window, mixed): the sliding window of a model's sliding-window attention layers (None: it has none) and
+    whether it also has full-attention layers. The one place that knows how architectures declare it: a list of
+    ``layer_types`` (Gemma 3, Qwen2/3 with use_sliding_window), else ``sliding_window`` on every layer (Mistral).
+    Tree masks of window-limited layers only cut old columns, so tree depth must stay below the window."""
+    window = getattr(config, "sliding_window", None)
+    kinds = set(getattr(config, "layer_types", None) or [])
+    if kinds:
+        sliding = "sliding_attention" in kinds
+        return (window if sliding else None), sliding and "full_attention" in kinds
+    if getattr(config, "use_sliding_window", True) is False:
+        return None, False
+    return window, False
+
+
 class RaggedKV:
     """Cache plus per-row valid lengths for one model; ``forward`` runs the model on new tokens of every row."""
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
-        self.cache = DynamicCache(config=model.config)
+        # Every layer keeps its whole history, sliding-window layers included: the model masks them to their window
+        # (from the 2-D mask, or from ``_tree_mask`` for trees), and a per-row rollback of a full cache is exact.
+        self.cache = DynamicCache()
+        self.window, self.mixed = sliding_window(model.config)
         self.lengths: torch.Tensor | None = None  # (B,) valid tokens per row
 
     @property
@@ -71,11 +89,16 @@ class RaggedKV:
             m = tree.shape[2]
             base = self.lengths - (m - n)
             old = torch.arange(C - (m - n), device=device)[None, :] >= (C - self.lengths)[:, None]
-            seen = torch.cat([old[:, None, :].expand(B, n, -1), tree.to(device)], dim=2)  # (B, n, C + n)
-            dtype = next(self.model.parameters()).dtype
-            attention_mask = torch.zeros(seen.shape, dtype=dtype, device=device)
-            attention_mask = attention_mask.masked_fill(~seen, torch.finfo(dtype).min)[:, None]
             position_ids = base[:, None] + depth
+            seen = torch.cat([old[:, None, :].expand(B, n, -1), tree.to(device)], dim=2)  # (B, n, C + n)
+            attention_mask = self._additive(seen)
+            if self.window is not None:  # sliding-window layers: old columns more than window - 1 positions back
+                old_pos = torch.arange(C - (m - n), device=device)[None, :] - (C - self.lengths)[:, None]
+                near = position_ids[:, :, None] - old_pos[:, None, :] < self.window
+                near = torch.cat([near, torch.ones_like(tree, dtype=torch.bool, device=device)], dim=2)
+                windowed = self._additive(seen & near)
+                attention_mask = ({"full_attention": attention_mask, "sliding_attention": windowed} if self.mixed
+                                  else windowed)
         else:
             past = torch.arange(C, device=device)[None, :] >= (C - self.lengths)[:, None]
             attention_mask = torch.cat([past.long(), input_mask.long()], dim=1)
@@ -90,6 +113,11 @@ class RaggedKV:
         )
         self.lengths = self.lengths + input_mask.long().sum(1)
         return out
+
+    def _additive(self, seen: torch.Tensor) -> torch.Tensor:
+        """(B, n, k) bool -> the additive (B, 1, n, k) mask HF attention takes."""
+        dtype = next(self.model.parameters()).dtype
+        return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(~seen, torch.finfo(dtype).min)[:, None]
 
     def trim(self, keep: torch.Tensor) -> None:
         """Keep the first keep[b] (<= lengths[b]) valid tokens of each row: a rollback after verification."""

@@ -83,7 +83,12 @@ def positional_llama(steps: int = 300, hidden: int = 64, layers: int = 2) -> Lla
 
     Shifting the positions of the last 4 tokens by one flips about half of its argmaxes (a random tiny Llama: none),
     and its top-1 margins are several logits wide, so greedy ties do not occur."""
-    model = tiny_llama(vocab_size=64, layers=layers, hidden=hidden, seed=0).train()
+    return train_positional(tiny_llama(vocab_size=64, layers=layers, hidden=hidden, seed=0), steps)
+
+
+def train_positional(model: torch.nn.Module, steps: int = 300) -> torch.nn.Module:
+    """Train a tiny causal LM (vocabulary 64) on the positional task; returns it in eval mode, frozen."""
+    model.train()
     generator = torch.Generator().manual_seed(1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):

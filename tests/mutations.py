@@ -125,6 +125,12 @@ MUTATIONS = [
         "v_shock = 0.0", ("tests/test_prompt_unit.py::test_prompt_unit_interval_covers_the_population_slope",),
     ),
     Mutation(
+        "tree-mask-no-window",
+        "a tree's attention mask ignores the sliding window, so window-limited layers see tokens the target would not",
+        "scylla/kv.py", "            if self.window is not None:  # sliding-window layers",
+        "            if False:  # sliding-window layers", ("tests/test_families.py",),
+    ),
+    Mutation(
         "unroll-positions",
         "training-time test gives step i the rotary positions of the real pairs, q - i, instead of q",
         "train/unroll.py", "position_ids=positions, cache", "position_ids=(positions - step).clamp(min=0), cache",
