@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -139,16 +139,14 @@ def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int
 
 
 def _forward_seconds(cost: "CostTable", record: dict) -> float:
-    """Seconds of the forwards of one step of this record's method, from the table (no overhead)."""
-    b = record["batch_size"]
-    if record["method"] == "none":
-        return cost.nearest("target", b, 1)
+    """Seconds of the forwards of one step of this online eval record's method, from the table (step_cost without
+    the correction, times one plain step)."""
+    bare, b = replace(cost, overhead={}), record["batch_size"]
     draft = f"head:{record['draft_layers']}" if record["drafter_type"] == "eagle" else None
-    width = record.get("tree_top_k") or 1
     forwards = record.get("tree_depth") or record.get("num_draft_tokens") or 0
     verify = (record.get("tree_total_tokens") or record.get("num_draft_tokens") or 0) + 1
-    drafting = forwards * cost.nearest(draft, b, width) if draft and forwards else 0.0
-    return drafting + cost.nearest("target", b, verify)
+    ratio = step_cost(bare, draft, b, verify, forwards, record.get("tree_top_k") or 1)
+    return ratio * bare.nearest("target", b, 1)
 
 
 def calibrate(cost: "CostTable", records: list[dict]) -> "CostTable":
@@ -167,7 +165,7 @@ def calibrate(cost: "CostTable", records: list[dict]) -> "CostTable":
         kind = "plain" if r["method"] == "none" else "tree" if r.get("tree_depth") else "chain"
         gaps.setdefault(str(r["batch_size"]), {}).setdefault(kind, []).append(measured - predicted)
     overhead = {b: {k: float(statistics.median(v)) for k, v in kinds.items()} for b, kinds in gaps.items()}
-    return CostTable(cost.device, cost.dtype, cost.entries, cost.target_quantization, {**cost.overhead, **overhead})
+    return replace(cost, overhead={**cost.overhead, **overhead})
 
 
 def untrained_heads(target: torch.nn.Module, layers: list[int], width: int = 0) -> dict[str, torch.nn.Module]:
