@@ -111,8 +111,9 @@ def fit_log_linear(
 
     OLS, or with ``robust`` a Huber M-estimate (statsmodels RLM); 95% intervals are t with n - 2 df. OLS errors are
     classical below HC_MIN_POINTS points unless a Breusch-Pagan test rejects constant variance (p < 0.05, from
-    BP_MIN_POINTS points), else HC3; ``method`` says which ("ols-classical", "ols-hc3", "huber"). ``bootstrap`` > 0 adds a percentile interval for the slope from that many resamples,
-    of whole runs (``run_id``) when the group holds several runs, else of points.
+    BP_MIN_POINTS points), else HC3; ``method`` says which ("ols-classical", "ols-hc3", "huber"). ``bootstrap`` > 0 adds
+    a percentile interval for the slope from that many resamples, of whole runs (``run_id``) when the group holds
+    several runs, else of points.
     """
     if bootstrap < 0:
         raise InputError(f"bootstrap must be >= 0 resamples, got {bootstrap}")

@@ -50,7 +50,7 @@ class LogLinearFit:
     residuals: list[float]
     x_values: list[float]
     y_values: list[float]
-    method: str  # the estimator, e.g. "ols" (errors: see fit_log_linear), "huber" (statsmodels RLM) or prompt_unit.METHOD
+    method: str  # the estimator: "ols-classical", "ols-hc3", "huber" (fit_log_linear) or prompt_unit.METHOD
     cov: list[list[float]]
     resid_var: float
     bootstrap_unit: str | None = None  # "run" or "point": what the bootstrap resampled; None without bootstrap

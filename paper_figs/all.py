@@ -1,6 +1,6 @@
 """Every figure and table of the paper that the records support, from records alone: law 1 of the replay records
-and laws 1 and 2 of the train records for MAT and held-out accuracy (laws.py), law 3 (batch.py), Fig. 2 (tasks.py), Table 5 (table.py) and the test-time-scaling figures
-(tts.py)."""
+and laws 1 and 2 of the train records for MAT and held-out accuracy (laws.py), law 3 (batch.py), Fig. 2 (tasks.py),
+Table 5 (table.py) and the test-time-scaling figures (tts.py)."""
 
 from __future__ import annotations
 

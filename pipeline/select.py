@@ -150,19 +150,12 @@ def confirmation(check_dir: str | Path, chosen: dict[int, Candidate], drafts: di
                                                                            prompt_set="confirm"))
                 if r.get("speedup_ratios")]
         plain = next((r for r in rows if r["method"] == "none"), None)
-        if plain is None:
-            out[b] = None
-            continue
-        if pays(c):
-            pick = next((r for r in rows if r["method"] == f"draft:{drafts[b]}" and r["draft_shape"] == c.draft_shape),
-                        None)
-        else:
-            pick = plain
-        best = max(rows, key=lambda r: r["speedup"])
+        pick = next((r for r in rows if r["method"] == f"draft:{drafts[b]}" and r["draft_shape"] == c.draft_shape),
+                    None) if pays(c) else plain
         if pick is None:
             out[b] = None
             continue
-        rounds = pick["timing_rounds"]
+        best, rounds = max(rows, key=lambda r: r["speedup"]), pick["timing_rounds"]
         value, interval = regret(chunked(pick["speedup_ratios"], rounds), chunked(best["speedup_ratios"], rounds))
         out[b] = dict(choice=f"{pick['method']} {pick['draft_shape']}", choice_speedup=pick["speedup"],
                       choice_ci95=pick["speedup_ci95"], best=f"{best['method']} {best['draft_shape']}",
@@ -173,11 +166,11 @@ def confirmation(check_dir: str | Path, chosen: dict[int, Candidate], drafts: di
 
 def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, drafts: dict[int, str | None],
                  target: str, tasks: list[str], also: list[tuple[str, str]] = ()) -> dict:
-    """The Scylla configuration: an eval config (``scylla eval --config``) that measures the chosen draft at each
-    batch size (and ``also`` these (draft spec, shape) pairs, e.g. a baseline), whose ``selection`` section (read by
-    ``scylla generate --config``) holds the choice and its prediction per batch size; it measures on the
-    ``confirm`` prompt set, disjoint from the prompts the laws were fitted on. Where the best draft's predicted
-    speed-up is not above 1 at its lower 95% bound (``pays``), the choice is plain decoding (``draft: none``) and the best draft stays in
+    """The Scylla configuration: an eval config (``scylla eval --config``) that measures the chosen draft at each batch
+    size (and ``also`` these (draft spec, shape) pairs, e.g. a baseline), whose ``selection`` section (read by ``scylla
+    generate --config``) holds the choice and its prediction per batch size; it measures on the ``confirm`` prompt set,
+    disjoint from the prompts the laws were fitted on. Where the best draft's predicted speed-up is not above 1 at its
+    lower 95% bound (``pays``), the choice is plain decoding (``draft: none``) and the best draft stays in
     ``best_draft``. Written atomically; returns it."""
     specs = sorted({f"draft:{d}" for d in drafts.values() if d} | {spec for spec, _ in also})
     selection = {}
@@ -240,4 +233,4 @@ def run_selection(fits_path: str | Path, cost_path: str | Path, batch_sizes: lis
         evaluate(EvalConfig(**{**config, "prompts": prompts, "max_new_tokens": new_tokens}))
         checked = measured(check_dir, chosen, drafts)
         regrets = confirmation(check_dir, chosen, drafts)
-    return Selection(found, chosen, drafts, config, checked, regrets if check is not None else None)
+    return Selection(found, chosen, drafts, config, checked, regrets)

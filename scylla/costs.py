@@ -2,12 +2,13 @@
 
 Costs are seconds per forward of ``tokens`` new tokens per row, at a batch size, on a KV cache already holding
 ``context`` tokens (median of repeats, with the fastest and slowest repeat; this engine's RaggedKV, so the same code
-path as decoding). They are saved per device as JSON. With c = draft step / target step and v = verify of g+1 tokens / target step (both at the same
-batch size), a chain drafter with mean accepted length MAT is predicted to run at MAT / (g c + v) times plain
-decoding (Leviathan et al. 2023's expected speed-up, with the measured MAT in place of the i.i.d. model and the
-verify cost measured rather than assumed to be one step). The per-step work outside the forwards (sampling,
-acceptance, cache bookkeeping, Python) is added as an overhead per step, fitted from online runs (``calibrate``);
-docs/benchmarks.md gives the model's measured error.
+path as decoding). They are saved per device as JSON. With c = draft step / target step and v = verify of g+1
+tokens / target step (both at the same batch size), a chain drafter with mean accepted length MAT is predicted to
+run at MAT / (g c + v) times plain decoding (Leviathan et al. 2023's expected speed-up, with the measured MAT in
+place of the i.i.d. model and the verify cost measured rather than assumed to be one step). The per-step work
+outside the forwards (sampling, acceptance, cache bookkeeping, Python) enters as a correction per step for plain
+decoding, chains and trees, fitted from online runs (``calibrate``); docs/benchmarks.md gives the model's measured
+error.
 """
 
 from __future__ import annotations

@@ -117,7 +117,8 @@ class RaggedKV:
     def _additive(self, seen: torch.Tensor) -> torch.Tensor:
         """(B, n, k) bool -> the additive (B, 1, n, k) mask HF attention takes."""
         dtype = next(self.model.parameters()).dtype
-        return torch.zeros(seen.shape, dtype=dtype, device=seen.device).masked_fill(~seen, torch.finfo(dtype).min)[:, None]
+        mask = torch.zeros(seen.shape, dtype=dtype, device=seen.device)
+        return mask.masked_fill(~seen, torch.finfo(dtype).min)[:, None]
 
     def trim(self, keep: torch.Tensor) -> None:
         """Keep the first keep[b] (<= lengths[b]) valid tokens of each row: a rollback after verification."""

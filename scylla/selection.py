@@ -14,9 +14,10 @@ from scylla.errors import ConfigError
 
 @dataclass
 class SelectionEntry(Config):
-    """The choice at one batch size: ``draft`` (a draft spec; ``none``: plain decoding, where even the best draft's
-    predicted speed-up is not above 1 at its lower 95% bound; None: no draft was trained for it) and ``draft_shape``. `scylla select` also writes the
-    chosen candidate's prediction (pipeline/select.py Candidate) and ``best_draft``, the trained draft folder."""
+    """The choice at one batch size: ``draft`` (a draft spec; ``none``: plain decoding, where even the best
+    draft's predicted speed-up is not above 1 at its lower 95% bound; None: no draft was trained for it) and
+    ``draft_shape``. `scylla select` also writes the chosen candidate's prediction (pipeline/select.py Candidate)
+    and ``best_draft``, the trained draft folder."""
 
     draft_shape: str
     draft: str | None = None

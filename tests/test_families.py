@@ -60,7 +60,8 @@ def family(request):
 
 def test_window_is_read_from_each_architecture(family):
     name, model = family
-    assert sliding_window(model.config) == {"mistral": (WINDOW, False), "gemma3": (WINDOW, True)}.get(name, (None, False))
+    expected = {"mistral": (WINDOW, False), "gemma3": (WINDOW, True)}.get(name, (None, False))
+    assert sliding_window(model.config) == expected
 
 
 @pytest.mark.parametrize("batch", [1, 3])
