@@ -340,7 +340,8 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--shapes", type=lambda t: [v for v in t.split(";") if v], default=["chain:2"],
                     help="';'-separated draft shapes: chain:G or tree:top_k=K,depth=D,total_tokens=N")
     ev.add_argument("--baselines", default="none,prompt-lookup", help="comma-separated specs, e.g. none,truncated:4")
-    ev.add_argument("--prompts", type=_positive(int), default=8, help="prompts per task (default 8)")
+    ev.add_argument("--prompts", type=_positive(int), default=16, help="prompts per task (default 16: a law needs 16+ "
+                    "prompts as units)")
     ev.add_argument("--prompt-set", choices=PROMPT_SETS, default="fit",
                     help="which of each task's disjoint prompt sets (default fit; the Scylla check uses confirm)")
     ev.add_argument("--repeats", type=_positive(int), default=3, help="online: interleaved timing rounds of plain "

@@ -95,7 +95,7 @@ class EvalConfig(Config):
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     shapes: list[str] = field(default_factory=lambda: ["chain:2"])
     baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
-    prompts: int = 8
+    prompts: int = 16  # a law fitted on these needs 16 or more prompts as its units (docs/fitting.md)
     prompt_set: str = "fit"  # fit | select | confirm: disjoint sets of each task's problems (scylla.data.prompt_sets)
     repeats: int = 3  # online: interleaved timing rounds of plain decoding and every method (scylla.timing)
     max_new_tokens: int = 64
