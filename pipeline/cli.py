@@ -79,7 +79,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"[{args.config}] batch {args.batch_size}: {entry.draft} {entry.draft_shape} (best draft "
               f"predicted at {entry.predicted_speedup:.2f}x plain decoding)", file=sys.stderr)
     parse_spec(args.drafter)
-    prompts = read_prompts(args.prompts) if args.prompts else list(args.prompt)
+    prompts = read_prompts(args.prompts_file) if args.prompts_file else list(args.prompt)
     if len(prompts) < args.batch_size:  # one prompt, batch 8: eight samples of it
         prompts = [prompts[i % len(prompts)] for i in range(args.batch_size)]
     model, tokenizer = load_model(args.target, device=args.device, dtype=args.dtype)
@@ -281,7 +281,8 @@ def _generate_parser(sub) -> None:
                          help="decode prompts speculatively and print text and statistics")
     src = gen.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
-    src.add_argument("--prompts", help='jsonl file, one {"prompt": "..."} per line')
+    src.add_argument("--prompts-file", help='jsonl file, one {"prompt": "..."} per line (--prompts is a count in eval '
+                     "and select)")
     gen.add_argument("--target", default="smollm2-135m", help="HF folder, hub id, or smollm2-135m (default)")
     gen.add_argument("--drafter", default="none", help=f"one of: {SPECS} (default none: plain decoding)")
     gen.add_argument("--num-draft-tokens", type=_positive(int), help="draft length gamma (default: 4, lookup 10)")

@@ -57,7 +57,7 @@ def test_bad_drafter_settings():
     [
         (["generate", "--prompt", "hi", "--drafter", "eagle"], "unknown drafter"),
         (["generate", "--prompt", "hi", "--drafter", "truncated:x"], "layer count"),
-        (["generate", "--prompts", "/nonexistent.jsonl"], "does not exist"),
+        (["generate", "--prompts-file", "/nonexistent.jsonl"], "does not exist"),
         (["generate", "--prompt", "hi", "--temperature", "-1"], "temperature"),
         (["generate", "--prompt", "hi", "--target", "./no/such/folder"], "does not exist"),
         (["generate", "--prompt", "hi", "--tree", "top_k=2,depth=2,total_tokens=4"], "--drafter none drafts nothing"),
@@ -76,7 +76,7 @@ def test_cli_errors_exit_2_with_one_line(argv, message, capsys):
 def test_cli_bad_jsonl(tmp_path, capsys):
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"text": 3}\n')
-    assert main(["generate", "--prompts", str(bad)]) == 2
+    assert main(["generate", "--prompts-file", str(bad)]) == 2
     assert "p.jsonl:2" in capsys.readouterr().err
 
 
