@@ -39,16 +39,16 @@ class MeanSlope:
     method: str = METHOD
 
 
-def unit_points(records: Sequence[dict], x: str = "train_tokens", by_run: bool = True) -> dict[tuple, list]:
+def unit_points(records: Sequence[dict], x: str = "train_tokens") -> dict[tuple, list]:
     """Eval records with per-prompt counts -> {(prompt id, run_id): [(x, MAT of that prompt), ...]}: a unit is a
-    prompt under one training run (one seed of a draft configuration), or with ``by_run`` False a prompt over all
-    runs. A prompt's MAT is its new tokens / its target calls (docs/records.md)."""
+    prompt under one training run (one seed of a draft configuration). A prompt's MAT is its new tokens / its target
+    calls (docs/records.md)."""
     units: dict[tuple, list] = {}
     for r in records:
         if not r.get("prompt_ids"):
             raise InputError(f"record {r.get('run_id', '?')} has no per-prompt counts (prompt_ids): re-run its eval")
         for pid, new, calls in zip(r["prompt_ids"], r["prompt_new_tokens"], r["prompt_target_calls"]):
-            units.setdefault((pid, r.get("run_id") if by_run else None), []).append((float(r[x]), new / calls))
+            units.setdefault((pid, r.get("run_id")), []).append((float(r[x]), new / calls))
     return units
 
 
