@@ -218,8 +218,7 @@ class _Runner:
         ratios behind it ([chunk][round]); plain first."""
         runs = [("none", DraftShape(num_draft_tokens=0))] + methods
         chunks = list(self._chunks(task, batch))
-        first: list[list[DecodeStats]] = [[] for _ in runs]
-        totals = np.zeros((len(runs), self.config.repeats, 4))  # tokens, seconds, decode seconds, decode steps
+        rounds = [[[] for _ in range(self.config.repeats)] for _ in runs]  # [run][round]: its chunks' stats
         ratios = [[[] for _ in chunks] for _ in runs]
         decode_ratios: list[list[float]] = [[] for _ in runs]  # the same, prefill excluded
         bar = tqdm(total=self.config.repeats * len(chunks), desc=f"{task} batch {batch}: timing rounds", unit="batch",
@@ -227,23 +226,19 @@ class _Runner:
         for k in range(self.config.repeats):
             for c, (start, ids, mask) in enumerate(chunks):
                 bar.update()
-                order = list(range(len(runs)))[:: -1 if k % 2 else 1]
-                timed, decode = {}, {}
-                for i in order:
-                    stats = self._generate(*runs[i], ids, mask, temperature, start).stats
-                    timed[i] = stats.tokens_per_second
-                    decode[i] = stats.new_tokens / (stats.wall_seconds - stats.prefill_seconds)
-                    totals[i, k] += (stats.new_tokens, stats.wall_seconds, stats.wall_seconds - stats.prefill_seconds,
-                                     stats.forward_passes - stats.generate_calls)
-                    if k == 0:
-                        first[i].append(stats)
+                timed = {}
+                for i in list(range(len(runs)))[:: -1 if k % 2 else 1]:
+                    timed[i] = self._generate(*runs[i], ids, mask, temperature, start).stats
+                    rounds[i][k].append(timed[i])
                 for i in range(len(runs)):
-                    ratios[i][c].append(timed[i] / timed[0])
-                    decode_ratios[i].append(decode[i] / decode[0])
+                    ratios[i][c].append(timed[i].tokens_per_second / timed[0].tokens_per_second)
+                    decode_ratios[i].append(timed[i].decode_tokens_per_second / timed[0].decode_tokens_per_second)
         bar.close()
-        tps = [(float(np.median(t[:, 0] / t[:, 1])), float(np.median(t[:, 2] / np.maximum(t[:, 3], 1))),
-                float(np.median(d))) for t, d in zip(totals, decode_ratios)]
-        return [DecodeStats.merge(f) for f in first], tps, [(paired_speedup(r), r) for r in ratios]
+        merged = [[DecodeStats.merge(parts) for parts in run] for run in rounds]  # [run][round]
+        tps = [(float(np.median([m.tokens_per_second for m in run])),
+                float(np.median([m.step_seconds or 0.0 for m in run])), float(np.median(d)))
+               for run, d in zip(merged, decode_ratios)]
+        return [run[0] for run in merged], tps, [(paired_speedup(r), r) for r in ratios]
 
 
 def _metrics(s: DecodeStats, predicted: float | None, prompt_ids: list[str], tps: float | None = None,

@@ -124,6 +124,11 @@ class DecodeStats(Counts):
         return total
 
     @property
+    def decode_tokens_per_second(self) -> float:
+        """new_tokens / (wall - prefill): the decoding phase's throughput."""
+        return _ratio(self.new_tokens, self.wall_seconds - self.prefill_seconds)
+
+    @property
     def step_seconds(self) -> float | None:
         """Seconds per decoding step after the prefill: (wall - prefill) / (batched forwards - prefills)."""
         steps = self.forward_passes - self.generate_calls
