@@ -145,21 +145,22 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
 def _law_on_select_set(run_dir: Path, fits_path: Path, top: int) -> list[str]:
     """Markdown rows: each law's MAT at ``top`` tokens (95% confidence and prediction intervals) against the MAT of
     the top heads replayed on the select prompt set (all seeds pooled), and on the fit set."""
+    where = {k: v for k, v in REPLAY_WHERE.items() if k != "prompt_set"}
+    top_records = read_records(run_dir, where={**where, "train_tokens": top})  # every prompt set, read once
     rows = []
     for fit in load_fits(fits_path):
         law, group = law_of(fit), fit["group"]
         measured = {}
         for name in ("select", "fit"):
-            found = read_records(run_dir, kind="eval", where={**REPLAY_WHERE, "prompt_set": name, **group,
-                                                              "train_tokens": top})
+            found = [r for r in top_records if r.get("prompt_set") == name and all(r[k] == v for k, v in group.items())]
             calls = sum(r["target_calls"] for r in found)
-            measured[name] = f"{sum(r['new_tokens'] for r in found) / calls:.3f}" if calls else "-"
+            measured[name] = sum(r["new_tokens"] for r in found) / calls if calls else None
         mean, lo, hi = law.predict(top)
         _, plo, phi = law.predict(top, interval="prediction")
-        inside = measured["select"] != "-" and plo <= float(measured["select"]) <= phi
+        inside = measured["select"] is not None and plo <= measured["select"] <= phi
+        shown = {k: "-" if v is None else f"{v:.3f}" for k, v in measured.items()}
         rows.append(f"| {group['draft_layers']} | {group['draft_shape']} | {mean:.3f} [{lo:.3f}, {hi:.3f}] | "
-                    f"[{plo:.3f}, {phi:.3f}] | {measured['select']} | {measured['fit']} | "
-                    f"{'yes' if inside else 'no'} |")
+                    f"[{plo:.3f}, {phi:.3f}] | {shown['select']} | {shown['fit']} | {'yes' if inside else 'no'} |")
     return rows
 
 
