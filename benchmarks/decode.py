@@ -1,7 +1,8 @@
-"""Decode benchmark: this engine (scylla) against HF ``generate`` on SmolLM2-135M, fp32 on CPU, greedy.
+"""Decode benchmark: this engine (scylla) against HF ``generate`` on SmolLM2-135M (or --target), fp32 on CPU, greedy.
 
 Two prompt sets: ``gsm`` (GSM-style word problems from reasoning-gym's gsm_symbolic) and ``copy`` (prompts whose
-answers mostly repeat, extract or reformat text given in the prompt). Every prompt goes through the chat template.
+answers mostly repeat, extract or reformat text given in the prompt). Every prompt goes through the chat template
+(a base model without one, such as gemma3-270m, gets the plain text).
 
 Rows at batch 1 (one prompt per call): plain decoding, truncated drafts (the target's first K layers, gamma tokens
 per step), prompt lookup (n-gram matching); each for both engines (HF: ``assistant_model`` with a constant schedule,
@@ -34,7 +35,8 @@ drafts are of varying length), so measured speed-ups can exceed it (prompt looku
 measured). The JSON also has mat_prediction = MAT / (g*c + v), the speed-up the measured MAT gives at those costs
 (it leaves out the per-step work outside the forwards).
 
-Usage: python benchmarks/decode.py [--quick] [--sets gsm,copy] [--batch-sizes 1,4,8,16] [--json PATH]
+Usage: python benchmarks/decode.py [--target smollm2-135m] [--quick] [--sets gsm,copy] [--batch-sizes 1,4,8,16]
+       [--json PATH]
 """
 
 from __future__ import annotations
@@ -544,6 +546,7 @@ def run_set(set_name: str, model, tokenizer, args, progress) -> tuple[list[dict]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", default="smollm2-135m", help="HF folder, hub id or alias (smollm2-135m, gemma3-270m)")
     p.add_argument("--sets", default="gsm,copy", help="comma-separated prompt sets: gsm, copy")
     p.add_argument("--prompts-per-set", type=int, help=f"default {DEFAULTS['prompts_per_set']}")
     p.add_argument("--max-new-tokens", type=int, help=f"default {DEFAULTS['max_new_tokens']}")
@@ -604,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     started = time.perf_counter()
     env_start = environment()
-    model, tokenizer = load_model("smollm2-135m", device="cpu", dtype="float32")
+    model, tokenizer = load_model(args.target, device="cpu", dtype="float32")
     check_hook_isolation(model)
     heads = len(args.head) * (1 + bool(args.head_tree) + args.head_hybrid)
     hf = 0 if args.no_hf else 1
@@ -622,8 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     print("Measured forward costs (median; through this engine's KV cache):\n")
     print(costs_table(costs))
     print(
-        f"\nResults (greedy, max_new_tokens={args.max_new_tokens}, {args.prompts_per_set} prompts per set, "
-        f"median of {args.repeats} timed pass(es), {args.threads} threads):\n"
+        f"\nResults ({args.target}, greedy, max_new_tokens={args.max_new_tokens}, {args.prompts_per_set} prompts per "
+        f"set, median of {args.repeats} timed pass(es), {args.threads} threads):\n"
     )
     print(markdown_table(rows))
     print(f"\nNote: {HF_BATCHED_NOTE} iid pred = (1 - a^(g+1)) / ((1 - a)(g c + v)), a model, not a bound; "

