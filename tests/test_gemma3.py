@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from scylla import PromptLookup, SpeculativeDecoder, load_model
-from scylla.kv import sliding_window
+from scylla.kv import RaggedKV, sliding_window
 from scylla.models import GEMMA3, target_quantization
 from scylla.prompts import encode_prompts
 
@@ -23,7 +23,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_ggu
 
 PASSAGE = ("The lighthouse keeper climbed the spiral stairs every evening at dusk. He wound the clockwork, trimmed the "
            "wick and polished the great lens until it shone. ")
-NEW = 16
+NEW = 12
+P = 505  # context tokens before the window test's new ones: they cross position 512
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +53,29 @@ def test_alias_loads_the_base_model(gemma3):
         assert tokenizer.decode(model(ids).logits[0, -1].argmax()) == " the"  # " the capital of the country..."
 
 
-def test_prompt_lookup_equals_greedy_across_the_window(gemma3):
-    """Two rows, one short and one whose prompt ends just before the 512-token window: every verify step past it
-    must still give the target's own greedy tokens (HF generate, the reference)."""
+def test_cache_logits_across_the_window(gemma3):
+    """A 505-token context, then 12 more tokens across the 512-token window's edge: the cache's logits (chain and
+    tree masks; this engine builds the tree's window itself) equal those of one cache-free forward."""
     model, tokenizer = gemma3
-    long = PASSAGE * 40
-    long = tokenizer.decode(tokenizer(long, add_special_tokens=False).input_ids[:500])
-    ids, mask = encode_prompts(tokenizer, ["The capital of France is", long])
-    assert ids.shape[1] == 501  # <bos> + 500: the new tokens cross position 512
+    seq = tokenizer(PASSAGE * 40, return_tensors="pt").input_ids[:, :P + NEW]  # <bos> + the passage, repeated
+    with torch.no_grad():
+        full = model(seq, logits_to_keep=NEW + 1).logits  # (1, NEW + 1, V): positions P - 1 .. P + NEW - 1
+        kv = RaggedKV(model)
+        close = dict(atol=1e-3, rtol=0)  # a cache that ignored the window would move these logits by 0.6-0.9
+        torch.testing.assert_close(kv.forward(seq[:, :P], logits_to_keep=1).logits, full[:, :1], **close)
+        torch.testing.assert_close(kv.forward(seq[:, P:]).logits, full[:, 1:], **close)
+        kv.trim(torch.tensor([P]))
+        chain = torch.ones(1, NEW, NEW, dtype=torch.bool).tril()  # a one-branch tree: token i sees tokens 0..i
+        tree = kv.forward(seq[:, P:], tree=chain, depth=torch.arange(NEW)[None]).logits
+        torch.testing.assert_close(tree, full[:, 1:], **close)
+
+
+@pytest.mark.parametrize("branches", [1, 3])
+def test_prompt_lookup_equals_greedy(gemma3, branches):
+    model, tokenizer = gemma3
+    ids, mask = encode_prompts(tokenizer, ["Repeat: red, green, blue, red, green, blue, red, green, blue, red,"])
     ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=NEW,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    out = SpeculativeDecoder(model, PromptLookup(max_ngram=3, num_draft_tokens=8)).generate(
+    out = SpeculativeDecoder(model, PromptLookup(max_ngram=3, num_draft_tokens=6, branches=branches)).generate(
         ids, mask, max_new_tokens=NEW, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    assert torch.equal(out.sequences, ref)
-    assert out.stats.accepted > 0  # the passage repeats: drafts were accepted, verify steps spanned several tokens
+    assert torch.equal(out.sequences, ref) and out.stats.accepted > 0
