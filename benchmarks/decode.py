@@ -54,15 +54,19 @@ from pathlib import Path
 
 import torch
 
-from scylla.atomic import write_json_atomic
-from scylla.costs import forward_seconds
-from scylla.drafters import DraftModel, EagleDrafter, EagleHead, PromptLookup
-from scylla.drafters.spec import drafter_from_spec
-from scylla.drafters.tree import parse_tree
-from scylla.engine import SpeculativeDecoder
-from scylla.metrics import DecodeStats
-from scylla.models import load_model, truncated_draft
-from scylla.prompts import encode_prompts
+# The repository root first: run as a script, this folder would come first and its train.py would shadow the train
+# package (which the gsm set reads its training corpus from).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scylla.atomic import write_json_atomic  # noqa: E402
+from scylla.costs import forward_seconds  # noqa: E402
+from scylla.drafters import DraftModel, EagleDrafter, EagleHead, PromptLookup  # noqa: E402
+from scylla.drafters.spec import drafter_from_spec  # noqa: E402
+from scylla.drafters.tree import parse_tree  # noqa: E402
+from scylla.engine import SpeculativeDecoder  # noqa: E402
+from scylla.metrics import DecodeStats  # noqa: E402
+from scylla.models import load_model, truncated_draft  # noqa: E402
+from scylla.prompts import encode_prompts  # noqa: E402
 
 DEFAULTS = dict(prompts_per_set=8, max_new_tokens=128, repeats=3, batch_sizes="1,4,8,16", draft_layers="2,4,8")
 QUICK = dict(prompts_per_set=2, max_new_tokens=32, repeats=1, batch_sizes="1,4", draft_layers="4")

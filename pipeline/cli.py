@@ -173,7 +173,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
     for spec in args.draft or []:
         d = drafter_from_spec(spec, target, device=args.device, dtype=args.dtype)
         models[spec] = d.head if isinstance(d, EagleDrafter) else d.model
-    models.update(untrained_heads(target, args.head_layers or [], args.head_width))
+    models.update(untrained_heads(target, args.head_layers or [], args.head_width, args.head_vocab))
     table = measure_costs(models, args.batch_sizes, args.tokens, args.contexts, reps=args.reps)
     table.target_quantization = target_quantization(args.target, target)
     if args.calibrate:
@@ -359,10 +359,13 @@ def _eval_parser(sub) -> None:
 def _costs_parser(sub) -> None:
     costs = sub.add_parser("costs", parents=[MODEL_ARGS],
                            help="measure forward costs of the target and drafts (the cost model) to JSON")
-    costs.add_argument("--target", default="smollm2-135m", help="HF folder, hub id or alias")
+    costs.add_argument("--target", default="smollm2-135m", help="HF folder, hub id or alias (smollm2-135m, "
+                       "gemma3-270m)")
     costs.add_argument("--draft", action="append", help="truncated:K or draft:PATH (repeat for several)")
     costs.add_argument("--head-layers", type=_ints, help="also untrained EAGLE heads of these depths (head:L)")
     costs.add_argument("--head-width", type=int, default=0, help="their width (0: the target's)")
+    costs.add_argument("--head-vocab", type=int, default=0, help="their draft vocabulary (0: the target's; trained "
+                       "heads default to 4096, train/config.py draft_vocab)")
     costs.add_argument("--batch-sizes", type=_ints, default=[1, 4, 16], help="comma-separated batch sizes")
     costs.add_argument("--tokens", type=_ints, default=[1, 2, 3, 4, 5, 9, 17],
                        help="new tokens per forward (verify sizes, tree widths)")

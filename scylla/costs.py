@@ -169,11 +169,14 @@ def calibrate(cost: "CostTable", records: list[dict]) -> "CostTable":
     return replace(cost, overhead={**cost.overhead, **overhead})
 
 
-def untrained_heads(target: torch.nn.Module, layers: list[int], width: int = 0) -> dict[str, torch.nn.Module]:
+def untrained_heads(target: torch.nn.Module, layers: list[int], width: int = 0,
+                    draft_vocab: int = 0) -> dict[str, torch.nn.Module]:
     """EAGLE-style heads of these depths for ``target``, untrained, named ``head:L`` as in cost tables: a head's
-    cost depends on its shape only, so the cost model measures these before any head is trained."""
+    cost depends on its shape only, so the cost model measures these before any head is trained. width and
+    draft_vocab 0: the target's (a draft vocabulary shrinks the head's LM head, most of a step on a 262k vocabulary)."""
     param = next(target.parameters())
-    return {f"head:{n}": EagleHead(EagleConfig.for_target(target, num_layers=n, width=width),
+    return {f"head:{n}": EagleHead(EagleConfig.for_target(target, num_layers=n, width=width,
+                                                          draft_vocab_size=draft_vocab),
                                    target.get_input_embeddings()).to(param.device, param.dtype) for n in layers}
 
 
