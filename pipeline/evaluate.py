@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from scylla.config import Config
@@ -283,8 +284,9 @@ def evaluate(config: EvalConfig) -> int:
     methods = [(b, None, shape) for b in config.baselines if b != "none" for shape in shapes]
     methods += [(spec, source, shape) for spec, source in sources for shape in shapes]
     run = _Runner(config, target, tokenizer, texts)
+    timed = {}  # online settings are timed: the records say on how many threads and how busy the machine was
     if not (config.replay and set(config.temperatures) == {0.0}):
-        warn_if_busy()  # online settings are timed
+        timed = dict(threads=torch.get_num_threads(), busy_cores=warn_if_busy())
 
     def identity(method, source):
         base = source or _baseline_identity(method, config.seed)
@@ -319,7 +321,8 @@ def evaluate(config: EvalConfig) -> int:
             for (method, source, shape), s, t, (up, ratios) in zip(todo, stats, tps, speedups):
                 predicted = _predicted(cost, method, shape, batch, s.mean_accepted_length)
                 new = record(method, source, shape, **_metrics(s, predicted, ids, t[0], up, config.repeats, ratios),
-                             step_seconds=t[1], decode_speedup=t[2], prefill_share=s.prefill_seconds / s.wall_seconds)
+                             step_seconds=t[1], decode_speedup=t[2], prefill_share=s.prefill_seconds / s.wall_seconds,
+                             **timed)
                 written += append_record(run_dir, new)
                 done.add(record_key(new))
             continue
