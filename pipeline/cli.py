@@ -31,7 +31,7 @@ from scylla.prompts import encode_prompts, read_prompts
 from scylla.records import read_records
 from scylla.sampling import SamplingConfig
 from scylla.threads import use_threads
-from scylla.timing import Speedup
+from scylla.timing import MIN_RATIOS, Speedup
 
 
 def _positive(kind):
@@ -346,7 +346,8 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--prompt-set", choices=PROMPT_SETS, default="fit",
                     help="which of each task's disjoint prompt sets (default fit; the Scylla check uses confirm)")
     ev.add_argument("--repeats", type=_positive(int), default=3, help="online: interleaved timing rounds of plain "
-                    "decoding and each method, for paired speed-ups with a 95%% interval (default 3)")
+                    "decoding and each method, for paired speed-ups with a 95%% interval; raised to give at least "
+                    f"{MIN_RATIOS} paired ratios where the prompts make few batches (default 3)")
     ev.add_argument("--max-new-tokens", type=_positive(int), default=64, help="new-token limit per prompt")
     ev.add_argument("--replay", action="store_true", help="at T=0 count acceptance by exact replay (no timing)")
     ev.add_argument("--cost", help="cost table JSON (scylla costs): adds the predicted speed-up")
