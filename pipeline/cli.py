@@ -482,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 OUTPUTS = {"generate": ("json", False), "fit": ("json", False), "costs": ("out", False), "select": ("out", False),
-           "figs": ("out", True), "tts-bench": ("out", True), "export": ("out", True)}  # command: (its output flag, whether it is a folder)
+           "figs": ("out", True), "tts-bench": ("out", True),
+           "export": ("out", True)}  # command: (its output flag, whether it is a folder)
 
 
 def check_output(path: str, folder: bool, flag: str) -> None:

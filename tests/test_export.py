@@ -37,6 +37,10 @@ def make_head(target, layers=1, layout="eagle3", vocab=40, feature_layers=FEATUR
                                     draft_vocab_size=vocab, layout=layout)
     head = EagleHead(config, target.get_input_embeddings())
     head.draft_to_target.copy_(torch.randperm(target.config.vocab_size)[:vocab])  # frequency order, not sorted
+    with torch.no_grad():
+        for name, weight in head.named_parameters():
+            if "norm" in name:  # norms start at 1: random ones tell a swapped norm apart
+                weight.uniform_(0.5, 1.5)
     return head.eval()
 
 
@@ -94,6 +98,50 @@ def test_exported_head_drafts_token_for_token(deep_target, exported):
         assert torch.equal(la, lb) and torch.equal(a, b)
 
 
+def engine_forward(folder: Path, embeds: torch.Tensor, features: torch.Tensor):
+    """What vLLM and SGLang compute from an exported folder (their llama_eagle3.py, rewritten here in plain torch
+    from their source; docs/export.md): embeds (n, W), features (n, 3H) in ascending layer order, positions 0..n-1.
+    Returns (logits over the target vocabulary (n, V), -inf outside the draft vocabulary; the pre-norm output)."""
+    t, config = load_file(folder / "model.safetensors"), json.loads((folder / "config.json").read_text())
+    eps, d = config["rms_norm_eps"], config["head_dim"]
+    groups = config["num_attention_heads"] // config["num_key_value_heads"]
+
+    def rms(x, name):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * t[name]
+
+    def rope(x):  # (heads, n, d), neox style
+        inv = 1.0 / config["rope_theta"] ** (torch.arange(0, d, 2).float() / d)
+        angles = torch.arange(x.shape[1]).float()[:, None] * inv
+        cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+        return x * cos + torch.cat([-x[..., d // 2:], x[..., : d // 2]], -1) * sin
+
+    u = features @ t["fc.weight"].T
+    x = torch.cat([rms(embeds, "midlayer.input_layernorm.weight"), rms(u, "midlayer.hidden_norm.weight")], -1)
+    q, k, v = (x @ t[f"midlayer.self_attn.{p}_proj.weight"].T for p in "qkv")
+    q, k, v = (y.view(len(x), -1, d).transpose(0, 1) for y in (q, k, v))
+    k, v = (y.repeat_interleave(groups, dim=0) for y in (k, v))  # grouped-query attention
+    attn = torch.nn.functional.scaled_dot_product_attention(rope(q), rope(k), v, is_causal=True)
+    residual = attn.transpose(0, 1).reshape(len(x), -1) @ t["midlayer.self_attn.o_proj.weight"].T + u
+    h = rms(residual, "midlayer.post_attention_layernorm.weight")
+    mlp = torch.nn.functional.silu(h @ t["midlayer.mlp.gate_proj.weight"].T) * (h @ t["midlayer.mlp.up_proj.weight"].T)
+    prenorm = mlp @ t["midlayer.mlp.down_proj.weight"].T + residual
+    draft = rms(prenorm, "norm.weight") @ t["lm_head.weight"].T
+    logits = draft.new_full((len(x), config["vocab_size"]), float("-inf"))
+    logits[:, torch.arange(config["draft_vocab_size"]) + t["d2t"]] = draft
+    return logits, prenorm
+
+
+def test_the_engines_forward_on_the_export_is_the_heads(deep_target, exported):
+    head, folder = exported
+    ids, features = torch.randint(0, 64, (1, 6)), torch.randn(1, 6, 3 * 32)
+    with torch.no_grad():
+        out = head(ids, features=features)
+        logits, prenorm = engine_forward(folder, deep_target.get_input_embeddings()(ids[0]),
+                                         features[0][:, [*range(32, 96), *range(0, 32)]])
+        assert torch.allclose(prenorm, out.hidden_states[0], atol=1e-5)
+        assert torch.allclose(logits, target_logits(head, ids, features)[0], atol=1e-5)
+
+
 def doc_table(header: str) -> dict[str, str]:
     """The rows of the docs/export.md table under ``header``: first cell's backticked name -> second cell."""
     lines = DOC.read_text().splitlines()
@@ -148,11 +196,21 @@ def test_heads_the_format_cannot_carry_are_refused(deep_target, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("feature_layers,message", [((1, 2), "3 distinct"), ((1, 2, -1), "engines capture")])
+@pytest.mark.parametrize("feature_layers,message",
+                         [((1, 2), "3 distinct"), ((1, 2, -1), "engines capture"), ((1, 2, 5), "engines capture")])
 def test_features_the_engines_cannot_give_are_refused(deep_target, tmp_path, feature_layers, message):
     with pytest.raises(ScyllaError, match=message):
         export_eagle3(make_head(deep_target, feature_layers=feature_layers), tmp_path / "out", target_layers=4)
     assert not (tmp_path / "out").exists()
+
+
+def test_ids_only_under_eagle_config_are_read_as_sglang_reads_them(deep_target, exported, tmp_path):
+    _, folder = exported
+    config = json.loads((folder / "config.json").read_text())
+    del config["eagle_aux_hidden_state_layer_ids"]  # left: eagle_config's [0, 1, 2], SGLang's hidden_states[1..3]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").symlink_to(folder / "model.safetensors")
+    assert drafter_from_spec(f"draft:{tmp_path}", deep_target).feature_layers == (1, 2, 3)
 
 
 def test_folder_for_another_target_is_refused(deep_target, exported, tmp_path):

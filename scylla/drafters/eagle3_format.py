@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download, snapshot_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -49,10 +50,15 @@ def exportable(config: EagleConfig) -> None:
                          "and SGLang build the layers after the first differently): serve it with scylla's engine")
 
 
+def _indices(feature_layers: list[int], target_layers: int) -> list[int]:
+    """Feature layers as hidden_states indices: negative ones count from the end of the target's L + 1."""
+    return [i + target_layers + 1 if i < 0 else i for i in feature_layers]
+
+
 def _engine_layers(feature_layers: list[int], target_layers: int) -> list[int]:
     """The head's feature layers as hidden_states indices, sorted (the order in which the engines concatenate
-    them); negative indices count from the end of the target's L + 1 hidden states."""
-    indices = [i % (target_layers + 1) for i in feature_layers]
+    them)."""
+    indices = _indices(feature_layers, target_layers)
     if len(indices) != NUM_FEATURES or len(set(indices)) != NUM_FEATURES:
         raise InputError(f"the EAGLE-3 format fuses {NUM_FEATURES} distinct target layers; this head reads "
                          f"{feature_layers}: train one with three feature_layers, e.g. [2, L/2, L-3]")
@@ -76,7 +82,8 @@ def export_eagle3(head: EagleHead, out: str | os.PathLike, target_layers: int,
 
     # fc: column blocks in ascending layer order; lm_head: rows in ascending target-id order (d2t offsets >= 0).
     blocks = state["fuse.weight"].split(c.target_hidden_size, dim=1)
-    order = sorted(range(NUM_FEATURES), key=lambda k: c.feature_layers[k] % (target_layers + 1))
+    indices = _indices(c.feature_layers, target_layers)
+    order = sorted(range(NUM_FEATURES), key=indices.__getitem__)
     ids, rows = state["draft_to_target"].sort()
     tensors = {MIDLAYER + k[len(_OURS):]: v for k, v in state.items() if k.startswith(_OURS)}
     tensors.update({"fc.weight": torch.cat([blocks[k] for k in order], dim=1), "norm.weight": state["norm.weight"],
@@ -135,8 +142,6 @@ def is_eagle3_folder(path: str | os.PathLike) -> bool:
 def eagle3_hub_folder(name: str) -> Path | None:
     """A hub id whose config.json names EAGLE-3's architecture -> its downloaded snapshot; else None (not a hub id,
     no hub, or another kind of model: the caller loads it as a draft LM and reports errors there)."""
-    from huggingface_hub import hf_hub_download, snapshot_download
-
     try:
         config = _config(Path(hf_hub_download(name, "config.json")).parent)
         if config is None or not any(a in ARCHITECTURES for a in config.get("architectures") or ()):
@@ -169,9 +174,12 @@ def load_eagle3(folder: str | os.PathLike, target: nn.Module) -> EagleHead:
     config = _config(folder)
     if config is None:
         raise InputError(f"{folder} has no readable config.json")
+    absent = [k for k in ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size") if k not in config]
+    if absent:
+        raise InputError(f"{folder}/config.json has no {absent[0]}")
     hidden, vocab = int(target.config.hidden_size), int(target.get_output_embeddings().weight.shape[0])
-    width = int(config.get("hidden_size", 0))
-    if int(config.get("target_hidden_size") or width) != hidden or int(config.get("vocab_size", 0)) != vocab:
+    width = int(config["hidden_size"])
+    if int(config.get("target_hidden_size") or width) != hidden or int(config["vocab_size"]) != vocab:
         raise InputError(f"EAGLE-3 head {folder} was made for another target (hidden size "
                          f"{config.get('target_hidden_size') or width}, vocabulary {config.get('vocab_size')}; "
                          f"this target: {hidden}, {vocab})")
