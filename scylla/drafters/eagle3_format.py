@@ -50,15 +50,10 @@ def exportable(config: EagleConfig) -> None:
                          "and SGLang build the layers after the first differently): serve it with scylla's engine")
 
 
-def _indices(feature_layers: list[int], target_layers: int) -> list[int]:
-    """Feature layers as hidden_states indices: negative ones count from the end of the target's L + 1."""
-    return [i + target_layers + 1 if i < 0 else i for i in feature_layers]
-
-
-def _engine_layers(feature_layers: list[int], target_layers: int) -> list[int]:
-    """The head's feature layers as hidden_states indices, sorted (the order in which the engines concatenate
-    them)."""
-    indices = _indices(feature_layers, target_layers)
+def _feature_indices(feature_layers: list[int], target_layers: int) -> list[int]:
+    """The head's feature layers as hidden_states indices (negative ones count from the end of the target's L + 1),
+    checked to be three the engines capture."""
+    indices = [i + target_layers + 1 if i < 0 else i for i in feature_layers]
     if len(indices) != NUM_FEATURES or len(set(indices)) != NUM_FEATURES:
         raise InputError(f"the EAGLE-3 format fuses {NUM_FEATURES} distinct target layers; this head reads "
                          f"{feature_layers}: train one with three feature_layers, e.g. [2, L/2, L-3]")
@@ -67,7 +62,7 @@ def _engine_layers(feature_layers: list[int], target_layers: int) -> list[int]:
         raise InputError(f"feature layer {bad[0]} is not one the engines capture: they read decoder-layer outputs "
                          f"before the final norm, hidden_states[1..{target_layers - 1}] of this "
                          f"{target_layers}-layer target")
-    return sorted(indices)
+    return indices
 
 
 def export_eagle3(head: EagleHead, out: str | os.PathLike, target_layers: int,
@@ -77,12 +72,12 @@ def export_eagle3(head: EagleHead, out: str | os.PathLike, target_layers: int,
     written as ``embed_tokens.weight`` if given (the engines otherwise share the target's)."""
     c = head.head_config
     exportable(c)
-    layers = _engine_layers(c.feature_layers, target_layers)
+    indices = _feature_indices(c.feature_layers, target_layers)
+    layers = sorted(indices)  # the order in which the engines concatenate the features
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
 
     # fc: column blocks in ascending layer order; lm_head: rows in ascending target-id order (d2t offsets >= 0).
     blocks = state["fuse.weight"].split(c.target_hidden_size, dim=1)
-    indices = _indices(c.feature_layers, target_layers)
     order = sorted(range(NUM_FEATURES), key=indices.__getitem__)
     ids, rows = state["draft_to_target"].sort()
     tensors = {MIDLAYER + k[len(_OURS):]: v for k, v in state.items() if k.startswith(_OURS)}
@@ -116,6 +111,7 @@ def export_eagle3(head: EagleHead, out: str | os.PathLike, target_layers: int,
         "tie_word_embeddings": False,
         "attention_bias": False,
         "mlp_bias": False,
+        "norm_before_residual": False,
         "torch_dtype": str(state["lm_head.weight"].dtype).removeprefix("torch."),
         "eagle_aux_hidden_state_layer_ids": layers,
         "eagle_config": {"eagle_aux_hidden_state_layer_ids": [i - 1 for i in layers], "use_aux_hidden_state": True},
