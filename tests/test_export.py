@@ -213,12 +213,15 @@ def test_ids_only_under_eagle_config_are_read_as_sglang_reads_them(deep_target, 
     assert drafter_from_spec(f"draft:{tmp_path}", deep_target).feature_layers == (1, 2, 3)
 
 
-def test_folder_for_another_target_is_refused(deep_target, exported, tmp_path):
+def test_folders_the_head_cannot_read_are_refused(deep_target, exported, tmp_path):
     _, folder = exported
     other = tiny_llama(vocab_size=48, layers=4, hidden=32, seed=6)
     with pytest.raises(ScyllaError, match="another target"):
         drafter_from_spec(f"draft:{folder}", other)
     config = json.loads((folder / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ScyllaError, match="no model.safetensors"):  # e.g. pickled weights only
+        drafter_from_spec(f"draft:{tmp_path}", deep_target)
     (tmp_path / "config.json").write_text(json.dumps({**config, "norm_before_residual": True}))
     (tmp_path / "model.safetensors").symlink_to(folder / "model.safetensors")
     with pytest.raises(ScyllaError, match="norm_before_residual"):

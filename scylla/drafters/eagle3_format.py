@@ -207,6 +207,9 @@ def load_eagle3(folder: str | os.PathLike, target: nn.Module) -> EagleHead:
         max_position_embeddings=int(config.get("max_position_embeddings", 8192)), layout="eagle3",
     ).resolved()
 
+    if not (folder / "model.safetensors").exists():
+        raise InputError(f"{folder} has no model.safetensors (pickled weights such as pytorch_model.bin are never "
+                         "loaded here: convert them to safetensors first)")
     try:
         weights = load_file(folder / "model.safetensors")
     except (OSError, SafetensorError) as err:
