@@ -225,7 +225,12 @@ def load_eagle3(folder: str | os.PathLike, target: nn.Module) -> EagleHead:
     d2t = state.pop("d2t", None)
     if d2t is None and draft_vocab != vocab:
         raise InputError(f"{folder}/model.safetensors has no d2t, which a {draft_vocab}-token draft vocabulary needs")
-    state["draft_to_target"] = torch.arange(draft_vocab) + (0 if d2t is None else d2t.long())
+    if d2t is not None and tuple(d2t.shape) != (draft_vocab,):
+        raise InputError(f"{folder}/model.safetensors: d2t is {tuple(d2t.shape)}, draft_vocab_size {draft_vocab}")
+    ids = torch.arange(draft_vocab) + (0 if d2t is None else d2t.long())
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab or len(ids.unique()) != draft_vocab:
+        raise InputError(f"{folder}/model.safetensors: d2t does not map the draft vocabulary onto distinct target ids")
+    state["draft_to_target"] = ids
     own = state.pop("embed_tokens.weight", None)  # the target's own, or one trained with the head
     shared = target.get_input_embeddings()
     if own is not None and own.shape != shared.weight.shape:
