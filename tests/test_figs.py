@@ -230,3 +230,30 @@ def test_law_figure_reads_back():
         assert sorted(map(tuple, points.get_offsets().tolist())) == sorted(zip(f.x_values, f.y_values))
         assert f"{f.slope:+.3f} ln x" in line.get_label()
     plt.close(fig)
+
+
+def test_two_targets_share_the_law_figure_and_nothing_else(tmp_path):
+    """`scylla figs RUN_A RUN_B` of two targets: law 1 draws one law per (target, depth) on one plot, never one law
+    across targets (bug this catches: grouping by depth alone pools both targets' points); the comparisons (law 3,
+    Fig. 2, Table 5) are drawn per target, in a folder named after it."""
+    from paper_figs.laws import draw_law
+
+    other = [{**r, "target": "gemma3-270m", **({"mean_accepted_length": r["mean_accepted_length"] + 0.5}
+                                              if r["kind"] == "train" else {})} for r in RECORDS]
+    records = RECORDS + other
+    fig = draw_law([r for r in records if r["kind"] == "train"], "train_tokens", "mean_accepted_length",
+                   "draft_layers")
+    (ax,) = fig.axes
+    labels = sorted(line.get_label() for line in ax.lines)
+    assert len(labels) == 6 and sum(label.startswith("gemma3-270m, draft layers") for label in labels) == 3
+    lines = {line.get_label().split(":")[0]: line.get_data()[1] for line in ax.lines}
+    for depth in (1, 2, 3):  # each line is its own target's: the gemma3 copy sits 0.5 higher
+        gap = lines[f"gemma3-270m, draft layers {depth}"] - lines[f"tiny, draft layers {depth}"]
+        assert gap == pytest.approx(np.full_like(gap, 0.5), abs=1e-9)
+    plt.close(fig)
+    names = {str(p.relative_to(tmp_path)) for p in all_figures(records, tmp_path)}
+    assert "law1_tokens_mean_accepted_length.png" in names
+    for target in ("tiny", "gemma3-270m"):
+        assert {f"{target}/table5_throughput.md", f"{target}/fig2_mat_by_task_T0.png",
+                f"{target}/law3_batch_gsm_T0.png"} <= names
+    assert not any(n.startswith(("table5", "fig2", "law3")) for n in names)
