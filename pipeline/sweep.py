@@ -19,15 +19,12 @@ milestones that already have records).
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import itertools
 import os
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +35,7 @@ from tqdm import tqdm
 from transformers import AutoConfig
 
 from scylla.atomic import atomic_path
+from scylla.claims import claim
 from scylla.config import Config, with_overrides
 from scylla.errors import ConfigError, InputError
 from scylla.models import ALIASES, SMOLLM2
@@ -226,22 +224,13 @@ def _run_local(sweep: Sweep, todo: list[TrainConfig]) -> list[str]:
 
 @contextmanager
 def sweep_lock(run_dir: Path) -> Iterator[None]:
-    """Hold RUN_DIR/sweep.lock (an exclusive flock, released when the process ends however it ends) while jobs
-    run here; a second sweep on the same folder gets an InputError saying who holds it."""
-    path = run_dir / "sweep.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = path.read_text().strip() or "another process"
+    """Hold RUN_DIR/sweep.lock (scylla.claims) while jobs run here; a second sweep on the same folder gets an
+    InputError saying who holds it."""
+    with claim(run_dir / "sweep.lock") as holder:
+        if holder:
             raise InputError(f"{run_dir} is being swept by {holder}: wait for it to finish (or stop it), then re-run "
-                             "to complete what is missing") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode())
+                             "to complete what is missing")
         yield
-    finally:
-        os.close(fd)
 
 
 def _script(sweep: Sweep, todo: list[TrainConfig], hostfile: Path | None) -> tuple[Path, list[str]]:

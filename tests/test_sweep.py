@@ -261,9 +261,20 @@ def test_a_second_sweep_on_a_folder_being_swept_exits_2(smoke_run, capsys):
 
 
 def test_eval_writes_records_for_every_draft_and_resumes(smoke_run, capsys):
+    """Also: a setting another process is measuring (it holds the setting's claim) is left to it, not measured
+    twice, and a re-run completes it."""
+    from pipeline.evaluate import _claim_path
+    from scylla.claims import claim
+
     argv = ["eval", str(smoke_run), "--tasks", "gsm", "--temperatures", "0,0.6", "--batch-sizes", "1,2",
             "--prompts", "2", "--max-new-tokens", "6", "--repeats", "2"]
-    assert main(argv) == 0
+    held = dict(task="gsm", prompt_set="fit", temperature=0.6, batch_size=2, mode="online")
+    with claim(_claim_path(smoke_run, held)):  # as a second `scylla eval` on this folder would hold it
+        assert main(argv) == 0
+    assert (f"1 setting(s) left to the processes measuring them: gsm T=0.6 batch 2 (pid {os.getpid()} on "
+            in capsys.readouterr().err)
+    assert len(read_records(smoke_run, kind="eval")) == (6 + 2) * 2 * 2 - (6 + 2)
+    assert main(argv) == 0  # released: the re-run completes what is missing
     evals = read_records(smoke_run, kind="eval")
     assert len(evals) == (6 + 2) * 2 * 2  # (drafts + baselines) x temperatures x batch sizes
     plain = [r for r in evals if r["method"] == "none"]
