@@ -42,6 +42,8 @@ from scylla.threads import warn_if_busy
 from scylla.timing import Speedup, paired_speedup, rounds_for
 
 DEFAULT_BASELINES = ("none", "prompt-lookup")
+# Eval settings outside the record key: records measured with other values are not the same measurement.
+CHANGEABLE = ("n_prompts", "max_new_tokens", "seed", "target_quantization", "device")
 IDENTITY = ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width", "draft_params",
             "draft_params_with_embeddings", "train_tokens", "data", "config_hash")
 SHAPE_FORM = f"chain:G (G draft tokens) or tree:{TREE_FORM}"
@@ -308,12 +310,15 @@ def evaluate(config: EvalConfig) -> int:
         task, temperature, batch, mode = (settings[k] for k in ("task", "temperature", "batch_size", "mode"))
         plain_shape = DraftShape(num_draft_tokens=0)
         # read under the claim: a process that held it before may have finished some of the work
-        done = {record_key(r) for r in read_records(run_dir, kind="eval")} if records_path(run_dir).exists() else set()
+        previous = read_records(run_dir, kind="eval") if records_path(run_dir).exists() else []
+        done = {record_key(r) for r in previous}
         written = 0
 
         def record(method, source, shape, **metrics):
             return new_record("eval", **identity(method, source), target=target_name, seed=config.seed,
                               method=method, **settings, **shape.fields(), **metrics)
+
+        _refuse_changed_settings(run_dir, previous, {**settings, "seed": config.seed})
 
         todo = [m for m in methods if record_key(record(*m)) not in done]
         plain_key = record_key(record("none", None, plain_shape))
@@ -361,6 +366,25 @@ def evaluate(config: EvalConfig) -> int:
         print(f"scylla: {len(elsewhere)} setting(s) left to the processes measuring them: {'; '.join(elsewhere)}; "
               "re-run when they finish to check that nothing is missing", file=sys.stderr)
     return written
+
+
+def _refuse_changed_settings(run_dir: Path, previous: list[dict], settings: dict) -> None:
+    """One InputError line when the folder holds records of this setting measured otherwise (CHANGEABLE: fields
+    outside the record key), which a re-run would skip as done and a fit would mix."""
+    for r in previous:
+        if all(r.get(k) == settings[k] for k in ("task", "prompt_set", "temperature", "batch_size", "mode")):
+            changed = [k for k in CHANGEABLE if r.get(k) is not None and _same(k, r[k]) != _same(k, settings.get(k))]
+            if changed:
+                k = changed[0]
+                raise InputError(f"{run_dir} holds {r['task']} T={r['temperature']:g} batch {r['batch_size']} "
+                                 f"({r['mode']}, prompt set {r['prompt_set']}) records measured with {k} {r[k]!r}, "
+                                 f"and this evaluation asks for {settings.get(k)!r}: evaluate into another run folder "
+                                 f"(or with {k} {r[k]!r})")
+
+
+def _same(name: str, value):
+    """A setting's value as compared: a device by its type (cuda:0 and cuda:1 measure the same)."""
+    return str(value).split(":")[0] if name == "device" else value
 
 
 def _claim_path(run_dir: Path, settings: dict) -> Path:

@@ -276,6 +276,9 @@ def test_eval_writes_records_for_every_draft_and_resumes(smoke_run, capsys):
     assert len(read_records(smoke_run, kind="eval")) == (6 + 2) * 2 * 2 - (6 + 2)
     assert main(argv) == 0  # released: the re-run completes what is missing
     evals = read_records(smoke_run, kind="eval")
+    assert main(argv[:-4] + ["--max-new-tokens", "7", "--repeats", "2"]) == 2  # not skipped as done: refused
+    assert ("records measured with max_new_tokens 6, and this evaluation asks for 7: evaluate into another run "
+            "folder (or with max_new_tokens 6)") in capsys.readouterr().err
     assert len(evals) == (6 + 2) * 2 * 2  # (drafts + baselines) x temperatures x batch sizes
     plain = [r for r in evals if r["method"] == "none"]
     assert all(r["speedup"] == 1.0 and r["mean_accepted_length"] == 1.0 for r in plain)
