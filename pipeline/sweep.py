@@ -83,7 +83,7 @@ class GridConfig(Config):
         for host in self.hosts:
             self.require(HOST_LINE.fullmatch(str(host)) is not None, "hosts",
                          f"each host is 'NAME slots=N' (a DeepSpeed hostfile line), got {host!r}")
-        slots = sum(int(HOST_LINE.fullmatch(h)[2]) for h in self.hosts)
+        slots = sum(int(HOST_LINE.fullmatch(str(h))[2]) for h in self.hosts)
         self.require(self.launcher != "hostfile" or slots == self.processes, "processes",
                      f"the hosts have {slots} slots in all; set processes to {slots} (one process per slot)")
         for key, value in self.slurm.items():
@@ -251,9 +251,10 @@ def _run_local(sweep: Sweep, todo: list[TrainConfig]) -> Iterator[str]:
         for job in todo:
             argv = launch_command(sweep, port=free_port()) + ["--config", str(write_job(job))]
             log = job.job_dir / "train.log"
+            start = log.stat().st_size if log.exists() else 0  # a resumed job's log keeps the earlier launches
             code = _run_logged(argv, log, job.run_id, bar.set_postfix_str)
             if code != 0:
-                raise InputError(f"job {job.run_id} failed (exit {code}){_last_error(log)}; its log is {log}. "
+                raise InputError(f"job {job.run_id} failed (exit {code}){_last_error(log, start)}; its log is {log}. "
                                  "Fix it and re-run: finished work is kept")
             bar.update()
             with tqdm.external_write_mode():
@@ -264,6 +265,8 @@ def _run_logged(argv: list[str], log: Path, run_id: str, status) -> int:
     """Run ``argv``, appending its output to ``log`` and passing each update of the job's own step bars (the
     trainer's, named after ``run_id``) to ``status`` as ``DESC N/TOTAL``; returns the exit code."""
     with log.open("ab") as out:
+        out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(argv)}\n".encode())
+        out.flush()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONPATH": _pythonpath()})
         pending = b""
@@ -278,9 +281,12 @@ def _run_logged(argv: list[str], log: Path, run_id: str, status) -> int:
         return proc.wait()
 
 
-def _last_error(log: Path) -> str:
-    """``: MESSAGE`` from a job's log: its last ``scylla: error:`` line, or else the last exception line."""
-    lines = log.read_text(errors="replace").splitlines()
+def _last_error(log: Path, start: int = 0) -> str:
+    """``: MESSAGE`` from a job's log from byte ``start`` on: its last ``scylla: error:`` line, or else the last
+    exception line ("" if neither)."""
+    with log.open("rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
     for pattern in (r"scylla: error: (.*)", r"(\w+(?:Error|Exception): .*)"):
         found = [m[1] for m in map(re.compile(pattern).match, lines) if m]
         if found:

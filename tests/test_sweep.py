@@ -38,6 +38,8 @@ def smoke_run(tmp_path_factory) -> Path:
     proc = sweep(run_dir)
     out, _ = proc.communicate(timeout=480)
     assert proc.returncode == 0, out[-3000:]
+    # the terminal: one bar and a line per job; DeepSpeed's and wandb's output goes to each job's train.log
+    assert "finished eagle-layers2" in out and not any(s in out for s in ("[INFO]", "wandb:", "Traceback")), out
     return run_dir
 
 
@@ -55,6 +57,8 @@ def test_smoke_sweep_records(smoke_run):
     assert depth2[0]["draft_params"] > min(r["draft_params"] for r in records)  # capacity axis is recorded
     assert all((smoke_run / "jobs" / f"eagle-layers{d}" / "DONE").exists() for d in (1, 2))
     assert list((smoke_run / "jobs" / "eagle-layers1" / "wandb").glob("offline-run-*"))
+    log = (smoke_run / "jobs" / "eagle-layers1" / "train.log").read_text()
+    assert "[INFO]" in log and "wandb:" in log and "[eagle-layers1] 4096 tokens: MAT" in log
 
 
 def test_trained_head_drafts_losslessly(smoke_run):
@@ -214,6 +218,24 @@ def test_hostfile_launcher_trains_on_localhost_with_2_processes(tmp_path):
     assert proc.stdout.splitlines() == ["training jobs/eagle-layers1 (log jobs/eagle-layers1/train.log)"]
     assert "dist_world_size=2" in log.read_text() and "wandb:" in log.read_text()
     assert keys(run_dir) == {k for k in EXPECTED if k[1] == "eagle-layers1"}
+
+
+def test_a_job_s_output_goes_to_its_log_and_its_error_to_one_line(tmp_path):
+    """A local job's output (DeepSpeed's, wandb's, the trainer's) goes to its train.log; the sweep's bar gets the
+    job's step counts, and a failure is summed up by the job's last error line of this launch."""
+    from pipeline.sweep import _last_error, _run_logged
+
+    log, steps = tmp_path / "train.log", []
+    log.write_text("scylla: error: an earlier launch's error\n")
+    start = log.stat().st_size
+    job = ("import sys; print('[INFO] launcher noise'); sys.stderr.write('eagle-x stable:  50%|#    | 1/2 [00:01]\\r'); "
+           "sys.stderr.write('eagle-x stable: 100%|##   | 2/2 [00:02]\\n'); print('wandb: syncing', flush=True); "
+           "sys.exit('scylla: error: data source jsonl:x does not exist')")
+    assert _run_logged([sys.executable, "-c", job], log, "eagle-x", steps.append) == 1
+    assert steps == ["eagle-x stable 1/2", "eagle-x stable 2/2"]
+    text = log.read_text()
+    assert "[INFO] launcher noise" in text and "wandb: syncing" in text and "=== " in text
+    assert _last_error(log, start) == ": data source jsonl:x does not exist"
 
 
 def test_generate_cli_drafts_with_a_trained_head(smoke_run, capsys):
