@@ -222,8 +222,11 @@ def run_sweep(sweep: Sweep, dry_run: bool = False, rerun_changed: bool = False) 
     yield from guard_changes(sweep, rerun_changed)
     todo = [j for j in sweep.jobs if not (j.job_dir / "DONE").exists()]
     yield f"{len(sweep.jobs)} jobs, {len(sweep.jobs) - len(todo)} finished, {len(todo)} to run"
+    scripts = {"hostfile": "launch.sh", "slurm": "sweep.sbatch"}
+    if dry_run and sweep.launcher in scripts:
+        yield f"would write {sweep.run_dir / scripts[sweep.launcher]} for them"
     if dry_run:
-        for job in todo:
+        for job in todo if sweep.launcher == "local" else []:
             yield shlex.join(launch_command(sweep) + ["--config", str(job.job_dir / "job.yaml")])
         return
     sweep.run_dir.mkdir(parents=True, exist_ok=True)
@@ -234,11 +237,12 @@ def run_sweep(sweep: Sweep, dry_run: bool = False, rerun_changed: bool = False) 
     for job in todo:
         write_job(job)
     jobs = [j.job_dir.relative_to(sweep.run_dir) / "job.yaml" for j in todo]
+    path = sweep.run_dir / scripts[sweep.launcher]
     if sweep.launcher == "hostfile":
         (sweep.run_dir / "hostfile").write_text("\n".join(sweep.hosts) + "\n")
-        path, script = sweep.run_dir / "launch.sh", _hostfile_script(sweep, jobs)
+        script = _hostfile_script(sweep, jobs)
     else:
-        path, script = sweep.run_dir / "sweep.sbatch", _sbatch_script(sweep, jobs)
+        script = _sbatch_script(sweep, jobs)
     path.write_text("\n".join(script) + "\n")
     path.chmod(0o755)
     yield f"wrote {path}" + (f" and {sweep.run_dir / 'hostfile'}" if sweep.launcher == "hostfile" else "")

@@ -174,7 +174,7 @@ def multi_node_grid(tmp_path: Path, launcher: str, **extra) -> Path:
     return path
 
 
-def test_multi_node_scripts_are_written_not_run(tmp_path):
+def test_multi_node_scripts_are_written_not_run(tmp_path, capsys):
     """sweep.sbatch: every directive where sbatch reads it, nodes and GPUs per node from the grid, torchrun on
     each node with Slurm's rendezvous; launch.sh: the DeepSpeed launcher on the hostfile. Both name no path of this
     machine, only paths inside the run folder."""
@@ -183,8 +183,10 @@ def test_multi_node_scripts_are_written_not_run(tmp_path):
              "hostfile": {"hosts": ["node1 slots=1", "node2 slots=1"]}}
     for launcher, script in scripts.items():
         run_dir = tmp_path / launcher
-        assert main(["sweep", str(multi_node_grid(tmp_path, launcher, **extra[launcher])), "--run-dir",
-                     str(run_dir)]) == 0
+        argv = ["sweep", str(multi_node_grid(tmp_path, launcher, **extra[launcher])), "--run-dir", str(run_dir)]
+        assert main(argv + ["--dry-run"]) == 0 and not run_dir.exists()
+        assert f"would write {run_dir / script} for them" in capsys.readouterr().out
+        assert main(argv) == 0
         text = (run_dir / script).read_text()
         assert subprocess.run(["bash", "-n", str(run_dir / script)]).returncode == 0
         assert sys.executable not in text and str(tmp_path) not in text and str(ROOT) not in text
