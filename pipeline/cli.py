@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ import scylla
 from scylla.atomic import write_json_atomic
 from scylla.costs import calibrate, measure_costs, untrained_heads
 from scylla.data.prompt_sets import PROMPT_SETS
-from scylla.drafters.eagle import EagleDrafter
+from scylla.drafters.eagle import EagleDrafter, EagleHead, read_head_config
+from scylla.drafters.eagle3_format import export_eagle3, exportable
 from scylla.drafters.spec import SPECS, check_spec, drafter_from_spec, parse_spec
 from scylla.drafters.tree import TREE_FORM, parse_tree
 from scylla.engine import SpeculativeDecoder
@@ -31,7 +33,7 @@ from scylla.prompts import encode_prompts, read_prompts
 from scylla.records import read_records
 from scylla.sampling import SamplingConfig
 from scylla.threads import use_threads
-from scylla.timing import Speedup
+from scylla.timing import MIN_RATIOS, Speedup
 
 
 def _positive(kind):
@@ -271,6 +273,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    exportable(read_head_config(args.head_dir))  # refuse before loading anything
+    target_name = args.target
+    if target_name is None:
+        try:
+            target_name = json.loads((Path(args.head_dir) / "card.json").read_text())["target"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            raise InputError(f"{args.head_dir} has no card.json naming its target: give --target") from None
+    target, _ = load_model(target_name, device=args.device, dtype=args.dtype)
+    head = EagleHead.load(args.head_dir, target)
+    export_eagle3(head, args.out, int(target.config.num_hidden_layers),
+                  target.get_input_embeddings().weight if args.with_embeddings else None)
+    print(f"wrote {args.out}: an EAGLE-3 head for {target_name} (serving it: docs/export.md)")
+    return 0
+
+
 def _tree(text: str):
     try:
         return parse_tree(text)
@@ -363,7 +381,8 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--prompt-set", choices=PROMPT_SETS, default="fit",
                     help="which of each task's disjoint prompt sets (default fit; the Scylla check uses confirm)")
     ev.add_argument("--repeats", type=_positive(int), default=3, help="online: interleaved timing rounds of plain "
-                    "decoding and each method, for paired speed-ups with a 95%% interval (default 3)")
+                    "decoding and each method, for paired speed-ups with a 95%% interval; raised to give at least "
+                    f"{MIN_RATIOS} paired ratios where the prompts make few batches (default 3)")
     ev.add_argument("--max-new-tokens", type=_positive(int), default=64, help="new-token limit per prompt")
     ev.add_argument("--replay", action="store_true", help="at T=0 count acceptance by exact replay (no timing)")
     ev.add_argument("--cost", help="cost table JSON (scylla costs): adds the predicted speed-up")
@@ -419,6 +438,19 @@ def _demo_parser(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
+def _export_parser(sub) -> None:
+    ex = sub.add_parser("export", parents=[MODEL_ARGS],
+                        help="write a trained head in a serving engine's format (vLLM, SGLang; docs/export.md)")
+    ex.add_argument("head_dir", metavar="HEAD_DIR", help="a trained head folder (layout eagle3, one layer)")
+    ex.add_argument("--format", choices=("eagle3",), default="eagle3",
+                    help="eagle3: LlamaForCausalLMEagle3, read by vLLM, SGLang and speculators")
+    ex.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
+    ex.add_argument("--target", help="the head's target (default: the one its card.json names)")
+    ex.add_argument("--with-embeddings", action="store_true",
+                    help="also write the target's token embedding (engines otherwise share the target's)")
+    ex.set_defaults(func=cmd_export)
+
+
 def _figs_parser(sub) -> None:
     figs = sub.add_parser("figs", help="draw every figure and table (laws 1-3, per task, throughput) from records")
     figs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -459,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     _costs_parser(sub)
     _select_parser(sub)
     _demo_parser(sub)
+    _export_parser(sub)
     _figs_parser(sub)
     _tts_bench_parser(sub)
     for command in sub.choices.values():
@@ -468,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 OUTPUTS = {"generate": ("--json", False), "fit": ("--json", False), "costs": ("--out", False),
            "select": ("--out", False), "figs": ("--out", True), "tts-bench": ("--out", True),
-           "sweep": ("--run-dir", True), "demo": ("--run-dir", True),
+           "export": ("--out", True), "sweep": ("--run-dir", True), "demo": ("--run-dir", True),
            "eval": ("RUN_DIR", True)}  # command: (its output argument, whether it is a folder)
 
 

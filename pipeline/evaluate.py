@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from scylla.config import Config
@@ -34,7 +35,7 @@ from scylla.prompts import encode_prompts, prompt_id
 from scylla.records import append_record, find_checkpoints, new_record, read_records, record_key, records_path
 from scylla.replay import replay
 from scylla.threads import warn_if_busy
-from scylla.timing import Speedup, paired_speedup
+from scylla.timing import Speedup, paired_speedup, rounds_for
 
 DEFAULT_BASELINES = ("none", "prompt-lookup")
 IDENTITY = ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width", "draft_params",
@@ -212,18 +213,20 @@ class _Runner:
     def rounds(self, methods: list[tuple[str, DraftShape]], task: str, temperature: float,
                batch: int) -> tuple[list[DecodeStats], list[tuple[float, float, float]],
                                     list[tuple[Speedup, list[list[float]]]]]:
-        """Plain decoding and ``methods`` timed in ``config.repeats`` interleaved rounds (scylla.timing): per method,
+        """Plain decoding and ``methods`` timed in interleaved rounds (``config.repeats``, raised by
+        scylla.timing.rounds_for where the prompts make few batches): per method,
         its first round's stats, its median tokens/s, seconds per decoding step and paired speed-up with the
         prefill excluded (what the cost model predicts) over rounds, and its paired speed-up over plain with the
         ratios behind it ([chunk][round]); plain first."""
         runs = [("none", DraftShape(num_draft_tokens=0))] + methods
         chunks = list(self._chunks(task, batch))
-        rounds = [[[] for _ in range(self.config.repeats)] for _ in runs]  # [run][round]: its chunks' stats
+        repeats = rounds_for(self.config.repeats, len(chunks))
+        rounds = [[[] for _ in range(repeats)] for _ in runs]  # [run][round]: its chunks' stats
         ratios = [[[] for _ in chunks] for _ in runs]
         decode_ratios: list[list[float]] = [[] for _ in runs]  # the same, prefill excluded
-        bar = tqdm(total=self.config.repeats * len(chunks), desc=f"{task} batch {batch}: timing rounds", unit="batch",
+        bar = tqdm(total=repeats * len(chunks), desc=f"{task} batch {batch}: timing rounds", unit="batch",
                    leave=False)
-        for k in range(self.config.repeats):
+        for k in range(repeats):
             for c, (start, ids, mask) in enumerate(chunks):
                 bar.update()
                 timed = {}
@@ -283,8 +286,9 @@ def evaluate(config: EvalConfig) -> int:
     methods = [(b, None, shape) for b in config.baselines if b != "none" for shape in shapes]
     methods += [(spec, source, shape) for spec, source in sources for shape in shapes]
     run = _Runner(config, target, tokenizer, texts)
+    timed = {}  # online settings are timed: the records say on how many threads and how busy the machine was
     if not (config.replay and set(config.temperatures) == {0.0}):
-        warn_if_busy()  # online settings are timed
+        timed = dict(threads=torch.get_num_threads(), busy_cores=warn_if_busy())
 
     def identity(method, source):
         base = source or _baseline_identity(method, config.seed)
@@ -318,8 +322,9 @@ def evaluate(config: EvalConfig) -> int:
                 stats, tps, speedups = stats[1:], tps[1:], speedups[1:]
             for (method, source, shape), s, t, (up, ratios) in zip(todo, stats, tps, speedups):
                 predicted = _predicted(cost, method, shape, batch, s.mean_accepted_length)
-                new = record(method, source, shape, **_metrics(s, predicted, ids, t[0], up, config.repeats, ratios),
-                             step_seconds=t[1], decode_speedup=t[2], prefill_share=s.prefill_seconds / s.wall_seconds)
+                new = record(method, source, shape, **_metrics(s, predicted, ids, t[0], up, len(ratios[0]), ratios),
+                             step_seconds=t[1], decode_speedup=t[2], prefill_share=s.prefill_seconds / s.wall_seconds,
+                             **timed)
                 written += append_record(run_dir, new)
                 done.add(record_key(new))
             continue

@@ -39,6 +39,8 @@ class CostTable:
     # Per batch size (a string key, JSON's): seconds of per-step work outside the forwards, {"plain", "chain", "tree"},
     # fitted from online runs by ``calibrate``; empty: forwards only.
     overhead: dict = field(default_factory=dict)
+    threads: int | None = None  # torch's CPU threads while measuring, and the cores other processes kept busy
+    busy_cores: float | None = None
 
     def nearest(self, model: str, batch: int, tokens: int, context: int | None = None, bound: str = "") -> float:
         """The cost at this model, batch and tokens, at the measured context nearest to ``context`` (None: the
@@ -108,8 +110,8 @@ def measure_costs(models: dict[str, torch.nn.Module], batch_sizes: list[int], to
     """Every (model, batch, tokens, context) combination; the first model is the target."""
     first = next(iter(models.values()))
     param = next(first.parameters())
-    table = CostTable(device=str(param.device), dtype=str(param.dtype).replace("torch.", ""))
-    warn_if_busy()
+    table = CostTable(device=str(param.device), dtype=str(param.dtype).replace("torch.", ""),
+                      threads=torch.get_num_threads(), busy_cores=warn_if_busy())
     for name, model in models.items():
         for b in batch_sizes:
             for n in tokens:

@@ -69,9 +69,9 @@ def check_model_folder(path: str | os.PathLike) -> None:
     except (OSError, ValueError) as err:
         raise InputError(f"{folder}/config.json is not readable JSON ({str(err).splitlines()[0]}): "
                          "re-save the model folder") from None
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
-        raise InputError(f"{folder} has no weights (no *.safetensors file): point at a complete model or draft "
-                         "folder, e.g. a sweep's jobs/ID/tokens-N")
+    if not any(folder.glob("*.safetensors")):  # pickled weights (pytorch_model.bin) are never loaded
+        raise InputError(f"{path} has no model.safetensors (no *.safetensors at all; pickled weights are never "
+                         "loaded): point at a complete model or draft folder, e.g. a sweep's jobs/ID/tokens-N")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:

@@ -40,7 +40,7 @@ CASES = [
     (["sweep", "experiments/smoke.yaml", "--run-dir", "{T}/ro/run"], "{T}/ro is not a writable folder"),
     # draft folders that do not load
     (GEN + ["--drafter", "draft:{T}/badcfg"], "{T}/badcfg"),
-    (GEN + ["--drafter", "draft:{T}/noweights"], "no weights"),
+    (GEN + ["--drafter", "draft:{T}/noweights"], "{T}/noweights has no model.safetensors"),
     (GEN + ["--drafter", "draft:{T}/nothere"], "does not exist"),
     # a device this torch does not have
     (GEN + ["--device", "cuda"], "device cuda: this torch is a CPU build"),
