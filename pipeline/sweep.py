@@ -266,23 +266,25 @@ def _run_local(sweep: Sweep, todo: list[TrainConfig]) -> Iterator[str]:
 
 
 def _run_logged(argv: list[str], log: Path, run_id: str, status) -> int:
-    """Run ``argv``, appending its output to ``log`` and passing each update of the job's own step bars (the
-    trainer's, named after ``run_id``) to ``status`` as ``DESC N/TOTAL``; returns the exit code."""
-    with log.open("ab") as out:
+    """Run ``argv`` with its output appended to ``log``, following the log to pass each update of the job's own step
+    bars (the trainer's, named after ``run_id``) to ``status`` as ``DESC N/TOTAL``; returns the exit code. The log
+    is followed, not piped, so a process the job leaves behind cannot hold the sweep."""
+    with log.open("ab") as out, log.open("rb") as follow:
         out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(argv)}\n".encode())
         out.flush()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        follow.seek(0, os.SEEK_END)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONPATH": _pythonpath()})
-        pending = b""
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
-            out.write(chunk)
-            *segments, pending = re.split(rb"[\r\n]", pending + chunk)
+        pending, code = b"", None
+        while code is None:
+            code = proc.poll()
+            *segments, pending = re.split(rb"[\r\n]", pending + follow.read())
             for segment in segments:
-                text = segment.decode(errors="replace")
-                step = re.match(rf"({re.escape(run_id)} [^:]*):.*?\| *(\d+/\d+)", text)
+                step = re.match(rf"({re.escape(run_id)} [^:]*):.*?\| *(\d+/\d+)", segment.decode(errors="replace"))
                 if step:
                     status(f"{step[1]} {step[2]}")
-        return proc.wait()
+            time.sleep(0.2 if code is None else 0)
+        return code
 
 
 def _last_error(log: Path, start: int = 0) -> str:

@@ -230,7 +230,8 @@ def test_a_job_s_output_goes_to_its_log_and_its_error_to_one_line(tmp_path):
     log, steps = tmp_path / "train.log", []
     log.write_text("scylla: error: an earlier launch's error\n")
     start = log.stat().st_size
-    job = ("import sys; print('[INFO] launcher noise'); sys.stderr.write('eagle-x stable:  50%|#    | 1/2 [00:01]\\r'); "
+    job = ("import sys; print('[INFO] launcher noise'); "
+           "sys.stderr.write('eagle-x stable:  50%|#    | 1/2 [00:01]\\r'); "
            "sys.stderr.write('eagle-x stable: 100%|##   | 2/2 [00:02]\\n'); print('wandb: syncing', flush=True); "
            "sys.exit('scylla: error: data source jsonl:x does not exist')")
     assert _run_logged([sys.executable, "-c", job], log, "eagle-x", steps.append) == 1
