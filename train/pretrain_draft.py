@@ -459,10 +459,12 @@ def run(cfg: TrainConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.pretrain_draft", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="job YAML (see train/config.py)")
+    parser.add_argument("--run-dir", help="the run folder, instead of the job's run_dir (launch scripts run in the "
+                        "run folder and pass '.', so a moved folder still trains)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     args = parser.parse_args(argv)
     try:
-        run(TrainConfig.from_yaml(args.config))
+        run(TrainConfig.from_yaml(args.config, {"run_dir": args.run_dir} if args.run_dir else None))
     except ScyllaError as err:
         print(f"scylla: error: {err}", file=sys.stderr)
         return 2
