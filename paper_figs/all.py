@@ -16,6 +16,23 @@ from paper_figs.tts import tts_figures
 from scylla.config import read_yaml
 
 LAW_YS = ("mean_accepted_length", "heldout_accuracy")
+# Each figure family (its files' name prefix) and what the records need for it: `scylla figs` names the ones it
+# could not draw.
+FAMILIES = {
+    "law1_replay": "replay eval records on the fit prompt set, 3+ token counts per depth (scylla eval --replay)",
+    "law1_tokens": "train records at 3+ token counts per depth",
+    "law2_capacity": "train records of 3+ depths at 3+ token counts",
+    "law3_batch": "online eval records at 2+ batch sizes and 2+ draft shapes",
+    "fig2": "eval records of a trained draft and of another drafter",
+    "table5": "online (timed) eval records",
+    "tts": "tts records (scylla tts-bench)",
+}
+
+
+def missing_families(paths: list[Path]) -> dict[str, str]:
+    """The figure families none of ``paths`` belongs to, with what each needs."""
+    names = [p.name for p in paths]
+    return {f: need for f, need in FAMILIES.items() if not any(n.startswith(f) for n in names)}
 
 
 def _fittable(records: list[dict], x: str, by: str) -> list[dict]:

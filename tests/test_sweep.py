@@ -59,6 +59,8 @@ def test_smoke_sweep_records(smoke_run):
     assert list((smoke_run / "jobs" / "eagle-layers1" / "wandb").glob("offline-run-*"))
     log = (smoke_run / "jobs" / "eagle-layers1" / "train.log").read_text()
     assert "[INFO]" in log and "wandb:" in log and "[eagle-layers1] 4096 tokens: MAT" in log
+    for d in (1, 2):  # the WSD branches repeat steps, which wandb drops when logged as its step: train/step is the x axis
+        assert "Tried to log to step" not in (smoke_run / "jobs" / f"eagle-layers{d}" / "train.log").read_text()
 
 
 def test_trained_head_drafts_losslessly(smoke_run):
@@ -275,6 +277,9 @@ def test_figs_are_drawn_from_records_alone(smoke_run, tmp_path, capsys):
         path = out / f"law1_tokens_heldout_accuracy.{suffix}"
         assert path.stat().st_size > 1000
     assert not list(out.glob("law2_*"))  # the capacity law needs 3 or more depths; the smoke grid has 2
+    err = capsys.readouterr().err  # and the command says so, and what each missing figure needs
+    assert "scylla: figs: no law2_capacity figure: it needs train records of 3+ depths" in err
+    assert "scylla: figs: no --config: the trained draft with the highest mean MAT stands for Scylla" in err
 
 
 def test_a_copied_run_folder_uses_its_own_drafts_from_any_directory(smoke_run, tmp_path, monkeypatch):
