@@ -197,6 +197,8 @@ def cmd_costs(args: argparse.Namespace) -> int:
         table = calibrate(table, online)
         print("per-step correction (ms), by batch size: " + "; ".join(
             f"{b}: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in o.items()) for b, o in table.overhead.items()))
+        print("batch lag (steps of a batch / steps of its average row), by batch size: " + "; ".join(
+            f"{b}: " + ", ".join(f"{k} {v:.2f}" for k, v in o.items()) for b, o in table.lag.items()))
     table.save(args.out)
     for e in table.entries:
         print(f"{e['model'][-24:]:>24}  batch {e['batch']:>3}  tokens {e['tokens']:>3}  context {e['context']:>5}  "

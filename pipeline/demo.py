@@ -279,7 +279,11 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         "less than its forwards measured alone), fitted on online runs of a 1-layer head on the select set "
         f"({CALIBRATION_TOKENS} new tokens, prefill excluded; scylla.costs.calibrate), ms per step, plain / chain / "
         "tree: " + ", ".join(f"batch {b}: " + " / ".join(f"{o.get(k, 0) * 1e3:.1f}" for k in ("plain", "chain", "tree"))
-                             for b, o in sorted(cost.overhead.items(), key=lambda kv: int(kv[0]))) + ".",
+                             for b, o in sorted(cost.overhead.items(), key=lambda kv: int(kv[0]))) + ". "
+        "And the batch lag fitted with it (a batch steps until its slowest row is done: steps of a batch / steps of "
+        "its average row; scylla.costs.batch_lag), plain / chain / tree: "
+        + ", ".join(f"batch {b}: " + " / ".join(f"{o.get(k, 1.0):.2f}" for k in ("plain", "chain", "tree"))
+                    for b, o in sorted(cost.lag.items(), key=lambda kv: int(kv[0]))) + ".",
         "",
         "The cost model predicts the decoding phase; \"decoding only\" is that phase measured (the paired median "
         "with the prompts' prefill left out), its error the cost model's. The end-to-end speed-up includes the "
