@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fit.cli import run_fit
-from paper_figs.all import all_figures
+from paper_figs.all import all_figures, missing_families
 from pipeline.demo import run_demo
 from pipeline.evaluate import EvalConfig, best_settings, evaluate, parse_shape
 from pipeline.select import pays, run_selection, selection_for
@@ -20,18 +21,19 @@ import scylla
 from scylla.atomic import write_json_atomic
 from scylla.costs import calibrate, measure_costs, untrained_heads
 from scylla.data.prompt_sets import PROMPT_SETS
-from scylla.drafters.eagle import EagleDrafter
-from scylla.drafters.spec import SPECS, drafter_from_spec, parse_spec
+from scylla.drafters.eagle import EagleDrafter, EagleHead, read_head_config
+from scylla.drafters.eagle3_format import export_eagle3, exportable
+from scylla.drafters.spec import SPECS, check_spec, drafter_from_spec, parse_spec
 from scylla.drafters.tree import TREE_FORM, parse_tree
 from scylla.engine import SpeculativeDecoder
 from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.metrics import DecodeStats
-from scylla.models import load_model, target_quantization
+from scylla.models import check_device, load_model, target_quantization
 from scylla.prompts import encode_prompts, read_prompts
 from scylla.records import read_records
 from scylla.sampling import SamplingConfig
 from scylla.threads import use_threads
-from scylla.timing import Speedup
+from scylla.timing import MIN_RATIOS, Speedup
 
 
 def _positive(kind):
@@ -67,18 +69,27 @@ def _refuse_meaningless_flags(args: argparse.Namespace) -> None:
         raise ConfigError("--tree sets the draft's depth and size: drop --num-draft-tokens")
 
 
+def _refuse_max_ngram_without_lookup(args: argparse.Namespace) -> None:
+    """--max-ngram shapes prompt lookup only (also as a hybrid's fallback); the drafter is known after --config."""
+    kind, arg = parse_spec(args.drafter)
+    if args.max_ngram is not None and "prompt-lookup" not in (kind, parse_spec(arg)[0] if kind == "hybrid" else ""):
+        raise ConfigError(f"--max-ngram shapes prompt lookup, and the drafter is {args.drafter}: drop --max-ngram")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
 
     SamplingConfig(args.temperature, args.top_k, args.top_p)  # fail fast, before loading models
     _refuse_meaningless_flags(args)
     if args.config:  # a Scylla configuration: its choice for this batch size
 
-        entry = selection_for(args.config, args.batch_size)
+        entry = selection_for(args.config, args.batch_size, args.target)
         shape = parse_shape(entry.draft_shape)
         args.drafter, args.tree, args.num_draft_tokens = entry.draft, shape.tree, shape.num_draft_tokens
-        print(f"[{args.config}] batch {args.batch_size}: {entry.draft} {entry.draft_shape} (best draft "
-              f"predicted at {entry.predicted_speedup:.2f}x plain decoding)", file=sys.stderr)
-    parse_spec(args.drafter)
+        predicted = "" if entry.predicted_speedup is None else (f" (best draft predicted at "
+                                                                f"{entry.predicted_speedup:.2f}x plain decoding)")
+        print(f"[{args.config}] batch {args.batch_size}: {entry.draft} {entry.draft_shape}{predicted}", file=sys.stderr)
+    _refuse_max_ngram_without_lookup(args)
+    check_spec(args.drafter)
     prompts = read_prompts(args.prompts_file) if args.prompts_file else list(args.prompt)
     if len(prompts) < args.batch_size:  # one prompt, batch 8: eight samples of it
         prompts = [prompts[i % len(prompts)] for i in range(args.batch_size)]
@@ -145,8 +156,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_figs(args: argparse.Namespace) -> int:
     records = [r for run_dir in args.run_dirs for r in read_records(run_dir)]
-    for path in all_figures(records, Path(args.out), scylla_config=args.config):
+    paths = all_figures(records, Path(args.out), scylla_config=args.config)
+    for path in paths:
         print(path)
+    for family, need in missing_families(paths).items():
+        print(f"scylla: figs: no {family} figure: it needs {need}", file=sys.stderr)
+    if not args.config:
+        print("scylla: figs: no --config: the trained draft with the highest mean MAT stands for Scylla in Fig. 2 and "
+              "Table 5 (give the configuration scylla select wrote)", file=sys.stderr)
     return 0
 
 
@@ -162,7 +179,7 @@ def _ints(text: str) -> list[int]:
 
 def cmd_costs(args: argparse.Namespace) -> int:
     for spec in args.draft or []:
-        if parse_spec(spec)[0] not in ("truncated", "draft"):
+        if check_spec(spec)[0] not in ("truncated", "draft"):
             raise InputError(f"--draft takes truncated:K or draft:PATH (a draft LM or head), got {spec!r}")
     online = [r for d in args.calibrate or [] for r in read_records(d, kind="eval", where={"mode": "online"})]
     if args.calibrate and not any(r.get("step_seconds") for r in online):
@@ -180,6 +197,8 @@ def cmd_costs(args: argparse.Namespace) -> int:
         table = calibrate(table, online)
         print("per-step correction (ms), by batch size: " + "; ".join(
             f"{b}: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in o.items()) for b, o in table.overhead.items()))
+        print("batch lag (steps of a batch / steps of its average row), by batch size: " + "; ".join(
+            f"{b}: " + ", ".join(f"{k} {v:.2f}" for k, v in o.items()) for b, o in table.lag.items()))
     table.save(args.out)
     for e in table.entries:
         print(f"{e['model'][-24:]:>24}  batch {e['batch']:>3}  tokens {e['tokens']:>3}  context {e['context']:>5}  "
@@ -195,8 +214,16 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+EVAL_SETTINGS = ("drafts", "target", "tasks", "temperatures", "batch_sizes", "shapes", "baselines", "prompts",
+                 "prompt_set", "repeats", "max_new_tokens", "replay", "cost", "seed", "device", "dtype")  # --config's
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.config:
+        given = [f"--{k.replace('_', '-')}" for k in EVAL_SETTINGS if getattr(args, k) != args.default_of(k)]
+        if given:
+            raise ConfigError(f"--config {args.config} sets the evaluation: drop {', '.join(given)} (or edit the "
+                              "config; RUN_DIR may be given)")
         config = EvalConfig.from_yaml(args.config, {"run_dir": args.run_dir} if args.run_dir else {})
     elif args.run_dir:
         config = EvalConfig(args.run_dir, args.drafts, args.target, args.tasks.split(","), args.temperatures,
@@ -254,6 +281,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    exportable(read_head_config(args.head_dir))  # refuse before loading anything
+    target_name = args.target
+    if target_name is None:
+        try:
+            target_name = json.loads((Path(args.head_dir) / "card.json").read_text())["target"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            raise InputError(f"{args.head_dir} has no card.json naming its target: give --target") from None
+    target, _ = load_model(target_name, device=args.device, dtype=args.dtype)
+    head = EagleHead.load(args.head_dir, target)
+    export_eagle3(head, args.out, int(target.config.num_hidden_layers),
+                  target.get_input_embeddings().weight if args.with_embeddings else None)
+    print(f"wrote {args.out}: an EAGLE-3 head for {target_name} (serving it: docs/export.md)")
+    return 0
+
+
 def _tree(text: str):
     try:
         return parse_tree(text)
@@ -287,7 +330,7 @@ def _generate_parser(sub) -> None:
                      "gemma3-270m")
     gen.add_argument("--drafter", default="none", help=f"one of: {SPECS} (default none: plain decoding)")
     gen.add_argument("--num-draft-tokens", type=_positive(int), help="draft length gamma (default: 4, lookup 10)")
-    gen.add_argument("--max-ngram", type=_positive(int), default=3, help="prompt lookup: longest n-gram matched")
+    gen.add_argument("--max-ngram", type=_positive(int), help="prompt lookup: longest n-gram matched (default 3)")
     gen.add_argument("--tree", type=_tree, help=f"draft a dynamic tree: {TREE_FORM}")
     gen.add_argument("--config", help="a Scylla configuration (scylla select): its draft and shape for --batch-size")
     gen.add_argument("--batch-size", type=_positive(int), default=1, help="rows decoded together")
@@ -333,7 +376,7 @@ def _eval_parser(sub) -> None:
     ev = sub.add_parser("eval", parents=[MODEL_ARGS],
                         help="evaluate drafts of a run directory (and baselines) into eval records")
     ev.add_argument("run_dir", nargs="?", help="run directory: its trained drafts; records go there")
-    ev.add_argument("--config", help="YAML with these settings (e.g. experiments/batch.yaml); flags are ignored")
+    ev.add_argument("--config", help="YAML with these settings (e.g. experiments/batch.yaml), instead of the flags")
     ev.add_argument("--drafts", action="append", help="evaluate these draft specs instead of the run's drafts")
     ev.add_argument("--target", help="default: the target the run's drafts were trained for, else smollm2-135m")
     ev.add_argument("--tasks", default="gsm,code", help="comma-separated: gsm, code, copy, rg:NAME, jsonl:PATH")
@@ -347,13 +390,14 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--prompt-set", choices=PROMPT_SETS, default="fit",
                     help="which of each task's disjoint prompt sets (default fit; the Scylla check uses confirm)")
     ev.add_argument("--repeats", type=_positive(int), default=3, help="online: interleaved timing rounds of plain "
-                    "decoding and each method, for paired speed-ups with a 95%% interval (default 3)")
+                    "decoding and each method, for paired speed-ups with a 95%% interval; raised to give at least "
+                    f"{MIN_RATIOS} paired ratios where the prompts make few batches (default 3)")
     ev.add_argument("--max-new-tokens", type=_positive(int), default=64, help="new-token limit per prompt")
     ev.add_argument("--replay", action="store_true", help="at T=0 count acceptance by exact replay (no timing)")
     ev.add_argument("--cost", help="cost table JSON (scylla costs): adds the predicted speed-up")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed at T > 0 (batch b uses seed + its first "
                     "prompt's index)")
-    ev.set_defaults(func=cmd_eval)
+    ev.set_defaults(func=cmd_eval, default_of=ev.get_default)  # default_of: which flags --config meets
 
 
 def _costs_parser(sub) -> None:
@@ -406,6 +450,19 @@ def _demo_parser(sub) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
+def _export_parser(sub) -> None:
+    ex = sub.add_parser("export", parents=[MODEL_ARGS],
+                        help="write a trained head in a serving engine's format (vLLM, SGLang; docs/export.md)")
+    ex.add_argument("head_dir", metavar="HEAD_DIR", help="a trained head folder (layout eagle3, one layer)")
+    ex.add_argument("--format", choices=("eagle3",), default="eagle3",
+                    help="eagle3: LlamaForCausalLMEagle3, read by vLLM, SGLang and speculators")
+    ex.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
+    ex.add_argument("--target", help="the head's target (default: the one its card.json names)")
+    ex.add_argument("--with-embeddings", action="store_true",
+                    help="also write the target's token embedding (engines otherwise share the target's)")
+    ex.set_defaults(func=cmd_export)
+
+
 def _figs_parser(sub) -> None:
     figs = sub.add_parser("figs", help="draw every figure and table (laws 1-3, per task, throughput) from records")
     figs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -446,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     _costs_parser(sub)
     _select_parser(sub)
     _demo_parser(sub)
+    _export_parser(sub)
     _figs_parser(sub)
     _tts_bench_parser(sub)
     for command in sub.choices.values():
@@ -453,8 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-OUTPUTS = {"generate": ("json", False), "fit": ("json", False), "costs": ("out", False), "select": ("out", False),
-           "figs": ("out", True), "tts-bench": ("out", True)}  # command: (its output flag, whether it is a folder)
+OUTPUTS = {"generate": ("--json", False), "fit": ("--json", False), "costs": ("--out", False),
+           "select": ("--out", False), "figs": ("--out", True), "tts-bench": ("--out", True),
+           "export": ("--out", True), "sweep": ("--run-dir", True), "demo": ("--run-dir", True),
+           "eval": ("RUN_DIR", True)}  # command: (its output argument, whether it is a folder)
 
 
 def check_output(path: str, folder: bool, flag: str) -> None:
@@ -479,9 +539,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         use_threads(args.threads)
     try:
-        flag, folder = OUTPUTS.get(args.command, (None, False))
-        if flag and getattr(args, flag, None):
-            check_output(getattr(args, flag), folder, f"--{flag}")
+        if getattr(args, "device", None):
+            check_device(args.device)
+        flag, folder = OUTPUTS.get(args.command, ("", False))
+        path = getattr(args, flag.lstrip("-").replace("-", "_").lower(), None)
+        if path:
+            check_output(path, folder, flag)
         return args.func(args)
     except ScyllaError as err:
         print(f"scylla: error: {err}", file=sys.stderr)

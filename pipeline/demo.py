@@ -23,8 +23,8 @@ from scylla.atomic import atomic_path
 from scylla.costs import CostTable, calibrate, measure_costs, untrained_heads
 from scylla.data.prompt_sets import check_disjoint, problem_set
 from scylla.models import load_model, target_quantization
-from scylla.records import find_checkpoints, read_records
-from scylla.timing import Speedup
+from scylla.records import find_checkpoints, read_records, records_path
+from scylla.timing import MIN_RATIOS, Speedup, rounds_for
 from train.data import load_corpus
 
 TREE = "tree:top_k=3,depth=3,total_tokens=8"  # the dynamic tree of the study (EAGLE-2's 10/5/60 is too big for a CPU)
@@ -34,7 +34,7 @@ BATCH_SIZES = [1, 4, 16]
 FIT_PROMPTS = 16  # the fit prompt set: law 1's per-prompt units (x 2 seeds)
 SELECT_PROMPTS = 16  # the select prompt set: the top-milestone heads replayed on fresh prompts
 REPLAY_TOKENS = 32
-NEW_TOKENS = 32  # the check's, on the confirm prompt set (max(BATCH_SIZES) prompts)
+NEW_TOKENS = 24  # the check's, on the confirm prompt set (max(BATCH_SIZES) prompts)
 CALIBRATION_TOKENS = 16  # the cost model's overhead calibration, on the select set
 
 
@@ -91,14 +91,18 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
 
     top = max(r["train_tokens"] for r in train)
     _banner(start, f"2/7 exact replay (gsm, T=0) of {len(train)} checkpoints x {len(SHAPES)} draft shapes on the fit "
-                   f"prompt set, and of the {top}-token heads on the select set")
+                   f"prompt set, and of the {top}-token heads on the select set (prompt lookup also on the confirm set)")
     replay = dict(tasks=["gsm"], temperatures=[0.0], batch_sizes=[1], shapes=SHAPES, replay=True,
                   max_new_tokens=REPLAY_TOKENS)
     evaluate(EvalConfig(str(run_dir), baselines=["none", "prompt-lookup"], prompts=FIT_PROMPTS, prompt_set="fit",
                         **replay))
     top_heads = [f"draft:{r['checkpoint']}" for r in find_checkpoints(run_dir) if r["train_tokens"] == top]
-    evaluate(EvalConfig(str(run_dir), drafts=top_heads, baselines=["none"], prompts=SELECT_PROMPTS,
+    evaluate(EvalConfig(str(run_dir), drafts=top_heads, baselines=["none", "prompt-lookup"], prompts=SELECT_PROMPTS,
                         prompt_set="select", **replay))
+    # Prompt lookup's shape is chosen on the select set and reported on the confirm set (Fig. 2) like the heads',
+    # whose confirm-set MAT the check measures online.
+    evaluate(EvalConfig(str(run_dir), drafts=[], baselines=["none", "prompt-lookup"], prompts=max(BATCH_SIZES),
+                        prompt_set="confirm", **replay))
 
     _banner(start, "3/7 cost model: target and head forward costs by batch size, and the per-step overhead "
                    "calibrated online on the select set")
@@ -127,7 +131,9 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
 
     _banner(start, "6/7 figures from the records alone")
 
+    calibration = run_dir / "calibration"  # online on the select set: where Table 5 chooses each method's shape
     records = read_records(run_dir) + read_records(check_dir)
+    records += read_records(calibration) if records_path(calibration).exists() else []
     figures = all_figures(records, run_dir / "figs", scylla_config=str(config_path))
 
     _banner(start, "7/7 report")
@@ -264,14 +270,20 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         "whose predicted speed-up has the highest lower 95% bound, and it is chosen over plain decoding only where "
         "that bound is above 1. Then measured online on the confirm set "
         f"({max(BATCH_SIZES)} prompts x {NEW_TOKENS} new tokens) against plain decoding in the same run, in "
-        f"{EvalConfig.repeats} interleaved rounds: the speed-up is the median paired ratio with a 95% interval over "
-        "prompts (scylla.timing); where the interval holds 1 it reads \"no measurable difference\".",
+        f"{EvalConfig.repeats} interleaved rounds (at least {MIN_RATIOS} paired ratios per setting: "
+        f"{rounds_for(EvalConfig.repeats, 1)} rounds where all prompts make one batch): the speed-up is the median "
+        "paired ratio with a 95% interval over prompts (over rounds for one batch; scylla.timing); where the interval "
+        "holds 1 it reads \"no measurable difference\".",
         "",
         "The cost model's per-step correction (work outside the forwards; negative where a step in the engine costs "
         "less than its forwards measured alone), fitted on online runs of a 1-layer head on the select set "
         f"({CALIBRATION_TOKENS} new tokens, prefill excluded; scylla.costs.calibrate), ms per step, plain / chain / "
         "tree: " + ", ".join(f"batch {b}: " + " / ".join(f"{o.get(k, 0) * 1e3:.1f}" for k in ("plain", "chain", "tree"))
-                             for b, o in sorted(cost.overhead.items(), key=lambda kv: int(kv[0]))) + ".",
+                             for b, o in sorted(cost.overhead.items(), key=lambda kv: int(kv[0]))) + ". "
+        "And the batch lag fitted with it (a batch steps until its slowest row is done: steps of a batch / steps of "
+        "its average row; scylla.costs.batch_lag), plain / chain / tree: "
+        + ", ".join(f"batch {b}: " + " / ".join(f"{o.get(k, 1.0):.2f}" for k in ("plain", "chain", "tree"))
+                    for b, o in sorted(cost.lag.items(), key=lambda kv: int(kv[0]))) + ".",
         "",
         "The cost model predicts the decoding phase; \"decoding only\" is that phase measured (the paired median "
         "with the prompts' prefill left out), its error the cost model's. The end-to-end speed-up includes the "

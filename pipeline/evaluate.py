@@ -14,12 +14,17 @@ the records back and picks the fastest draft shape per batch size (the batch-siz
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
+from scylla.claims import claim
 from scylla.config import Config
 from scylla.costs import CostTable, step_cost
 from scylla.data.prompt_sets import PROMPT_SETS, problem_set
@@ -34,9 +39,11 @@ from scylla.prompts import encode_prompts, prompt_id
 from scylla.records import append_record, find_checkpoints, new_record, read_records, record_key, records_path
 from scylla.replay import replay
 from scylla.threads import warn_if_busy
-from scylla.timing import Speedup, paired_speedup
+from scylla.timing import Speedup, paired_speedup, rounds_for
 
 DEFAULT_BASELINES = ("none", "prompt-lookup")
+# Eval settings outside the record key: records measured with other values are not the same measurement.
+CHANGEABLE = ("n_prompts", "max_new_tokens", "seed", "target_quantization", "device")
 IDENTITY = ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width", "draft_params",
             "draft_params_with_embeddings", "train_tokens", "data", "config_hash")
 SHAPE_FORM = f"chain:G (G draft tokens) or tree:{TREE_FORM}"
@@ -212,18 +219,20 @@ class _Runner:
     def rounds(self, methods: list[tuple[str, DraftShape]], task: str, temperature: float,
                batch: int) -> tuple[list[DecodeStats], list[tuple[float, float, float]],
                                     list[tuple[Speedup, list[list[float]]]]]:
-        """Plain decoding and ``methods`` timed in ``config.repeats`` interleaved rounds (scylla.timing): per method,
+        """Plain decoding and ``methods`` timed in interleaved rounds (``config.repeats``, raised by
+        scylla.timing.rounds_for where the prompts make few batches): per method,
         its first round's stats, its median tokens/s, seconds per decoding step and paired speed-up with the
         prefill excluded (what the cost model predicts) over rounds, and its paired speed-up over plain with the
         ratios behind it ([chunk][round]); plain first."""
         runs = [("none", DraftShape(num_draft_tokens=0))] + methods
         chunks = list(self._chunks(task, batch))
-        rounds = [[[] for _ in range(self.config.repeats)] for _ in runs]  # [run][round]: its chunks' stats
+        repeats = rounds_for(self.config.repeats, len(chunks))
+        rounds = [[[] for _ in range(repeats)] for _ in runs]  # [run][round]: its chunks' stats
         ratios = [[[] for _ in chunks] for _ in runs]
         decode_ratios: list[list[float]] = [[] for _ in runs]  # the same, prefill excluded
-        bar = tqdm(total=self.config.repeats * len(chunks), desc=f"{task} batch {batch}: timing rounds", unit="batch",
+        bar = tqdm(total=repeats * len(chunks), desc=f"{task} batch {batch}: timing rounds", unit="batch",
                    leave=False)
-        for k in range(self.config.repeats):
+        for k in range(repeats):
             for c, (start, ids, mask) in enumerate(chunks):
                 bar.update()
                 timed = {}
@@ -268,8 +277,13 @@ def _sources(config: EvalConfig, run_dir: Path) -> list[tuple[str, dict | None]]
 
 
 def evaluate(config: EvalConfig) -> int:
-    """Append eval records for the drafts and baselines of ``config``; returns how many were written."""
+    """Append eval records for the drafts and baselines of ``config``; returns how many were written. Each setting
+    (task, temperature, batch size) is measured under a claim (scylla.claims), so any number of processes running
+    the same evaluation on one run folder (a Slurm array, a hostfile launch, two terminals) share the settings and
+    none is measured twice; a setting another process holds is left to it and named at the end."""
     run_dir = Path(config.run_dir)
+    if config.device == "cuda" and os.environ.get("LOCAL_RANK", "").isdigit():  # a launcher's process: its own GPU
+        config = replace(config, device=f"cuda:{os.environ['LOCAL_RANK']}")
     sources = _sources(config, run_dir)
     has_records = (run_dir / "records.jsonl").exists()
     trained = read_records(run_dir, kind="train") if has_records else []
@@ -278,37 +292,38 @@ def evaluate(config: EvalConfig) -> int:
     texts = {task: [p.prompt for p in problem_set(task, config.prompt_set, config.prompts)] for task in config.tasks}
     target, tokenizer = load_model(target_name, device=config.device, dtype=config.dtype)
     quantization = target_quantization(target_name, target)
-    done = {record_key(r) for r in read_records(run_dir, kind="eval")} if has_records else set()
     shapes = [parse_shape(s) for s in config.shapes]
     methods = [(b, None, shape) for b in config.baselines if b != "none" for shape in shapes]
     methods += [(spec, source, shape) for spec, source in sources for shape in shapes]
     run = _Runner(config, target, tokenizer, texts)
+    timed = {}  # online settings are timed: the records say on how many threads and how busy the machine was
     if not (config.replay and set(config.temperatures) == {0.0}):
-        warn_if_busy()  # online settings are timed
+        timed = dict(threads=torch.get_num_threads(), busy_cores=warn_if_busy())
 
     def identity(method, source):
         base = source or _baseline_identity(method, config.seed)
         return {k: base.get(k) for k in IDENTITY}  # config_hash: None in records older than it
 
-    written = 0
-    plain_shape = DraftShape(num_draft_tokens=0)
-    grid = [(t, temp, b) for t in config.tasks for temp in config.temperatures for b in config.batch_sizes]
-    for task, temperature, batch in tqdm(grid, desc="eval", unit="setting"):
-        mode = "replay" if config.replay and temperature == 0 else "online"
-        if mode == "replay" and batch != config.batch_sizes[0]:
-            continue  # replay counts do not depend on the batch size: one set of records per task
-        settings = dict(task=task, temperature=temperature, batch_size=batch, mode=mode, device=config.device,
-                        prompt_set=config.prompt_set, n_prompts=len(texts[task]), max_new_tokens=config.max_new_tokens,
-                        target_quantization=quantization)
+    def measure(settings: dict) -> int:
+        """Measure every method of ``methods`` not yet recorded at this setting (under its claim), and plain decoding;
+        append their records; returns how many were written."""
+        task, temperature, batch, mode = (settings[k] for k in ("task", "temperature", "batch_size", "mode"))
+        plain_shape = DraftShape(num_draft_tokens=0)
+        # read under the claim: a process that held it before may have finished some of the work
+        previous = read_records(run_dir, kind="eval") if records_path(run_dir).exists() else []
+        done = {record_key(r) for r in previous}
+        written = 0
 
         def record(method, source, shape, **metrics):
             return new_record("eval", **identity(method, source), target=target_name, seed=config.seed,
                               method=method, **settings, **shape.fields(), **metrics)
 
+        _refuse_changed_settings(run_dir, previous, {**settings, "seed": config.seed})
+
         todo = [m for m in methods if record_key(record(*m)) not in done]
         plain_key = record_key(record("none", None, plain_shape))
         if not todo and plain_key in done:
-            continue
+            return 0
         ids = [prompt_id(t) for t in texts[task]]
         todo = [("none", None, plain_shape)] * (plain_key not in done) + todo
         if mode == "online":  # every method timed against plain decoding in interleaved rounds
@@ -318,11 +333,11 @@ def evaluate(config: EvalConfig) -> int:
                 stats, tps, speedups = stats[1:], tps[1:], speedups[1:]
             for (method, source, shape), s, t, (up, ratios) in zip(todo, stats, tps, speedups):
                 predicted = _predicted(cost, method, shape, batch, s.mean_accepted_length)
-                new = record(method, source, shape, **_metrics(s, predicted, ids, t[0], up, config.repeats, ratios),
-                             step_seconds=t[1], decode_speedup=t[2], prefill_share=s.prefill_seconds / s.wall_seconds)
+                new = record(method, source, shape, **_metrics(s, predicted, ids, t[0], up, len(ratios[0]), ratios),
+                             step_seconds=t[1], decode_speedup=t[2], prefill_share=s.prefill_seconds / s.wall_seconds,
+                             **timed)
                 written += append_record(run_dir, new)
-                done.add(record_key(new))
-            continue
+            return written
         # Replay: plain decoding gives the greedy references every draft is replayed on.
         plain, references = run("none", plain_shape, task, temperature, batch)
         for method, source, shape in tqdm(todo, desc=f"{task} T={temperature} batch {batch}", unit="method",
@@ -331,8 +346,52 @@ def evaluate(config: EvalConfig) -> int:
             predicted = _predicted(cost, method, shape, batch, s.mean_accepted_length)
             new = record(method, source, shape, **_metrics(s, predicted, ids))
             written += append_record(run_dir, new)
-            done.add(record_key(new))
+        return written
+
+    written, elsewhere = 0, []
+    grid = [(t, temp, b) for t in config.tasks for temp in config.temperatures for b in config.batch_sizes]
+    for task, temperature, batch in tqdm(grid, desc="eval", unit="setting"):
+        mode = "replay" if config.replay and temperature == 0 else "online"
+        if mode == "replay" and batch != config.batch_sizes[0]:
+            continue  # replay counts do not depend on the batch size: one set of records per task
+        settings = dict(task=task, temperature=temperature, batch_size=batch, mode=mode, device=config.device,
+                        prompt_set=config.prompt_set, n_prompts=len(texts[task]), max_new_tokens=config.max_new_tokens,
+                        target_quantization=quantization)
+        with claim(_claim_path(run_dir, settings)) as holder:
+            if holder:  # another process (a shard, a second eval) is measuring this setting now
+                elsewhere.append(f"{task} T={temperature:g} batch {batch} ({holder})")
+                continue
+            written += measure(settings)
+    if elsewhere:
+        print(f"scylla: {len(elsewhere)} setting(s) left to the processes measuring them: {'; '.join(elsewhere)}; "
+              "re-run when they finish to check that nothing is missing", file=sys.stderr)
     return written
+
+
+def _refuse_changed_settings(run_dir: Path, previous: list[dict], settings: dict) -> None:
+    """One InputError line when the folder holds records of this setting measured otherwise (CHANGEABLE: fields
+    outside the record key), which a re-run would skip as done and a fit would mix."""
+    for r in previous:
+        if all(r.get(k) == settings[k] for k in ("task", "prompt_set", "temperature", "batch_size", "mode")):
+            changed = [k for k in CHANGEABLE if r.get(k) is not None and _same(k, r[k]) != _same(k, settings.get(k))]
+            if changed:
+                k = changed[0]
+                raise InputError(f"{run_dir} holds {r['task']} T={r['temperature']:g} batch {r['batch_size']} "
+                                 f"({r['mode']}, prompt set {r['prompt_set']}) records measured with {k} {r[k]!r}, "
+                                 f"and this evaluation asks for {settings.get(k)!r}: evaluate into another run folder "
+                                 f"(or with {k} {r[k]!r})")
+
+
+def _same(name: str, value):
+    """A setting's value as compared: a device by its type (cuda:0 and cuda:1 measure the same)."""
+    return str(value).split(":")[0] if name == "device" else value
+
+
+def _claim_path(run_dir: Path, settings: dict) -> Path:
+    """RUN_DIR/claims/<setting>.lock: one claim (scylla.claims) per eval setting."""
+    key = (settings["task"], settings["prompt_set"], settings["temperature"], settings["batch_size"], settings["mode"])
+    readable = "".join(c if c.isalnum() else "-" for c in f"{key[0]}_{key[1]}_T{key[2]:g}_b{key[3]}_{key[4]}")
+    return run_dir / "claims" / f"{readable[:80]}-{hashlib.sha1(repr(key).encode()).hexdigest()[:8]}.lock"
 
 
 def best_settings(run_dir: str | Path, task: str | None = None, temperature: float | None = None) -> list[dict]:

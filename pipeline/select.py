@@ -23,7 +23,8 @@ from scylla.atomic import atomic_path
 from scylla.costs import CostTable, predicted_speedup, step_cost
 from scylla.errors import InputError, ScyllaError
 from scylla.records import find_checkpoints, read_records
-from scylla.selection import SelectionEntry, entry_for, load_selection
+from scylla.config import read_yaml
+from scylla.selection import SelectionEntry, load_selection
 from scylla.timing import chunked, regret
 
 
@@ -190,9 +191,18 @@ def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, d
     return config
 
 
-def selection_for(config_path: str | Path, batch_size: int) -> SelectionEntry:
-    """The selection entry of a Scylla configuration for this batch size (the nearest chosen one at or below it)."""
-    entry = entry_for(load_selection(config_path), batch_size)
+def selection_for(config_path: str | Path, batch_size: int, target: str | None = None) -> SelectionEntry:
+    """The selection entry of a Scylla configuration for this batch size; one InputError line for a batch size it
+    chose nothing for, for a configuration selected for another target than ``target``, or for no trained draft."""
+    selection = load_selection(config_path)
+    selected_for = read_yaml(config_path).get("target")
+    if target is not None and selected_for is not None and str(selected_for) != str(target):
+        raise InputError(f"{config_path} was selected for target {selected_for}, not {target}: pass --target "
+                         f"{selected_for}, or run scylla select for {target}")
+    if batch_size not in selection:
+        raise InputError(f"{config_path} chose drafts for batch sizes {', '.join(map(str, sorted(selection)))}, not "
+                         f"{batch_size}: pass one of them, or run scylla select --batch-sizes with {batch_size}")
+    entry = selection[batch_size]
     if not entry.draft:
         raise InputError(f"{config_path}: no trained draft for batch size {batch_size}; train "
                          f"{entry.draft_layers} layers on {entry.train_tokens} tokens first")

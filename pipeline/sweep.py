@@ -4,9 +4,10 @@ Grid file (experiments/*.yaml):
 
     sweep: NAME                 # names the run directory (runs/NAME unless --run-dir) and the records
     launcher: local             # local: run jobs here one after another | hostfile | slurm: write scripts
-    processes: 1                # processes per job (deepspeed --num_gpus / --num_nodes x slots)
+    processes: 1                # processes per job (GPUs on CUDA): the hosts' slots, or slurm nodes x GPUs per node
     hosts: []                   # hostfile launcher: lines such as "node1 slots=8"
-    slurm: {}                   # slurm launcher: sbatch options (nodes, default 1; partition, time, ...)
+    slurm: {}                   # slurm launcher: sbatch options (nodes, default 1; gpus_per_node, default
+                                # processes / nodes, 0 for none; partition, time, ...)
     base: {...}                 # TrainConfig fields shared by every job (train/config.py)
     grid: {layers: [1, 2], seed: [0, 1], optim.lr: [...]}   # every combination is one job
     variants: {NAME: {unroll: 4, optim.loss: kl}}   # optional: named settings (an ablation; dotted keys for
@@ -14,16 +15,16 @@ Grid file (experiments/*.yaml):
 
 Every job's config is validated, and the target checked, before anything launches. Re-running a sweep skips
 finished jobs (DONE marker) and resumes killed ones (each job resumes from its own stable checkpoint and skips
-milestones that already have records).
+milestones that already have records). Each job's output (DeepSpeed's, wandb's, the trainer's) goes to
+RUN_DIR/jobs/ID/train.log; a local sweep shows one progress bar and a line per finished job.
 """
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import os
+import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from tqdm import tqdm
 from transformers import AutoConfig
 
 from scylla.atomic import atomic_path
+from scylla.claims import claim
 from scylla.config import Config, with_overrides
 from scylla.errors import ConfigError, InputError
 from scylla.models import ALIASES, PACKAGED, packaged_source
@@ -45,6 +47,8 @@ from train.config import UNHASHED, TrainConfig
 
 
 LAUNCHERS = ("local", "hostfile", "slurm")
+HOST_LINE = re.compile(r"(\S+)\s+slots=(\d+)")  # a DeepSpeed hostfile line
+SLURM_OWN = ("array", "job_name", "ntasks_per_node")  # directives the sweep writes itself
 
 
 @dataclass
@@ -74,6 +78,23 @@ class GridConfig(Config):
                          f"must be a mapping of settings, e.g. {{unroll: 4}}, got {overrides!r}")
         self.require(self.launcher != "hostfile" or bool(self.hosts), "hosts",
                      "the hostfile launcher needs hosts, e.g. hosts: ['node1 slots=8']")
+        for host in self.hosts:
+            self.require(HOST_LINE.fullmatch(str(host)) is not None, "hosts",
+                         f"each host is 'NAME slots=N' (a DeepSpeed hostfile line), got {host!r}")
+        slots = sum(int(HOST_LINE.fullmatch(str(h))[2]) for h in self.hosts)
+        self.require(self.launcher != "hostfile" or slots == self.processes, "processes",
+                     f"the hosts have {slots} slots in all; set processes to {slots} (one process per slot)")
+        for key, value in self.slurm.items():
+            self.require(key not in SLURM_OWN, f"slurm.{key}", "is written by the sweep; drop it")
+            self.require(isinstance(value, (str, int, float)) and "\n" not in str(value), f"slurm.{key}",
+                         f"must be one sbatch option value, got {value!r}")
+        nodes = self.slurm.get("nodes", 1)
+        self.require(isinstance(nodes, int) and nodes >= 1 and self.processes % nodes == 0, "slurm.nodes",
+                     f"must divide processes ({self.processes}) evenly, got {nodes!r}")
+        gpus = self.slurm.get("gpus_per_node", self.processes // nodes)
+        self.require(gpus in (0, self.processes // nodes), "slurm.gpus_per_node",
+                     f"must be processes / nodes ({self.processes // nodes}: one process per GPU) or 0 (CPU nodes), "
+                     f"got {gpus!r}")
 
 
 @dataclass
@@ -139,16 +160,19 @@ def write_job(job) -> Path:
     return path
 
 
-def launch_command(sweep: Sweep, job_yaml: Path, hostfile: Path | None = None, port: int | None = None) -> list[str]:
-    """The deepspeed launcher as an argument list (never a shell string)."""
+def launch_command(sweep: Sweep, hostfile: str | None = None, port: int | None = None) -> list[str]:
+    """This interpreter running the DeepSpeed launcher of the trainer, as an argument list (never a shell string);
+    the job's ``--config JOB_YAML`` (and ``--run-dir``) follow. With one host the launcher runs the processes here,
+    without ssh."""
     argv = [sys.executable, "-m", "deepspeed.launcher.runner"]
     if hostfile is not None:
-        argv += ["--hostfile", str(hostfile)]
+        argv += ["--hostfile", hostfile] + (["--no_ssh_check", "--master_addr", "127.0.0.1"]
+                                            if len(sweep.hosts) == 1 else [])
     else:
         argv += ["--num_gpus", str(sweep.processes)]
     if port is not None:
         argv += ["--master_port", str(port)]
-    return argv + ["--module", "train.pretrain_draft", "--config", str(job_yaml)]
+    return argv + ["--module", "train.pretrain_draft"]
 
 
 def changed_settings(job: TrainConfig) -> list[str]:
@@ -187,75 +211,154 @@ def guard_changes(sweep: Sweep, rerun_changed: bool = False) -> list[str]:
     return lines
 
 
-def run_sweep(sweep: Sweep, dry_run: bool = False, rerun_changed: bool = False) -> list[str]:
-    """Launch (local) or write scripts (hostfile, slurm) for every unfinished job; returns what was done. A job
-    whose folder holds other settings is refused, or renamed with ``rerun_changed`` (``guard_changes``)."""
-    renamed = guard_changes(sweep, rerun_changed)
+def run_sweep(sweep: Sweep, dry_run: bool = False, rerun_changed: bool = False) -> Iterator[str]:
+    """Launch (local) or write scripts (hostfile, slurm) for every unfinished job, yielding a line for each thing
+    done. A job whose folder holds other settings is refused, or renamed with ``rerun_changed``
+    (``guard_changes``)."""
+    yield from guard_changes(sweep, rerun_changed)
     todo = [j for j in sweep.jobs if not (j.job_dir / "DONE").exists()]
-    lines = renamed + [f"{len(sweep.jobs)} jobs, {len(sweep.jobs) - len(todo)} finished, {len(todo)} to run"]
+    yield f"{len(sweep.jobs)} jobs, {len(sweep.jobs) - len(todo)} finished, {len(todo)} to run"
+    scripts = {"hostfile": "launch.sh", "slurm": "sweep.sbatch"}
+    if dry_run and sweep.launcher in scripts:
+        yield f"would write {sweep.run_dir / scripts[sweep.launcher]} for them"
     if dry_run:
-        return lines + [shlex.join(launch_command(sweep, j.job_dir / "job.yaml")) for j in todo]
+        for job in todo if sweep.launcher == "local" else []:
+            yield shlex.join(launch_command(sweep) + ["--config", str(job.job_dir / "job.yaml")])
+        return
     sweep.run_dir.mkdir(parents=True, exist_ok=True)
     if sweep.launcher == "local":
         with sweep_lock(sweep.run_dir):
-            return lines + _run_local(sweep, todo)
-    hostfile = sweep.run_dir / "hostfile"
+            yield from _run_local(sweep, todo)
+        return
+    for job in todo:
+        write_job(job)
+    jobs = [j.job_dir.relative_to(sweep.run_dir) / "job.yaml" for j in todo]
+    path = sweep.run_dir / scripts[sweep.launcher]
     if sweep.launcher == "hostfile":
-        hostfile.write_text("\n".join(sweep.hosts) + "\n")
-    path, script = _script(sweep, todo, hostfile if sweep.launcher == "hostfile" else None)
+        (sweep.run_dir / "hostfile").write_text("\n".join(sweep.hosts) + "\n")
+        script = _hostfile_script(sweep, jobs)
+    else:
+        script = _sbatch_script(sweep, jobs)
     path.write_text("\n".join(script) + "\n")
     path.chmod(0o755)
-    return lines + [f"wrote {path}" + (f" and {hostfile}" if sweep.launcher == "hostfile" else "")]
+    yield f"wrote {path}" + (f" and {sweep.run_dir / 'hostfile'}" if sweep.launcher == "hostfile" else "")
 
 
-def _run_local(sweep: Sweep, todo: list[TrainConfig]) -> list[str]:
-    """Launch the jobs here, one after another."""
-    lines = []
-    for job in tqdm(todo, desc=f"sweep {sweep.name}", unit="job", file=sys.stderr):
-        argv = launch_command(sweep, write_job(job), port=free_port())
-        result = subprocess.run(argv, env={**os.environ, "PYTHONPATH": _pythonpath()})
-        if result.returncode != 0:
-            raise InputError(f"job {job.run_id} failed (exit {result.returncode}); its log is above. "
-                             "Fix it and re-run: finished work is kept")
-        lines.append(f"finished {job.run_id}")
-    return lines
+def _run_local(sweep: Sweep, todo: list[TrainConfig]) -> Iterator[str]:
+    """Launch the jobs here, one after another, each job's output into its train.log; the terminal shows one bar
+    (jobs done, and the running job's training steps) and a line per finished job."""
+    with tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="job", file=sys.stderr) as bar:
+        for job in todo:
+            argv = launch_command(sweep, port=free_port()) + ["--config", str(write_job(job))]
+            log = job.job_dir / "train.log"
+            start = log.stat().st_size if log.exists() else 0  # a resumed job's log keeps the earlier launches
+            code = _run_logged(argv, log, job.run_id, bar.set_postfix_str)
+            if code != 0:
+                raise InputError(f"job {job.run_id} failed (exit {code}){_last_error(log, start)}; its log is {log}. "
+                                 "Fix it and re-run: finished work is kept")
+            bar.update()
+            with tqdm.external_write_mode():
+                yield f"finished {job.run_id} (log {log})"
+
+
+def _run_logged(argv: list[str], log: Path, run_id: str, status) -> int:
+    """Run ``argv`` with its output appended to ``log``, following the log to pass each update of the job's own step
+    bars (the trainer's, named after ``run_id``) to ``status`` as ``DESC N/TOTAL``; returns the exit code. The log
+    is followed, not piped, so a process the job leaves behind cannot hold the sweep."""
+    with log.open("ab") as out, log.open("rb") as follow:
+        out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(argv)}\n".encode())
+        out.flush()
+        follow.seek(0, os.SEEK_END)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": _pythonpath()})
+        pending, code = b"", None
+        while code is None:
+            code = proc.poll()
+            *segments, pending = re.split(rb"[\r\n]", pending + follow.read())
+            for segment in segments:
+                step = re.match(rf"({re.escape(run_id)} [^:]*):.*?\| *(\d+/\d+)", segment.decode(errors="replace"))
+                if step:
+                    status(f"{step[1]} {step[2]}")
+            time.sleep(0.2 if code is None else 0)
+        return code
+
+
+def _last_error(log: Path, start: int = 0) -> str:
+    """``: MESSAGE`` from a job's log from byte ``start`` on: its last ``scylla: error:`` line, or else the last
+    exception line ("" if neither)."""
+    with log.open("rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
+    for pattern in (r"scylla: error: (.*)", r"(\w+(?:Error|Exception): .*)"):
+        found = [m[1] for m in map(re.compile(pattern).match, lines) if m]
+        if found:
+            return f": {found[-1]}"
+    return ""
 
 
 @contextmanager
 def sweep_lock(run_dir: Path) -> Iterator[None]:
-    """Hold RUN_DIR/sweep.lock (an exclusive flock, released when the process ends however it ends) while jobs
-    run here; a second sweep on the same folder gets an InputError saying who holds it."""
-    path = run_dir / "sweep.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = path.read_text().strip() or "another process"
+    """Hold RUN_DIR/sweep.lock (scylla.claims) while jobs run here; a second sweep on the same folder gets an
+    InputError saying who holds it."""
+    with claim(run_dir / "sweep.lock") as holder:
+        if holder:
             raise InputError(f"{run_dir} is being swept by {holder}: wait for it to finish (or stop it), then re-run "
-                             "to complete what is missing") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode())
+                             "to complete what is missing")
         yield
-    finally:
-        os.close(fd)
 
 
-def _script(sweep: Sweep, todo: list[TrainConfig], hostfile: Path | None) -> tuple[Path, list[str]]:
-    """The launch script of the unfinished jobs, with no machine-specific paths: ``$PYTHON`` (default python3) runs
-    the DeepSpeed launcher. An sbatch script puts its directives first, since sbatch stops reading them at the
-    first command, and refuses to run outside a Slurm array."""
-    python = '"${PYTHON:-python3}" '
-    if sweep.launcher != "slurm":
-        runs = [python + shlex.join(launch_command(sweep, write_job(j), hostfile)[1:]) for j in todo]
-        return sweep.run_dir / "launch.sh", ["#!/usr/bin/env bash", "set -euo pipefail", *runs]
-    slurm = {"nodes": 1, **sweep.slurm}
-    script = ["#!/usr/bin/env bash", f"#SBATCH --job-name={sweep.name}", f"#SBATCH --array=0-{max(0, len(todo) - 1)}"]
-    script += [f"#SBATCH --{k.replace('_', '-')}={v}" for k, v in slurm.items()]
-    script += ["set -euo pipefail", ': "${SLURM_ARRAY_TASK_ID:?submit this script with sbatch (it is a Slurm array)}"',
-               "JOBS=(" + " ".join(shlex.quote(str(write_job(j))) for j in todo) + ")",
-               python + shlex.join(launch_command(sweep, Path("JOB"))[1:-1]) + ' "${JOBS[$SLURM_ARRAY_TASK_ID]}"']
-    return sweep.run_dir / "sweep.sbatch", script
+PYTHON = '"${SCYLLA_PYTHON:-python3}"'  # the scripts' interpreter: the environment that has Scylla
+
+
+def _hostfile_script(sweep: Sweep, jobs: list[Path]) -> list[str]:
+    """launch.sh: the unfinished jobs one after another on the hosts of ./hostfile, through the DeepSpeed launcher;
+    paths relative to the run folder, the interpreter from ``$SCYLLA_PYTHON``."""
+    launcher = shlex.join(launch_command(sweep, hostfile="hostfile")[1:])
+    return ["#!/usr/bin/env bash",
+            f"# Sweep {sweep.name}: trains its unfinished jobs on the hosts of ./hostfile (DeepSpeed launcher). Run it",
+            "# on the first host: bash RUN_DIR/launch.sh. SCYLLA_PYTHON (default python3) is the interpreter of the",
+            "# environment that has Scylla. Each job's output goes to jobs/ID/train.log.",
+            "set -eo pipefail",
+            'cd "$(dirname "$0")"',
+            'train() {  # $1: a job.yaml',
+            '  echo "training ${1%/job.yaml} (log ${1%/job.yaml}/train.log)"',
+            f'  {PYTHON} {launcher} --config "$1" --run-dir . >> "${{1%/job.yaml}}/train.log" 2>&1 ||',
+            '    { echo "launch.sh: ${1%/job.yaml} failed: see ${1%/job.yaml}/train.log" >&2; exit 1; }',
+            "}",
+            *[f"train {shlex.quote(str(job))}" for job in jobs]]
+
+
+def _sbatch_script(sweep: Sweep, jobs: list[Path]) -> list[str]:
+    """sweep.sbatch: a Slurm array, one task per unfinished job. Its directives come first (sbatch stops reading them
+    at the first command): nodes and GPUs per node from the grid, one launcher task per node. Each task runs torchrun
+    on every node of its allocation, the rendezvous (first node, a port from the job id, the node rank) taken from
+    Slurm's environment. Submitted from the run folder; it stops with one line run outside Slurm or elsewhere."""
+    slurm = {"nodes": 1, "gpus_per_node": sweep.processes // sweep.slurm.get("nodes", 1), **sweep.slurm}
+    per_node = sweep.processes // slurm["nodes"]
+    directives = {"job_name": sweep.name, "array": f"0-{max(0, len(jobs) - 1)}", "ntasks_per_node": 1,
+                  **{k: v for k, v in slurm.items() if not (k == "gpus_per_node" and v == 0)}}
+    torchrun = shlex.join(["-m", "torch.distributed.run", "--nnodes", str(slurm["nodes"]),
+                           "--nproc_per_node", str(per_node)])
+    node = (f'{PYTHON} {torchrun} --node_rank "$SLURM_NODEID" --master_addr "$MASTER_ADDR" --master_port '
+            '"$MASTER_PORT" -m train.pretrain_draft --config "$1" --run-dir .')  # one per node, under srun
+    return ["#!/usr/bin/env bash",
+            *[f"#SBATCH --{k.replace('_', '-')}={v}" for k, v in directives.items()],
+            f"# Sweep {sweep.name}: submit from its run folder (cd RUN_DIR && sbatch sweep.sbatch). SCYLLA_PYTHON",
+            "# (default python3) is the interpreter of the environment that has Scylla; MASTER_PORT may be set.",
+            "# Each job's output goes to jobs/ID/train.log.",
+            "set -eo pipefail",
+            'if [ -z "${SLURM_ARRAY_TASK_ID:-}" ] || [ ! -f sweep.sbatch ]; then',
+            '  echo "sweep.sbatch: submit it with sbatch from its run folder: cd RUN_DIR && sbatch sweep.sbatch" >&2',
+            "  exit 2",
+            "fi",
+            "JOBS=(" + " ".join(shlex.quote(str(job)) for job in jobs) + ")",
+            'JOB="${JOBS[$SLURM_ARRAY_TASK_ID]}"',
+            'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',
+            'MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"',
+            "export MASTER_ADDR MASTER_PORT",
+            'echo "training ${JOB%/job.yaml} on $SLURM_JOB_NUM_NODES node(s) (log ${JOB%/job.yaml}/train.log)"',
+            f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c {shlex.quote(node)} bash "
+            '"$JOB" >> "${JOB%/job.yaml}/train.log" 2>&1']
 
 
 def _pythonpath() -> str:

@@ -37,6 +37,7 @@ from paper_figs.tts import tts_table_rows
 from scylla.atomic import atomic_path, write_json_atomic
 from scylla.data.tasks import get_task
 from scylla.drafters.eagle import is_head_folder
+from scylla.drafters.eagle3_format import is_eagle3_folder
 from scylla.drafters.spec import drafter_from_spec, parse_spec
 from scylla.drafters.tree import TreeShape, parse_tree
 from scylla.engine import SpeculativeDecoder
@@ -318,7 +319,7 @@ def _guard(run_dir: Path, config: BenchConfig, recorded: set[str]) -> dict:
 def _identity(method: Method, config: BenchConfig) -> dict:
     kind, arg = parse_spec(method.spec)
     if kind == "draft":
-        kind = "eagle" if is_head_folder(arg) else "draft-lm"
+        kind = "eagle" if is_head_folder(arg) or is_eagle3_folder(arg) else "draft-lm"
     base = method.source or dict(run_id=method.label, draft_layers=int(arg) if kind == "truncated" else 0,
                                  draft_width=0, draft_params=0, draft_params_with_embeddings=0, train_tokens=0,
                                  data="")

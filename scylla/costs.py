@@ -39,6 +39,11 @@ class CostTable:
     # Per batch size (a string key, JSON's): seconds of per-step work outside the forwards, {"plain", "chain", "tree"},
     # fitted from online runs by ``calibrate``; empty: forwards only.
     overhead: dict = field(default_factory=dict)
+    # Per batch size, {"plain", "chain", "tree"}: the steps a batch takes over the steps its average row needs
+    # (``batch_lag``), fitted by ``calibrate`` with the overhead; empty: 1 (every row needs as many steps).
+    lag: dict = field(default_factory=dict)
+    threads: int | None = None  # torch's CPU threads while measuring, and the cores other processes kept busy
+    busy_cores: float | None = None
 
     def nearest(self, model: str, batch: int, tokens: int, context: int | None = None, bound: str = "") -> float:
         """The cost at this model, batch and tokens, at the measured context nearest to ``context`` (None: the
@@ -108,8 +113,8 @@ def measure_costs(models: dict[str, torch.nn.Module], batch_sizes: list[int], to
     """Every (model, batch, tokens, context) combination; the first model is the target."""
     first = next(iter(models.values()))
     param = next(first.parameters())
-    table = CostTable(device=str(param.device), dtype=str(param.dtype).replace("torch.", ""))
-    warn_if_busy()
+    table = CostTable(device=str(param.device), dtype=str(param.dtype).replace("torch.", ""),
+                      threads=torch.get_num_threads(), busy_cores=warn_if_busy())
     for name, model in models.items():
         for b in batch_sizes:
             for n in tokens:
@@ -126,8 +131,9 @@ def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int
     """Seconds of one speculative step / seconds of one plain target step, at this batch size: ``draft_forwards``
     forwards of the draft model named ``draft`` in the table on ``draft_width`` new tokens each (a chain of g: g
     forwards of 1; a tree: depth forwards of top_k; none for a drafter without a model, draft=None), plus one target
-    forward on ``verify_tokens``. A chain drafter with mean accepted length MAT is predicted to run at
-    MAT / step_cost times plain decoding. With ``bound`` "min" / "max": the lowest / highest ratio the repeats allow
+    forward on ``verify_tokens``; with a calibrated table, plus the per-step overhead, and per step of an average
+    row (times the table's ``lag``: a batch steps until its slowest row is done). A chain drafter with mean accepted
+    length MAT is predicted to run at MAT / step_cost times plain decoding. With ``bound`` "min" / "max": the lowest / highest ratio the repeats allow
     (fastest speculative forwards over the slowest plain step, and the reverse). InputError if the table lacks a
     size."""
     flip = {"min": "max", "max": "min"}.get(bound, bound)
@@ -135,14 +141,16 @@ def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int
     step = cost.nearest("target", batch, 1, bound=flip) + extra.get("plain", 0.0)
     drafting = (draft_forwards * cost.nearest(draft, batch, draft_width, bound=bound)
                 if draft is not None and draft_forwards else 0.0)
-    correction = extra.get("tree" if draft_width > 1 else "chain", 0.0)
-    return (drafting + cost.nearest("target", batch, verify_tokens, bound=bound) + correction) / step
+    kind = "tree" if draft_width > 1 else "chain"
+    lag = cost.lag.get(str(batch), {})
+    speculative = drafting + cost.nearest("target", batch, verify_tokens, bound=bound) + extra.get(kind, 0.0)
+    return speculative * lag.get(kind, 1.0) / (step * lag.get("plain", 1.0))
 
 
 def _forward_seconds(cost: "CostTable", record: dict) -> float:
     """Seconds of the forwards of one step of this online eval record's method, from the table (step_cost without
     the correction, times one plain step)."""
-    bare, b = replace(cost, overhead={}), record["batch_size"]
+    bare, b = replace(cost, overhead={}, lag={}), record["batch_size"]
     draft = f"head:{record['draft_layers']}" if record["drafter_type"] == "eagle" else None
     forwards = record.get("tree_depth") or record.get("num_draft_tokens") or 0
     verify = (record.get("tree_total_tokens") or record.get("num_draft_tokens") or 0) + 1
@@ -150,11 +158,26 @@ def _forward_seconds(cost: "CostTable", record: dict) -> float:
     return ratio * bare.nearest("target", b, 1)
 
 
+def batch_lag(record: dict) -> float | None:
+    """Steps a batch took / steps its average row needed, over an eval record's batches of prompts (consecutive
+    ``batch_size`` prompts; the per-prompt ``prompt_target_calls``): a batch steps until its slowest row is done, so
+    rows that accept more wait (at batch 1, and for plain decoding without early stops, 1). None without the counts.
+
+    sum over batches of max(calls) / sum over batches of mean(calls)."""
+    calls, b = record.get("prompt_target_calls"), record["batch_size"]
+    if not calls:
+        return None
+    chunks = [calls[i : i + b] for i in range(0, len(calls), b)]
+    return sum(max(c) for c in chunks) / sum(sum(c) / len(c) for c in chunks)
+
+
 def calibrate(cost: "CostTable", records: list[dict]) -> "CostTable":
-    """The table with a per-step overhead fitted from online eval records: per batch size, the median over records
-    of (their measured seconds per decoding step, ``step_seconds``, prefill excluded - the table's forwards),
-    separately for plain decoding, chains and trees. Records of drafters whose costs the table lacks are skipped."""
+    """The table with a per-step overhead and lag fitted from online eval records: per batch size, separately for
+    plain decoding, chains and trees, the median over records of (their measured seconds per decoding step,
+    ``step_seconds``, prefill excluded - the table's forwards), and of their ``batch_lag``. Records of drafters
+    whose costs the table lacks are skipped."""
     gaps: dict[str, dict[str, list[float]]] = {}
+    lags: dict[str, dict[str, list[float]]] = {}
     for r in records:
         if r.get("mode") != "online" or not r.get("step_seconds"):
             continue
@@ -162,11 +185,16 @@ def calibrate(cost: "CostTable", records: list[dict]) -> "CostTable":
             predicted = _forward_seconds(cost, r)
         except InputError:
             continue
-        measured = r["step_seconds"]
+        measured, b = r["step_seconds"], str(r["batch_size"])
         kind = "plain" if r["method"] == "none" else "tree" if r.get("tree_depth") else "chain"
-        gaps.setdefault(str(r["batch_size"]), {}).setdefault(kind, []).append(measured - predicted)
-    overhead = {b: {k: float(statistics.median(v)) for k, v in kinds.items()} for b, kinds in gaps.items()}
-    return replace(cost, overhead={**cost.overhead, **overhead})
+        gaps.setdefault(b, {}).setdefault(kind, []).append(measured - predicted)
+        if (lag := batch_lag(r)) is not None:
+            lags.setdefault(b, {}).setdefault(kind, []).append(lag)
+
+    def medians(found: dict) -> dict:
+        return {b: {k: float(statistics.median(v)) for k, v in kinds.items()} for b, kinds in found.items()}
+
+    return replace(cost, overhead={**cost.overhead, **medians(gaps)}, lag={**cost.lag, **medians(lags)})
 
 
 def untrained_heads(target: torch.nn.Module, layers: list[int], width: int = 0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -56,6 +57,48 @@ _TINY_TEMPLATE = (
 def cache_dir() -> Path:
     """Where converted models live: $SCYLLA_CACHE, default ~/.cache/scylla."""
     return Path(os.environ.get("SCYLLA_CACHE", "~/.cache/scylla")).expanduser()
+
+
+def check_device(device: str | torch.device) -> None:
+    """One InputError line for a device this torch cannot use: an unknown name, or CUDA where there is none."""
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"device {device}: unknown; use cpu, cuda or cuda:N") from None
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise InputError(f"device {device}: {why}; use cpu, or install a CUDA torch on a GPU machine (README: "
+                         "Using a GPU)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {device}: there are {torch.cuda.device_count()} CUDA devices, cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}")
+
+
+def is_local(name: str | os.PathLike) -> bool:
+    """Whether a model name is a local path (an existing one, or one written as a path) rather than a hub id."""
+    name = str(name)
+    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def check_model_folder(path: str | os.PathLike) -> None:
+    """One InputError line unless ``path`` is a folder with a readable config.json and weights, so that a broken
+    draft fails before anything loads."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InputError(f"model folder {path} does not exist" if not folder.exists() else
+                         f"{path} is a file, not a model folder")
+    try:
+        json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        raise InputError(f"{folder} is not a HuggingFace model folder (no config.json)") from None
+    except (OSError, ValueError) as err:
+        raise InputError(f"{folder}/config.json is not readable JSON ({str(err).splitlines()[0]}): "
+                         "re-save the model folder") from None
+    if not any(folder.glob("*.safetensors")):  # pickled weights (pytorch_model.bin) are never loaded
+        raise InputError(f"{path} has no model.safetensors (no *.safetensors at all; pickled weights are never "
+                         "loaded): point at a complete model or draft folder, e.g. a sweep's jobs/ID/tokens-N")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
@@ -158,24 +201,22 @@ def load_model(name_or_path: str | os.PathLike, device: str = "cpu", dtype: str 
 
     The model is in eval mode on ``device``; the tokenizer pads on the left and has a pad token.
     """
+    check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     name = str(name_or_path)
     if name in PACKAGED:
         source = packaged_folder(name)
     elif name == TINY:
         source = tiny_random_folder()
-    elif Path(name).exists():
+    elif is_local(name):
+        check_model_folder(name)
         source = Path(name)
-        if not (source / "config.json").exists():
-            raise InputError(f"{name} is not a HuggingFace model folder (no config.json)")
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise InputError(f"model folder {name} does not exist")
     else:
         source = name  # a hub id
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a folder without a usable tokenizer
         raise InputError(
             f"cannot load model {name!r}: {str(err).splitlines()[0]} (pass a local folder, or the alias "
             f"{' or '.join(PACKAGED)}; hub ids need network access and HF_HUB_OFFLINE unset)"

@@ -9,20 +9,51 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import torch
+
+BUSY_WINDOW_S = 0.5  # how long the other processes' use of the cores is watched
 
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all cores since boot, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def busy_cores(window: float = BUSY_WINDOW_S) -> float:
+    """Cores kept busy by other processes, watched over ``window`` seconds (this process's own use is taken out).
+
+    The 1-minute load average lags a job started seconds ago, so it is only the fallback where /proc/stat is missing.
+    """
+    start, own = _cpu_jiffies(), time.process_time()
+    if start is None:
+        return os.getloadavg()[0]
+    time.sleep(window)
+    end, own = _cpu_jiffies(), time.process_time() - own
+    busy, total = end[0] - start[0], end[1] - start[1]
+    if total <= 0:
+        return 0.0
+    cores = os.cpu_count() or 1  # /proc/stat counts every core of the machine
+    return max(0.0, busy / total * cores - own / window)
+
+
 def free_cores() -> int:
-    """OMP_NUM_THREADS if set, else the cores not taken by the last minute's load (at least 1)."""
+    """OMP_NUM_THREADS if set, else the cores of this process's affinity that other processes leave free (at least 1)."""
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return max(1, round(_cores() - os.getloadavg()[0]))
+    return max(1, round(_cores() - busy_cores()))
 
 
 def use_threads(threads: int | None = None) -> int:
@@ -32,10 +63,11 @@ def use_threads(threads: int | None = None) -> int:
     return threads
 
 
-def warn_if_busy() -> None:
-    """One warning line on stderr when the load leaves fewer cores free than torch's threads: called before
-    timed work (online eval, cost tables, the tts bench)."""
-    load, cores, threads = os.getloadavg()[0], _cores(), torch.get_num_threads()
-    if cores - load < threads - 0.5:
-        print(f"scylla: warning: the machine is busy (load {load:.1f} on {cores} cores, {threads} thread(s)): "
-              "timings will be slower and noisier than on a quiet machine", file=sys.stderr)
+def warn_if_busy() -> float:
+    """One warning line on stderr when other processes leave fewer cores free than torch's threads: called before
+    timed work (online eval, cost tables, the tts bench). Returns the busy cores seen, for the records."""
+    busy, cores, threads = busy_cores(), _cores(), torch.get_num_threads()
+    if cores - busy < threads - 0.5:
+        print(f"scylla: warning: the machine is busy (other processes use {busy:.1f} of {cores} cores; {threads} "
+              "thread(s)): timings will be slower and noisier than on a quiet machine", file=sys.stderr)
+    return round(busy, 2)

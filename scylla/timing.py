@@ -18,6 +18,13 @@ import numpy as np
 from scylla.errors import InputError
 
 NO_DIFFERENCE = "no measurable difference"
+MIN_RATIOS = 6  # a setting with few chunks (one batch of all prompts) gets more rounds: its interval is over rounds
+
+
+def rounds_for(repeats: int, chunks: int) -> int:
+    """Interleaved rounds to time: ``repeats``, raised so that at least MIN_RATIOS paired ratios carry the interval
+    (a median of 3 ratios has no usable interval); ``repeats`` 1 stays one pass (no interval wanted)."""
+    return repeats if repeats == 1 else max(repeats, -(-MIN_RATIOS // chunks))
 
 
 @dataclass(frozen=True)

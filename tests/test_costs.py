@@ -84,15 +84,21 @@ def test_calibrate_fits_the_per_step_overhead_and_step_cost_adds_it():
         {"model": m, "batch": 2, "tokens": t, "context": 128, "seconds": s}
         for m, t, s in [("target", 1, 0.10), ("target", 4, 0.15), ("head:1", 1, 0.01)]])
 
-    def online(method, drafter, forwards, extra):
+    def online(method, drafter, forwards, extra, calls):
         return dict(mode="online", method=method, drafter_type=drafter, draft_layers=1, batch_size=2,
-                    num_draft_tokens=3 if drafter == "eagle" else 0, step_seconds=forwards + extra)
+                    num_draft_tokens=3 if drafter == "eagle" else 0, step_seconds=forwards + extra,
+                    prompt_target_calls=calls)
 
-    records = [online("none", "none", 0.10, 0.005), online("draft:h", "eagle", 3 * 0.01 + 0.15, 0.011),
-               online("draft:h", "eagle", 3 * 0.01 + 0.15, 0.012), online("draft:h", "eagle", 3 * 0.01 + 0.15, 0.013),
+    # per-prompt steps: plain decoding's rows all take 8; a head's rows 4 and 6 in one batch of 2 (it steps 6 times,
+    # its average row needs 5: lag 1.2), 4 and 4 in the other (lag 1)
+    records = [online("none", "none", 0.10, 0.005, [8, 8, 8, 8]),
+               online("draft:h", "eagle", 3 * 0.01 + 0.15, 0.011, [4, 6, 4, 4]),
+               online("draft:h", "eagle", 3 * 0.01 + 0.15, 0.012, [4, 6, 4, 4]),
+               online("draft:h", "eagle", 3 * 0.01 + 0.15, 0.013, [4, 6, 4, 4]),
                dict(mode="replay", method="draft:h")]  # not timed: ignored
     calibrated = calibrate(table, records)
     assert calibrated.overhead["2"]["plain"] == pytest.approx(0.005)
     assert calibrated.overhead["2"]["chain"] == pytest.approx(0.012)
-    assert step_cost(calibrated, "head:1", 2, 4, 3) == pytest.approx((3 * 0.01 + 0.15 + 0.012) / 0.105)
+    assert calibrated.lag["2"] == {"plain": 1.0, "chain": pytest.approx((6 + 4) / (5 + 4))}
+    assert step_cost(calibrated, "head:1", 2, 4, 3) == pytest.approx((3 * 0.01 + 0.15 + 0.012) * 10 / 9 / 0.105)
     assert step_cost(table, "head:1", 2, 4, 3) == pytest.approx((3 * 0.01 + 0.15) / 0.10)  # uncalibrated

@@ -83,3 +83,12 @@ def test_one_chunk_resamples_its_rounds_and_bad_ratios_fail():
     assert up.median == pytest.approx(1.3) and 1.2 <= up.ci95[0] and up.ci95[1] <= 1.4
     with pytest.raises(Exception, match="finite and > 0"):
         paired_speedup([[1.0, 0.0]])
+
+
+def test_few_batches_get_more_rounds():
+    """One batch of all prompts: an interval over 3 rounds is the range of 3 numbers (the busy-loop check at batch 16
+    missed the quiet ratio that way), so such settings are timed in more rounds."""
+    from scylla.timing import MIN_RATIOS, rounds_for
+
+    assert rounds_for(3, 16) == 3 and rounds_for(3, 1) == MIN_RATIOS and rounds_for(3, 4) == 3
+    assert rounds_for(3, 2) == 3 and rounds_for(1, 1) == 1  # one pass stays one pass (the cost calibration)

@@ -11,8 +11,7 @@ import yaml
 
 from paper_figs.all import all_figures
 from paper_figs.batch import batch_figures
-from paper_figs.table import (DEFAULT_TREE, default_baseline, default_baseline_shape, default_scylla_methods,
-                              throughput_table)
+from paper_figs.table import default_baseline, default_scylla_methods, own_best, throughput_table
 from paper_figs.tasks import task_figures
 from pipeline.evaluate import parse_shape
 from scylla.records import new_record, validate_record
@@ -21,10 +20,11 @@ SCYLLA = "draft:runs/t/eagle-layers2/tokens-524288"
 BASELINE = "draft:runs/t/eagle-layers1/tokens-524288"
 SMALL = "draft:runs/t/eagle-layers1/tokens-65536"
 TREE16 = "tree:top_k=4,depth=4,total_tokens=16"
+TREE60 = "tree:top_k=10,depth=5,total_tokens=60"  # EAGLE-2's default
 # (method, layers, train_tokens, drafter_type) -> {shape: MAT on code (gsm: +0.2)}
 DRAFTS = {
     (SCYLLA, 2, 524288, "eagle"): {"chain:2": 2.4, "chain:4": 3.0, TREE16: 3.4},
-    (BASELINE, 1, 524288, "eagle"): {DEFAULT_TREE: 3.2, "chain:2": 2.2},
+    (BASELINE, 1, 524288, "eagle"): {TREE60: 3.2, "chain:2": 2.2},
     (SMALL, 1, 65536, "eagle"): {TREE16: 2.5},
     ("prompt-lookup", 0, 0, "prompt-lookup"): {"chain:4": 1.6},
     ("truncated:2", 0, 0, "truncated:2"): {"chain:2": 1.8},
@@ -102,8 +102,6 @@ def test_batch_figures_need_two_batch_sizes_and_shapes(tmp_path):
 def test_default_drafts():
     assert default_scylla_methods(RECORDS) == {SCYLLA}  # highest mean MAT of the trained drafts
     assert default_baseline(RECORDS) == BASELINE  # 1-layer, tree, most tokens
-    assert default_baseline_shape(RECORDS, BASELINE) == DEFAULT_TREE
-    assert default_baseline_shape(RECORDS, SMALL) == TREE16
 
 
 def test_task_figures(tmp_path):
@@ -128,20 +126,46 @@ def test_task_figures_nothing_to_compare(tmp_path):
 def test_throughput_table(tmp_path):
     md = throughput_table(RECORDS, tmp_path)
     rows = [line for line in md.splitlines() if line.startswith("| ") and "batch size" not in line]
-    assert len(rows) == 2 * (3 + 1) * 2  # tasks x (batch sizes at T=0, at T=0.6) x (Scylla, baseline)
-    # at batch size 4 Scylla's fastest shape is the 4-token chain: 3.2 / (1 + 0.01 * 4 * 4) = 2.7586
-    assert ("| gsm | 0 | 4 | Scylla (eagle 2-layer, 524k tokens) | `chain:4` | 3.20 | 1103.4 | **2.76×** |"
+    # tasks x (batch sizes at T=0, at T=0.6) x (Scylla, baseline, prompt-lookup, truncated:2)
+    assert len(rows) == 2 * (3 + 1) * 4
+    # at batch size 4 Scylla's fastest shape is the 4-token chain: 3.2 / (1 + 0.01 * 4 * 4) = 2.7586; no prompt sets,
+    # so every shape is chosen on the records it is reported on (marked)
+    assert ("| gsm | 0 | 4 | Scylla (eagle 2-layer, 524k tokens) | `chain:4`† | 3.20 | 1103.4 | **2.76×** |"
             in rows)
-    assert ("| gsm | 0 | 16 | EAGLE-2-style (eagle 1-layer, 524k tokens) | "
-            f"`{DEFAULT_TREE}` | 3.40 | 513.2 | 0.32× |" in rows)
+    # the baseline at its own best shape: chain:2, 2.4 / (1 + 0.01 * 2 * 16) = 1.82 beats its 60-token tree (0.32)
+    assert "| gsm | 0 | 16 | EAGLE-2-style (eagle 1-layer, 524k tokens) | `chain:2`† | 2.40 | 2909.1 | 1.82× |" in rows
+    assert "| gsm | 0 | 16 | prompt-lookup | `chain:4` | 1.80 | 1756.1 | 1.10× |" in rows  # one shape: no choice
+    fixed = throughput_table(RECORDS, tmp_path / "fixed", baseline_shape=TREE60)
+    assert f"| gsm | 0 | 16 | EAGLE-2-style (eagle 1-layer, 524k tokens) | `{TREE60}` | 3.40 | 513.2 | 0.32× |" in fixed
     assert (tmp_path / "table5_throughput.md").read_text() == md
     tex = (tmp_path / "table5_throughput.tex").read_text()
     for line in ("\\toprule", "\\midrule", "\\bottomrule", "\\end{tabular}"):
         assert line in tex.splitlines()
-    assert "\\texttt{tree:top\\_k=10,depth=5,total\\_tokens=60}" in tex
-    assert "gsm & 0 & 4 & Scylla (eagle 2-layer, 524k tokens) & \\texttt{chain:4} & 3.20 & 1103.4 & " \
+    assert "\\texttt{tree:top\\_k=4,depth=4,total\\_tokens=16}$^\\dagger$" in tex
+    assert "gsm & 0 & 4 & Scylla (eagle 2-layer, 524k tokens) & \\texttt{chain:4}$^\\dagger$ & 3.20 & 1103.4 & " \
            "\\textbf{2.76$\\times$} \\\\" in tex
     assert tex.count("\\\\\n") == len(rows) + 1
+
+
+def test_each_method_is_chosen_on_the_select_set_and_reported_on_the_confirm_set(tmp_path):
+    """The winner's curse: a shape that looks best on the select prompts by luck is still reported on the confirm
+    prompts, not at the maximum of its own measurements (bug this catches: reporting the best confirm record)."""
+    speed = {("select", "chain:2"): 1.30, ("select", "chain:4"): 1.20,  # chain:2 won by luck on the select set
+             ("confirm", "chain:2"): 1.10, ("confirm", "chain:4"): 1.25}
+    records = []
+    for (prompt_set, shape), up in speed.items():
+        for method, layers in ((BASELINE, 1), ("none", 0)):
+            r = _eval(method, layers, 524288 * (layers > 0), "eagle" if layers else "none",
+                      shape if layers else "chain:0", "gsm", 0.0, 1, 2.0 if layers else 1.0)
+            records.append({**r, "prompt_set": prompt_set, "speedup": up if layers else 1.0})
+    found, out_of_sample = own_best([r for r in records if r["method"] == BASELINE], lambda r: r["speedup"])
+    assert out_of_sample and [(r["prompt_set"], r["draft_shape"], r["speedup"]) for r in found] == [
+        ("confirm", "chain:2", 1.10)]
+    md = throughput_table(records, tmp_path)
+    assert "| gsm | 0 | 1 | EAGLE-2-style (eagle 1-layer, 524k tokens) | `chain:2` | 2.00 | 196.1 | **1.10×** |" in md
+    assert "†" not in md
+    without_confirm = [r for r in records if r["prompt_set"] == "select"]
+    assert own_best([r for r in without_confirm if r["method"] == BASELINE], lambda r: r["speedup"])[1] is False
 
 
 def test_throughput_table_follows_the_configuration(tmp_path):
@@ -206,3 +230,30 @@ def test_law_figure_reads_back():
         assert sorted(map(tuple, points.get_offsets().tolist())) == sorted(zip(f.x_values, f.y_values))
         assert f"{f.slope:+.3f} ln x" in line.get_label()
     plt.close(fig)
+
+
+def test_two_targets_share_the_law_figure_and_nothing_else(tmp_path):
+    """`scylla figs RUN_A RUN_B` of two targets: law 1 draws one law per (target, depth) on one plot, never one law
+    across targets (bug this catches: grouping by depth alone pools both targets' points); the comparisons (law 3,
+    Fig. 2, Table 5) are drawn per target, in a folder named after it."""
+    from paper_figs.laws import draw_law
+
+    other = [{**r, "target": "gemma3-270m", **({"mean_accepted_length": r["mean_accepted_length"] + 0.5}
+                                              if r["kind"] == "train" else {})} for r in RECORDS]
+    records = RECORDS + other
+    fig = draw_law([r for r in records if r["kind"] == "train"], "train_tokens", "mean_accepted_length",
+                   "draft_layers")
+    (ax,) = fig.axes
+    labels = sorted(line.get_label() for line in ax.lines)
+    assert len(labels) == 6 and sum(label.startswith("gemma3-270m, draft layers") for label in labels) == 3
+    lines = {line.get_label().split(":")[0]: line.get_data()[1] for line in ax.lines}
+    for depth in (1, 2, 3):  # each line is its own target's: the gemma3 copy sits 0.5 higher
+        gap = lines[f"gemma3-270m, draft layers {depth}"] - lines[f"tiny, draft layers {depth}"]
+        assert gap == pytest.approx(np.full_like(gap, 0.5), abs=1e-9)
+    plt.close(fig)
+    names = {str(p.relative_to(tmp_path)) for p in all_figures(records, tmp_path)}
+    assert "law1_tokens_mean_accepted_length.png" in names
+    for target in ("tiny", "gemma3-270m"):
+        assert {f"{target}/table5_throughput.md", f"{target}/fig2_mat_by_task_T0.png",
+                f"{target}/law3_batch_gsm_T0.png"} <= names
+    assert not any(n.startswith(("table5", "fig2", "law3")) for n in names)

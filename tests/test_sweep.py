@@ -38,6 +38,8 @@ def smoke_run(tmp_path_factory) -> Path:
     proc = sweep(run_dir)
     out, _ = proc.communicate(timeout=480)
     assert proc.returncode == 0, out[-3000:]
+    # the terminal: one bar and a line per job; DeepSpeed's and wandb's output goes to each job's train.log
+    assert "finished eagle-layers2" in out and not any(s in out for s in ("[INFO]", "wandb:", "Traceback")), out
     return run_dir
 
 
@@ -55,6 +57,10 @@ def test_smoke_sweep_records(smoke_run):
     assert depth2[0]["draft_params"] > min(r["draft_params"] for r in records)  # capacity axis is recorded
     assert all((smoke_run / "jobs" / f"eagle-layers{d}" / "DONE").exists() for d in (1, 2))
     assert list((smoke_run / "jobs" / "eagle-layers1" / "wandb").glob("offline-run-*"))
+    log = (smoke_run / "jobs" / "eagle-layers1" / "train.log").read_text()
+    assert "[INFO]" in log and "wandb:" in log and "[eagle-layers1] 4096 tokens: MAT" in log
+    for d in (1, 2):  # the WSD branches repeat steps, which wandb drops when logged as its step: train/step is the x axis
+        assert "Tried to log to step" not in (smoke_run / "jobs" / f"eagle-layers{d}" / "train.log").read_text()
 
 
 def test_trained_head_drafts_losslessly(smoke_run):
@@ -104,6 +110,11 @@ def test_sigkill_mid_sweep_then_rerun_loses_and_doubles_nothing(smoke_run, tmp_p
         ({"grid": {"widht": [1]}}, "unknown key 'widht'"),
         ({"base": {"optim": {"lr": 0.1, "los": "ce"}}}, "unknown key 'los'"),
         ({"launcher": "kubernetes"}, "launcher"),
+        ({"launcher": "hostfile", "hosts": ["localhost slots=2"]}, "set processes to 2"),
+        ({"launcher": "hostfile", "hosts": ["localhost"]}, "'NAME slots=N'"),
+        ({"launcher": "slurm", "slurm": {"nodes": 2}}, "must divide processes (1)"),
+        ({"launcher": "slurm", "slurm": {"gpus_per_node": 4}}, "processes / nodes (1"),
+        ({"launcher": "slurm", "slurm": {"array": "0-9"}}, "is written by the sweep"),
     ],
 )
 def test_bad_grids_fail_before_launch(tmp_path, capsys, change, message):
@@ -145,30 +156,91 @@ def test_milestone_not_reachable_is_refused(tmp_path, capsys):
     assert "not a multiple of the tokens per step" in capsys.readouterr().err
 
 
-def test_multi_node_scripts_are_written_not_run(tmp_path):
+def sbatch_directives(text: str) -> list[str]:
+    """The #SBATCH lines as sbatch reads them: only those before the first line that is neither blank nor a comment
+    (the rest are ignored)."""
+    read = []
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            break
+        read += [line] if line.startswith("#SBATCH") else []
+    return read
+
+
+def multi_node_grid(tmp_path: Path, launcher: str, **extra) -> Path:
+    """The smoke grid for 2 processes (64 tokens a step), written for ``launcher``."""
     grid = yaml.safe_load(SMOKE.read_text())
-    for launcher, extra, script in (("slurm", {"slurm": {"partition": "gpu", "time": "04:00:00"}}, "sweep.sbatch"),
-                                    ("hostfile", {"hosts": ["node1 slots=8", "node2 slots=8"]}, "launch.sh")):
-        path = tmp_path / f"{launcher}.yaml"
-        path.write_text(yaml.safe_dump({**grid, "launcher": launcher, **extra}))
+    grid["base"]["data"]["block_size"] = 32
+    path = tmp_path / f"{launcher}.yaml"
+    path.write_text(yaml.safe_dump({**grid, "launcher": launcher, "processes": 2, **extra}))
+    return path
+
+
+def test_multi_node_scripts_are_written_not_run(tmp_path, capsys):
+    """sweep.sbatch: every directive where sbatch reads it, nodes and GPUs per node from the grid, torchrun on
+    each node with Slurm's rendezvous; launch.sh: the DeepSpeed launcher on the hostfile. Both name no path of this
+    machine, only paths inside the run folder."""
+    scripts = {"slurm": "sweep.sbatch", "hostfile": "launch.sh"}
+    extra = {"slurm": {"slurm": {"nodes": 2, "partition": "gpu", "time": "04:00:00"}},
+             "hostfile": {"hosts": ["node1 slots=1", "node2 slots=1"]}}
+    for launcher, script in scripts.items():
         run_dir = tmp_path / launcher
-        assert main(["sweep", str(path), "--run-dir", str(run_dir)]) == 0
+        argv = ["sweep", str(multi_node_grid(tmp_path, launcher, **extra[launcher])), "--run-dir", str(run_dir)]
+        assert main(argv + ["--dry-run"]) == 0 and not run_dir.exists()
+        assert f"would write {run_dir / script} for them" in capsys.readouterr().out
+        assert main(argv) == 0
         text = (run_dir / script).read_text()
-        assert "deepspeed.launcher.runner" in text and "train.pretrain_draft" in text
+        assert subprocess.run(["bash", "-n", str(run_dir / script)]).returncode == 0
+        assert sys.executable not in text and str(tmp_path) not in text and str(ROOT) not in text
+        assert '"${SCYLLA_PYTHON:-python3}"' in text and "jobs/eagle-layers2/job.yaml" in text
         assert not (run_dir / "records.jsonl").exists()
-    assert "--hostfile" in (tmp_path / "hostfile" / "launch.sh").read_text()
-    sbatch = tmp_path / "slurm" / "sweep.sbatch"
-    lines = sbatch.read_text().splitlines()
-    first_command = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
-    directives = [i for i, line in enumerate(lines) if line.startswith("#SBATCH")]
-    assert directives and max(directives) < first_command  # sbatch reads directives only before the first command
-    assert {"#SBATCH --partition=gpu", "#SBATCH --nodes=1", "#SBATCH --array=0-1"} <= set(lines)
-    for script in (sbatch, tmp_path / "hostfile" / "launch.sh"):
-        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-        assert sys.executable not in script.read_text()  # no machine-specific interpreter path
-    outside = subprocess.run(["bash", str(sbatch)], capture_output=True, text=True,
+    sbatch = (tmp_path / "slurm" / "sweep.sbatch").read_text()
+    read = sbatch_directives(sbatch)
+    assert {"#SBATCH --partition=gpu", "#SBATCH --time=04:00:00", "#SBATCH --nodes=2", "#SBATCH --gpus-per-node=1",
+            "#SBATCH --ntasks-per-node=1", "#SBATCH --array=0-1", "#SBATCH --job-name=smoke"} <= set(read)
+    assert len(read) == sbatch.count("#SBATCH")  # none after the first command, where sbatch would ignore it
+    assert "set -u" not in sbatch and "scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1" in sbatch
+    assert "torch.distributed.run --nnodes 2 --nproc_per_node 1 --node_rank \"$SLURM_NODEID\"" in sbatch
+    assert "--hostfile hostfile" in (tmp_path / "hostfile" / "launch.sh").read_text()
+    assert (tmp_path / "hostfile" / "hostfile").read_text() == "node1 slots=1\nnode2 slots=1\n"
+    outside = subprocess.run(["bash", str(tmp_path / "slurm" / "sweep.sbatch")], capture_output=True, text=True,
                              env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")})
-    assert outside.returncode != 0 and "submit this script with sbatch" in outside.stderr
+    assert outside.returncode == 2 and outside.stderr.startswith("sweep.sbatch: submit it with sbatch")
+
+
+def test_hostfile_launcher_trains_on_localhost_with_2_processes(tmp_path):
+    """launch.sh with the hostfile 'localhost slots=2' trains here, without ssh: 2 processes (gloo), run from
+    another directory, one line per job on the terminal and the launchers' logs in each job's train.log."""
+    grid = multi_node_grid(tmp_path, "hostfile", hosts=["localhost slots=2"], grid={"layers": [1]})
+    run_dir = tmp_path / "run"
+    assert main(["sweep", str(grid), "--run-dir", str(run_dir)]) == 0
+    env = {**os.environ, "SCYLLA_PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(["bash", str(run_dir / "launch.sh")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    log = run_dir / "jobs" / "eagle-layers1" / "train.log"
+    assert proc.returncode == 0, proc.stderr + log.read_text()[-3000:]
+    assert proc.stdout.splitlines() == ["training jobs/eagle-layers1 (log jobs/eagle-layers1/train.log)"]
+    assert "dist_world_size=2" in log.read_text() and "wandb:" in log.read_text()
+    assert keys(run_dir) == {k for k in EXPECTED if k[1] == "eagle-layers1"}
+
+
+def test_a_job_s_output_goes_to_its_log_and_its_error_to_one_line(tmp_path):
+    """A local job's output (DeepSpeed's, wandb's, the trainer's) goes to its train.log; the sweep's bar gets the
+    job's step counts, and a failure is summed up by the job's last error line of this launch."""
+    from pipeline.sweep import _last_error, _run_logged
+
+    log, steps = tmp_path / "train.log", []
+    log.write_text("scylla: error: an earlier launch's error\n")
+    start = log.stat().st_size
+    job = ("import sys; print('[INFO] launcher noise'); "
+           "sys.stderr.write('eagle-x stable:  50%|#    | 1/2 [00:01]\\r'); "
+           "sys.stderr.write('eagle-x stable: 100%|##   | 2/2 [00:02]\\n'); print('wandb: syncing', flush=True); "
+           "sys.exit('scylla: error: data source jsonl:x does not exist')")
+    assert _run_logged([sys.executable, "-c", job], log, "eagle-x", steps.append) == 1
+    assert steps == ["eagle-x stable 1/2", "eagle-x stable 2/2"]
+    text = log.read_text()
+    assert "[INFO] launcher noise" in text and "wandb: syncing" in text and "=== " in text
+    assert _last_error(log, start) == ": data source jsonl:x does not exist"
 
 
 def test_generate_cli_drafts_with_a_trained_head(smoke_run, capsys):
@@ -205,6 +277,9 @@ def test_figs_are_drawn_from_records_alone(smoke_run, tmp_path, capsys):
         path = out / f"law1_tokens_heldout_accuracy.{suffix}"
         assert path.stat().st_size > 1000
     assert not list(out.glob("law2_*"))  # the capacity law needs 3 or more depths; the smoke grid has 2
+    err = capsys.readouterr().err  # and the command says so, and what each missing figure needs
+    assert "scylla: figs: no law2_capacity figure: it needs train records of 3+ depths" in err
+    assert "scylla: figs: no --config: the trained draft with the highest mean MAT stands for Scylla" in err
 
 
 def test_a_copied_run_folder_uses_its_own_drafts_from_any_directory(smoke_run, tmp_path, monkeypatch):
@@ -242,7 +317,7 @@ def test_a_changed_setting_is_refused_or_run_as_a_new_run(smoke_run, capsys):
     assert main(["sweep", str(changed), "--run-dir", str(smoke_run)]) == 2
     err = capsys.readouterr().err
     assert "was trained with other settings (optim.lr: " in err and "-> 0.5" in err and "--rerun-changed" in err
-    lines = run_sweep(load_sweep(changed, smoke_run), dry_run=True, rerun_changed=True)
+    lines = list(run_sweep(load_sweep(changed, smoke_run), dry_run=True, rerun_changed=True))
     assert sum("~" in line and "trained as a new run" in line for line in lines) == 2
     assert "2 jobs, 0 finished, 2 to run" in lines
     assert main(["sweep", str(SMOKE), "--run-dir", str(smoke_run), "--dry-run"]) == 0  # unchanged: nothing to run
@@ -261,10 +336,24 @@ def test_a_second_sweep_on_a_folder_being_swept_exits_2(smoke_run, capsys):
 
 
 def test_eval_writes_records_for_every_draft_and_resumes(smoke_run, capsys):
+    """Also: a setting another process is measuring (it holds the setting's claim) is left to it, not measured
+    twice, and a re-run completes it."""
+    from pipeline.evaluate import _claim_path
+    from scylla.claims import claim
+
     argv = ["eval", str(smoke_run), "--tasks", "gsm", "--temperatures", "0,0.6", "--batch-sizes", "1,2",
             "--prompts", "2", "--max-new-tokens", "6", "--repeats", "2"]
-    assert main(argv) == 0
+    held = dict(task="gsm", prompt_set="fit", temperature=0.6, batch_size=2, mode="online")
+    with claim(_claim_path(smoke_run, held)):  # as a second `scylla eval` on this folder would hold it
+        assert main(argv) == 0
+    assert (f"1 setting(s) left to the processes measuring them: gsm T=0.6 batch 2 (pid {os.getpid()} on "
+            in capsys.readouterr().err)
+    assert len(read_records(smoke_run, kind="eval")) == (6 + 2) * 2 * 2 - (6 + 2)
+    assert main(argv) == 0  # released: the re-run completes what is missing
     evals = read_records(smoke_run, kind="eval")
+    assert main(argv[:-4] + ["--max-new-tokens", "7", "--repeats", "2"]) == 2  # not skipped as done: refused
+    assert ("records measured with max_new_tokens 6, and this evaluation asks for 7: evaluate into another run "
+            "folder (or with max_new_tokens 6)") in capsys.readouterr().err
     assert len(evals) == (6 + 2) * 2 * 2  # (drafts + baselines) x temperatures x batch sizes
     plain = [r for r in evals if r["method"] == "none"]
     assert all(r["speedup"] == 1.0 and r["mean_accepted_length"] == 1.0 for r in plain)

@@ -304,8 +304,15 @@ def start_tracking(cfg: TrainConfig):
     import wandb  # optional: only when tracking is on
 
     cfg.job_dir.mkdir(parents=True, exist_ok=True)
-    return wandb.init(project=cfg.sweep or "scylla", name=cfg.run_id, dir=str(cfg.job_dir), mode=cfg.wandb,
-                      config=cfg.to_dict())
+    run = wandb.init(project=cfg.sweep or "scylla", name=cfg.run_id, dir=str(cfg.job_dir), mode=cfg.wandb,
+                     config=cfg.to_dict())
+    # The optimizer step is the x axis, not wandb's own step: under the WSD schedule each milestone's cool-down
+    # branches off the stable run and the next milestone resumes from before it, so steps repeat (wandb drops
+    # out-of-order values logged with step=).
+    run.define_metric("train/step")
+    for prefix in ("train/*", "milestone/*"):
+        run.define_metric(prefix, step_metric="train/step")
+    return run
 
 
 class Trainer:
@@ -355,7 +362,7 @@ class Trainer:
             self.step += 1
             recent = (recent + [metrics])[-20:]
             if log is not None and self.step % 10 == 0:
-                log.log({"train/lr": lr, **{f"train/{k}": v for k, v in metrics.items()}}, step=self.step)
+                log.log({"train/step": self.step, "train/lr": lr, **{f"train/{k}": v for k, v in metrics.items()}})
         elapsed = time.perf_counter() - start_time
         summary = {k: sum(m[k] for m in recent) / len(recent) for k in recent[0]} if recent else {}
         if self.step > start_step:
@@ -441,8 +448,8 @@ def run(cfg: TrainConfig) -> None:
             )
             append_record(cfg.run_path, record)
             if log is not None:
-                log.log({f"milestone/{k}": v for k, v in metrics.items() if not isinstance(v, list)},
-                        step=trainer.step)
+                log.log({"train/step": trainer.step,
+                         **{f"milestone/{k}": v for k, v in metrics.items() if not isinstance(v, list)}})
             print(f"[{cfg.run_id}] {milestone} tokens: MAT {metrics['mean_accepted_length']:.3f}, "
                   f"held-out accuracy {metrics['heldout_accuracy']:.3f}", file=sys.stderr)
         if cfg.schedule == "wsd" and milestone != todo[-1]:
@@ -459,10 +466,12 @@ def run(cfg: TrainConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.pretrain_draft", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="job YAML (see train/config.py)")
+    parser.add_argument("--run-dir", help="the run folder, instead of the job's run_dir (launch scripts run in the "
+                        "run folder and pass '.', so a moved folder still trains)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     args = parser.parse_args(argv)
     try:
-        run(TrainConfig.from_yaml(args.config))
+        run(TrainConfig.from_yaml(args.config, {"run_dir": args.run_dir} if args.run_dir else None))
     except ScyllaError as err:
         print(f"scylla: error: {err}", file=sys.stderr)
         return 2

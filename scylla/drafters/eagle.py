@@ -210,13 +210,7 @@ class EagleHead(nn.Module):
     def load(cls, folder: str | os.PathLike, target: nn.Module) -> "EagleHead":
         """A saved head, attached to the target's embedding; device and dtype follow the target."""
         folder = Path(folder)
-        try:
-            raw = json.loads((folder / "config.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            raise InputError(f"{folder} is not a draft head folder (no readable config.json)") from None
-        if raw.pop("scylla_type", None) != "eagle_head":
-            raise InputError(f"{folder} is not an EAGLE head (config.json has no scylla_type eagle_head)")
-        config = EagleConfig(**raw)
+        config = read_head_config(folder)
         vocab = int(target.get_output_embeddings().weight.shape[0])
         if config.target_vocab_size != vocab or config.target_hidden_size != target.config.hidden_size:
             raise InputError(f"head {folder} was trained for another target (vocabulary or hidden size differs)")
@@ -226,6 +220,18 @@ class EagleHead(nn.Module):
             raise InputError(f"{folder}/model.safetensors does not match its config.json")
         param = next(target.parameters())
         return head.to(device=param.device, dtype=param.dtype).eval()
+
+
+def read_head_config(folder: str | os.PathLike) -> EagleConfig:
+    """The EagleConfig of a saved head folder, read without loading weights or a target."""
+    folder = Path(folder)
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise InputError(f"{folder} is not a draft head folder (no readable config.json)") from None
+    if raw.pop("scylla_type", None) != "eagle_head":
+        raise InputError(f"{folder} is not an EAGLE head (config.json has no scylla_type eagle_head)")
+    return EagleConfig(**raw)
 
 
 def is_head_folder(path: str | os.PathLike) -> bool:

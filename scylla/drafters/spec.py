@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from scylla.drafters.base import Drafter
 from scylla.drafters.draft_model import DraftModel
 from scylla.drafters.eagle import EagleDrafter, EagleHead, is_head_folder
+from scylla.drafters.eagle3_format import eagle3_hub_folder, is_eagle3_folder, load_eagle3
 from scylla.drafters.hybrid import HybridDrafter
 from scylla.drafters.prompt_lookup import PromptLookup
 from scylla.drafters.suffix import SuffixDrafter, SuffixPool
 from scylla.drafters.tree import TreeShape
 from scylla.errors import ConfigError
-from scylla.models import load_model, truncated_draft
+from scylla.models import ALIASES, check_model_folder, is_local, load_model, truncated_draft
 
 
 SPECS = ("none, truncated:K, prompt-lookup, suffix (suffix automaton with a pool), hybrid:SPEC (suffix where it "
-         "matches >= 4 tokens, else SPEC), draft:PATH (a draft LM or a trained head folder)")
+         "matches >= 4 tokens, else SPEC), draft:PATH (a draft LM, a trained head folder or an EAGLE-3 folder)")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -39,29 +42,40 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return kind, arg
 
 
+def check_spec(spec: str) -> tuple[str, str]:
+    """``parse_spec``, and for ``draft:PATH`` with a local PATH, that the folder holds a readable config.json and
+    weights: a broken draft fails before the target loads."""
+    kind, arg = parse_spec(spec)
+    if kind == "hybrid":
+        check_spec(arg)
+    if kind == "draft" and is_local(arg):
+        check_model_folder(arg)
+    return kind, arg
+
+
 def drafter_from_spec(
     spec: str,
     target: torch.nn.Module,
     num_draft_tokens: int | None = None,
-    max_ngram: int = 3,
+    max_ngram: int | None = None,
     device: str = "cpu",
     dtype: str | torch.dtype | None = None,
     tree: TreeShape | None = None,
 ) -> Drafter | None:
     """``none`` -> None (plain decoding); ``truncated:K`` -> the target's first K layers; ``prompt-lookup``;
     ``suffix`` -> a SuffixDrafter with an (empty) SuffixPool; ``hybrid:SPEC`` -> HybridDrafter(suffix, SPEC's
-    drafter); ``draft:PATH`` -> a draft LM from a folder or hub id. num_draft_tokens=None takes each drafter's
-    default (a hybrid passes num_draft_tokens to both sides). tree: draft an EAGLE-2 dynamic tree instead of a chain;
-    prompt lookup and suffix then draft up to top_k continuations of up to depth tokens as branches (a hybrid's
-    suffix side stays a chain)."""
-    kind, arg = parse_spec(spec)
+    drafter); ``draft:PATH`` -> a head folder, an EAGLE-3 folder (docs/export.md) or a draft LM, from a folder or hub
+    id. num_draft_tokens=None takes each drafter's default (a hybrid passes num_draft_tokens to both sides),
+    max_ngram=None prompt lookup's. tree: draft an EAGLE-2 dynamic tree instead of a chain; prompt lookup and suffix
+    then draft up to top_k continuations of up to depth tokens as branches (a hybrid's suffix side stays a chain)."""
+    kind, arg = check_spec(spec)
     n = {} if num_draft_tokens is None else {"num_draft_tokens": num_draft_tokens}
     if kind == "none":
         return None
     if kind == "prompt-lookup":
         if tree is not None:
             n = {"num_draft_tokens": tree.depth, "branches": tree.top_k}
-        return PromptLookup(max_ngram=max_ngram, **n)
+        return PromptLookup(**n, **({} if max_ngram is None else {"max_ngram": max_ngram}))
     if kind == "suffix":
         if tree is not None:
             n = {"num_draft_tokens": tree.depth, "branches": tree.top_k}
@@ -75,5 +89,8 @@ def drafter_from_spec(
 
     if is_head_folder(arg):
         return EagleDrafter(EagleHead.load(arg, target), **n)
+    folder = Path(arg) if Path(arg).exists() or arg in ALIASES else eagle3_hub_folder(arg)
+    if folder is not None and is_eagle3_folder(folder):
+        return EagleDrafter(load_eagle3(folder, target), **n)
     model, _ = load_model(arg, device=device, dtype=dtype)
     return DraftModel(model, **n)

@@ -1,0 +1,121 @@
+"""Every bad input of issue 16's list, in one table: `scylla` exits 2 with exactly one `scylla: error:` line on
+stderr and no traceback, before any model loads or any output is written. Ctrl-C prints one line saying what was
+kept and how to resume, and exits 130."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+GEN = ["generate", "--target", "tiny-random-llama", "--prompt", "hi", "--max-new-tokens", "2"]
+DRAFT_TREE = "top_k=2,depth=2,total_tokens=4"
+
+# (argv with {T} for the scratch folder of `inputs`, a fragment of the one error line); the argv run from the
+# repository root. The paths are made by
+# `inputs`: file.txt (a file), ro/ (read-only), badcfg/ and noweights/ (broken draft folders), lots.yaml (a grid
+# with milestones: "lots"), other.yaml / scylla.yaml (Scylla configurations for another target / batch sizes 1 and
+# 8), empty/ (a run folder with an empty records file).
+CASES = [
+    # output paths, refused before any work
+    (GEN + ["--json", "{T}"], "--json {T} is a folder; give a file path"),
+    (GEN + ["--json", "{T}/file.txt/out.json"], "{T}/file.txt is not a writable folder"),
+    (["costs", "--target", "tiny-random-llama", "--out", "{T}"], "--out {T} is a folder"),
+    (["costs", "--target", "tiny-random-llama", "--out", "{T}/file.txt/costs.json"], "is not a writable folder"),
+    (["fit", "{T}/empty", "--json", "{T}"], "--json {T} is a folder"),
+    (["fit", "{T}/empty", "--json", "{T}/file.txt/fits.json"], "is not a writable folder"),
+    (["figs", "{T}/empty", "--out", "{T}/file.txt"], "--out {T}/file.txt is a file; give a folder path"),
+    (["select", "--fits", "{T}/fits.json", "--cost", "{T}/costs.json", "--out", "{T}"], "--out {T} is a folder"),
+    (["tts-bench", "experiments/tts.yaml", "--out", "{T}/file.txt"], "--out {T}/file.txt is a file"),
+    # run folders that are files or cannot be written
+    (["sweep", "experiments/smoke.yaml", "--run-dir", "{T}/file.txt"], "--run-dir {T}/file.txt is a file"),
+    (["eval", "{T}/file.txt", "--tasks", "gsm"], "{T}/file.txt is a file"),
+    (["demo", "--run-dir", "{T}/file.txt"], "--run-dir {T}/file.txt is a file"),
+    (["sweep", "experiments/smoke.yaml", "--run-dir", "{T}/ro/run"], "{T}/ro is not a writable folder"),
+    # draft folders that do not load
+    (GEN + ["--drafter", "draft:{T}/badcfg"], "{T}/badcfg"),
+    (GEN + ["--drafter", "draft:{T}/noweights"], "{T}/noweights has no model.safetensors"),
+    (GEN + ["--drafter", "draft:{T}/nothere"], "does not exist"),
+    # a device this torch does not have
+    (GEN + ["--device", "cuda"], "device cuda: this torch is a CPU build"),
+    # config values of the wrong kind
+    (["sweep", "{T}/lots.yaml", "--run-dir", "{T}/run"], "milestones: must be"),
+    # flags that another choice makes meaningless
+    (GEN + ["--tree", DRAFT_TREE], "--drafter none drafts nothing"),
+    (GEN + ["--drafter", "prompt-lookup", "--tree", DRAFT_TREE, "--num-draft-tokens", "3"], "drop --num-draft-tokens"),
+    (GEN + ["--drafter", "truncated:1", "--max-ngram", "2"], "--max-ngram"),
+    (["eval", "--config", "experiments/batch.yaml", "--tasks", "gsm"], "drop --tasks"),
+    (GEN + ["--config", "{T}/other.yaml"], "selected for target smollm2-135m, not tiny-random-llama"),
+    (GEN + ["--config", "{T}/scylla.yaml", "--batch-size", "4"], "batch sizes 1, 8"),
+    # a missing file is called missing
+    (GEN + ["--config", "{T}/missing.yaml"], "{T}/missing.yaml: file does not exist"),
+    (["select", "--fits", "{T}/missing.json", "--cost", "{T}/costs.json"], "{T}/missing.json does not exist"),
+    (["figs", "{T}/empty", "--config", "{T}/missing.yaml", "--out", "{T}/figs"], "missing.yaml: file does not exist"),
+    # an empty records file, with neither --kind nor --where given
+    (["fit", "{T}/empty"], "no records in {T}/empty"),
+    # drafter specs, prompts, sampling settings, targets
+    (["generate", "--prompt", "hi", "--drafter", "eagle"], "unknown drafter"),
+    (["generate", "--prompt", "hi", "--drafter", "truncated:x"], "layer count"),
+    (["generate", "--prompts-file", "{T}/none.jsonl"], "does not exist"),
+    (["generate", "--prompt", "hi", "--temperature", "-1"], "temperature"),
+    (["generate", "--prompt", "hi", "--target", "./no/such/folder"], "model folder ./no/such/folder does not exist"),
+    (GEN + ["--num-draft-tokens", "3"], "--drafter none drafts nothing"),
+    (GEN + ["--config", "{T}/scylla.yaml", "--drafter", "prompt-lookup"], "--config chooses"),
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """The scratch folder of the table's bad inputs (see CASES)."""
+    root = tmp_path_factory.mktemp("bad")
+    (root / "file.txt").write_text("x")
+    (root / "ro").mkdir(mode=0o500)
+    (root / "badcfg").mkdir()
+    (root / "badcfg" / "config.json").write_text("{not json")
+    (root / "noweights").mkdir()
+    (root / "noweights" / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 64}))
+    grid = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
+    grid["base"]["milestones"] = "lots"
+    (root / "lots.yaml").write_text(yaml.safe_dump(grid))
+    entry = {"draft": "prompt-lookup", "draft_shape": "chain:2"}
+    (root / "other.yaml").write_text(yaml.safe_dump({"target": "smollm2-135m", "selection": {1: entry}}))
+    (root / "scylla.yaml").write_text(yaml.safe_dump({"target": "tiny-random-llama", "selection": {1: entry,
+                                                                                                      8: entry}}))
+    (root / "empty").mkdir()
+    (root / "empty" / "records.jsonl").write_text("")
+    return root
+
+
+@pytest.mark.parametrize("argv, message", CASES, ids=[m.replace("{T}/", "")[:40] for _, m in CASES])
+def test_bad_input_is_one_line_and_exit_2(inputs, argv, message, capsys, monkeypatch):
+    if "{T}/ro" in message and os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder")
+    monkeypatch.chdir(ROOT)
+    code = main([a.replace("{T}", str(inputs)) for a in argv])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2, (out, err)
+    assert len(lines) == 1 and lines[0].startswith("scylla: error: "), err
+    assert message.replace("{T}", str(inputs)) in lines[0] and "Traceback" not in out + err
+    if "no records" in message:
+        assert "--kind" not in lines[0] and "--where" not in lines[0]
+
+
+def test_ctrl_c_prints_what_was_kept_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    """A KeyboardInterrupt inside a long verb: one line, exit 130, no traceback."""
+    import pipeline.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.cli, "evaluate", interrupted)
+    assert main(["eval", str(tmp_path), "--tasks", "gsm"]) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scylla: interrupted: ")
+    assert "kept" in lines[0] and "run the same command again" in lines[0]
