@@ -44,6 +44,7 @@ from scylla.errors import ConfigError, InputError
 from scylla.models import ALIASES, PACKAGED, packaged_source
 from scylla.ports import free_port
 from train.config import UNHASHED, TrainConfig
+from train.pretrain_draft import release_shared_memory
 
 
 LAUNCHERS = ("local", "hostfile", "slurm")
@@ -249,10 +250,14 @@ def _run_local(sweep: Sweep, todo: list[TrainConfig]) -> Iterator[str]:
     (jobs done, and the running job's training steps) and a line per finished job."""
     with tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="job", file=sys.stderr) as bar:
         for job in todo:
-            argv = launch_command(sweep, port=free_port()) + ["--config", str(write_job(job))]
+            port = free_port()
+            argv = launch_command(sweep, port=port) + ["--config", str(write_job(job))]
             log = job.job_dir / "train.log"
             start = log.stat().st_size if log.exists() else 0  # a resumed job's log keeps the earlier launches
-            code = _run_logged(argv, log, job.run_id, bar.set_postfix_str)
+            try:
+                code = _run_logged(argv, log, job.run_id, bar.set_postfix_str)
+            finally:
+                release_shared_memory(port)
             if code != 0:
                 raise InputError(f"job {job.run_id} failed (exit {code}){_last_error(log, start)}; its log is {log}. "
                                  "Fix it and re-run: finished work is kept")
