@@ -42,14 +42,14 @@ def _banner(start: float, text: str) -> None:
     print(f"\n=== [{(time.perf_counter() - start) / 60:5.1f} min] {text}", file=sys.stderr, flush=True)
 
 
-def _costs(run_dir: Path, target_name: str, layers: list[int], width: int, heads: list[str]) -> Path:
+def _costs(run_dir: Path, target_name: str, layers: list[int], width: int, draft_vocab: int, heads: list[str]) -> Path:
     """The cost table of the target and untrained heads of these depths (measured once, then reused), with its
     per-step overhead calibrated on online runs of ``heads`` (draft specs) on the select prompt set."""
     path = run_dir / "costs.json"
     if not path.exists():
         target, _ = load_model(target_name)
         shapes = [parse_shape(s) for s in SHAPES]
-        untrained = untrained_heads(target, layers, width)
+        untrained = untrained_heads(target, layers, width, draft_vocab)  # the trained heads' shape, vocabulary included
         draft_tokens = sorted({1} | {s.tree.top_k for s in shapes if s.tree})
         table = measure_costs({"target": target}, BATCH_SIZES, sorted({1} | {s.verify_tokens for s in shapes}),
                               [128], reps=5)
@@ -107,7 +107,7 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
     _banner(start, "3/7 cost model: target and head forward costs by batch size, and the per-step overhead "
                    "calibrated online on the select set")
     layers = sorted({r["draft_layers"] for r in train})
-    cost_path = _costs(run_dir, target, layers, train[0]["draft_width"], top_heads[:1])
+    cost_path = _costs(run_dir, target, layers, train[0]["draft_width"], train[0]["draft_vocab_size"], top_heads[:1])
 
     _banner(start, "4/7 fit the laws")
     fits_path, train_fits_path = run_dir / "fits.json", run_dir / "fits-train.json"
