@@ -81,19 +81,21 @@ def own_best(records: list[dict], score: Callable[[dict], float | None]) -> tupl
 
 
 def draft_label(record: dict) -> str:
-    """'eagle 2-layer, 262k tokens' for a trained draft, else its method."""
+    """'eagle 2-layer, 262k tokens' for a trained draft, 'plain decoding', else its method."""
     if not is_trained(record):
-        return record["method"]
+        return "plain decoding" if record["method"] == "none" else record["method"]
     tokens = record["train_tokens"]
     count = f"{tokens / 1e6:.3g}M" if tokens >= 1e6 else f"{tokens / 1e3:.3g}k" if tokens >= 1e3 else str(tokens)
     return f"{record['drafter_type']} {record['draft_layers']}-layer, {count} tokens"
 
 
 def default_scylla_methods(records: list[dict], scylla_config: str | Path | None = None) -> set[str]:
-    """The configuration's selected drafts, else the trained draft with the highest mean MAT in ``records`` (in
-    those on the select prompt set where there are any)."""
+    """The configuration's selected drafts (its best draft where it chose plain decoding), else the trained draft
+    with the highest mean MAT in ``records`` (in those on the select prompt set where there are any)."""
     if scylla_config:
-        return {e.draft for e in load_selection(scylla_config).values() if e.draft not in (None, "none")}
+        chosen = {e.draft if e.draft not in (None, "none") else e.best_draft
+                  for e in load_selection(scylla_config).values()}
+        return chosen - {None}
     mats = defaultdict(list)
     trained = [r for r in records if r["kind"] == "eval" and is_trained(r) and r.get("mean_accepted_length") is not None]
     for r in [r for r in trained if r.get("prompt_set") == CHOSEN_ON] or trained:
@@ -103,10 +105,12 @@ def default_scylla_methods(records: list[dict], scylla_config: str | Path | None
 
 def default_baseline(records: list[dict]) -> str | None:
     """The EAGLE-2-style baseline's method: the 1-layer trained draft evaluated with a tree (else any 1-layer
-    trained draft) trained on the most tokens; None when there is none."""
+    trained draft) trained on the most tokens, one measured on the confirm prompt set if any is; None when there is
+    none."""
     ones = [r for r in records if r["kind"] == "eval" and is_trained(r) and r["draft_layers"] == 1]
     pool = [r for r in ones if r.get("tree_total_tokens") is not None] or ones
-    return max(pool, key=lambda r: (r["train_tokens"], r["method"]))["method"] if pool else None
+    confirmed = {r["method"] for r in pool if r.get("prompt_set") == REPORTED_ON}
+    return max(pool, key=lambda r: (r["train_tokens"], r["method"] in confirmed, r["method"]))["method"] if pool else None
 
 
 def compared(records: list[dict], scylla_methods: set[str], baseline: str | None,

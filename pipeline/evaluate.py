@@ -14,7 +14,6 @@ the records back and picks the fastest draft shape per batch size (the batch-siz
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from scylla.claims import claim
+from scylla.claims import claim, claim_path
 from scylla.config import Config
 from scylla.costs import CostTable, step_cost
 from scylla.data.prompt_sets import PROMPT_SETS, problem_set
@@ -388,10 +387,8 @@ def _same(name: str, value):
 
 
 def _claim_path(run_dir: Path, settings: dict) -> Path:
-    """RUN_DIR/claims/<setting>.lock: one claim (scylla.claims) per eval setting."""
-    key = (settings["task"], settings["prompt_set"], settings["temperature"], settings["batch_size"], settings["mode"])
-    readable = "".join(c if c.isalnum() else "-" for c in f"{key[0]}_{key[1]}_T{key[2]:g}_b{key[3]}_{key[4]}")
-    return run_dir / "claims" / f"{readable[:80]}-{hashlib.sha1(repr(key).encode()).hexdigest()[:8]}.lock"
+    """The claim (scylla.claims) of one eval setting."""
+    return claim_path(run_dir, *(settings[k] for k in ("task", "prompt_set", "temperature", "batch_size", "mode")))
 
 
 def best_settings(run_dir: str | Path, task: str | None = None, temperature: float | None = None) -> list[dict]:

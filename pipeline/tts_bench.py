@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from paper_figs.tts import tts_table_rows
 from scylla.atomic import atomic_path, write_json_atomic
+from scylla.claims import claim, claim_path
 from scylla.data.tasks import get_task
 from scylla.drafters.eagle import is_head_folder
 from scylla.drafters.eagle3_format import is_eagle3_folder
@@ -393,43 +394,55 @@ def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[i
     for method in config.methods:  # fail before measuring anything, and warm up: every draft loads, fits, decodes
         SpeculativeDecoder(target, drafter(method)).generate(ids, mask, max_new_tokens=4)
     write_json_atomic(run_dir / CONFIG_FILE, settings)
-    done = {record_key(r) for r in previous}
     tasks = {t: get_task(t) for t in config.tasks}
     problems = {t: task.problems(config.problems) for t, task in tasks.items()}
-    written = 0
+    written, elsewhere = 0, []
     units = [(t, s) for t in config.tasks for s in config.settings]
     bar = tqdm(total=len(units) * len(config.methods), desc="tts-bench", unit="run")
     for task_name, setting in units:
-        task = tasks[task_name]
-        records = {}
-        for method in config.methods:
-            fields = dict(task=task_name, temperature=setting.temperature, batch_size=setting.batch_size,
-                          method=method.label, paradigm=setting.paradigm,
-                          target_quantization=quantization)
-            records[method.label] = new_record("tts", **_identity(method, config), **fields)
-        missing = [m for m in config.methods if record_key(records[m.label]) not in done]
-        if not missing:
-            bar.update(len(config.methods))
-            continue
-        plain = None
-        for method in config.methods:
-            if method.spec != PLAIN and method not in missing:
+        with claim(claim_path(run_dir, "tts", task_name, setting.paradigm, setting.temperature,
+                              setting.batch_size)) as holder:
+            if holder:  # another process is measuring this setting now
+                elsewhere.append(f"{task_name} {setting.paradigm} T={setting.temperature:g} ({holder})")
+                bar.update(len(config.methods))
+                continue
+            # read under the claim: a process that held it before may have finished some of the work
+            found = read_records(run_dir, kind="tts") if records_path(run_dir).exists() else []
+            done = {record_key(r) for r in found}
+            task = tasks[task_name]
+            records = {}
+            for method in config.methods:
+                fields = dict(task=task_name, temperature=setting.temperature, batch_size=setting.batch_size,
+                              method=method.label, paradigm=setting.paradigm,
+                              target_quantization=quantization)
+                records[method.label] = new_record("tts", **_identity(method, config), **fields)
+            missing = [m for m in config.methods if record_key(records[m.label]) not in done]
+            if not missing:
+                bar.update(len(config.methods))
+                continue
+            plain = None
+            for method in config.methods:
+                if method.spec != PLAIN and method not in missing:
+                    bar.update()
+                    continue
+                bar.set_postfix_str(f"{task_name} {setting.paradigm} T={setting.temperature:g} {method.label}")
+                decoder = SpeculativeDecoder(target, drafter(method))
+                results = _run_protocol(decoder, tokenizer, problems[task_name], task, setting, config)
+                plain = results if method.spec == PLAIN else plain
                 bar.update()
-                continue
-            bar.set_postfix_str(f"{task_name} {setting.paradigm} T={setting.temperature:g} {method.label}")
-            decoder = SpeculativeDecoder(target, drafter(method))
-            results = _run_protocol(decoder, tokenizer, problems[task_name], task, setting, config)
-            plain = results if method.spec == PLAIN else plain
-            bar.update()
-            if method not in missing:
-                continue
-            record = dict(records[method.label], device=config.device, max_new_tokens=config.max_new_tokens,
-                          **_metrics(results, plain, setting, method))
-            if record["matches_plain"] is False:
-                tqdm.write(f"scylla: warning: {method.label} ({method.spec}) differs from plain greedy decoding on "
-                           f"{task_name} {setting.paradigm}: the engine or drafter is not lossless", file=sys.stderr)
-            written += append_record(run_dir, record)
+                if method not in missing:
+                    continue
+                record = dict(records[method.label], device=config.device, max_new_tokens=config.max_new_tokens,
+                              **_metrics(results, plain, setting, method))
+                if record["matches_plain"] is False:
+                    tqdm.write(f"scylla: warning: {method.label} ({method.spec}) differs from plain greedy decoding "
+                               f"on {task_name} {setting.paradigm}: the engine or drafter is not lossless",
+                               file=sys.stderr)
+                written += append_record(run_dir, record)
     bar.close()
+    if elsewhere:
+        print(f"scylla: {len(elsewhere)} setting(s) left to the processes measuring them: {'; '.join(elsewhere)}; "
+              "re-run when they finish to check that nothing is missing", file=sys.stderr)
     return written, write_table(run_dir, config)
 
 

@@ -10,6 +10,7 @@ Used by the sweep (one sweep per run folder) and by evaluation (one process per 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import socket
 import time
@@ -36,3 +37,10 @@ def claim(path: str | Path) -> Iterator[str | None]:
         yield None
     finally:
         os.close(fd)
+
+
+def claim_path(run_dir: str | Path, *key) -> Path:
+    """RUN_DIR/claims/<key>.lock: the claim file of one unit of work (an eval setting, a tts setting), readable and
+    unique (a hash of the whole key)."""
+    readable = "".join(c if c.isalnum() or c in "." else "-" for c in "_".join(map(str, key)))
+    return Path(run_dir) / "claims" / f"{readable[:80]}-{hashlib.sha1(repr(key).encode()).hexdigest()[:8]}.lock"

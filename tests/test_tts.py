@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerFast
 from conftest import tiny_llama
 from scylla import DecodeOutput, DecodeStats, ScyllaError, SpeculativeDecoder, load_model
 from pipeline.cli import main
+from scylla.claims import claim, claim_path
 from scylla.data.tasks import Problem, Task
 from scylla.drafters.eagle import EagleConfig, EagleDrafter, EagleHead
 from scylla.drafters.spec import drafter_from_spec
@@ -222,7 +223,11 @@ def test_bench_end_to_end_resumes(tmp_path):
                "head-tree": {"spec": f"draft:{head}", "tree": "top_k=2,depth=2,total_tokens=4"}}
     path = write_config(tmp_path, methods=methods, reduced={"problems": 1})
     run = tmp_path / "run"
-    assert main(["tts-bench", path, "--out", str(run)]) == 0
+    task = "jsonl:" + str(tmp_path / "q.jsonl")
+    with claim(claim_path(run, "tts", task, "multi-round-2", 0.0, 1)):  # as another tts-bench process would hold it
+        assert main(["tts-bench", path, "--out", str(run)]) == 0
+    assert len(read_records(run, kind="tts")) == 2 * 7  # that setting was left to its holder
+    assert main(["tts-bench", path, "--out", str(run)]) == 0  # released: the re-run completes it
     records = read_records(run, kind="tts")
     assert len(records) == 3 * 7  # (best-of-2 batched, best-of-2 sequential, multi-round-2 T=0) x 7 methods
     assert {(r["paradigm"], r["batch_size"]) for r in records} == {("best-of-2", 2), ("best-of-2", 1),
