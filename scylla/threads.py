@@ -64,10 +64,13 @@ def use_threads(threads: int | None = None) -> int:
 
 
 def warn_if_busy() -> float:
-    """One warning line on stderr when other processes leave fewer cores free than torch's threads: called before
-    timed work (online eval, cost tables, the tts bench). Returns the busy cores seen, for the records."""
+    """One warning line on stderr when other processes keep half a core or more busy: called before timed work
+    (online eval, cost tables, the tts bench). Returns the busy cores seen, for the records."""
     busy, cores, threads = busy_cores(), _cores(), torch.get_num_threads()
-    if cores - busy < threads - 0.5:
+    if busy >= 0.5:
+        fight = cores - busy < threads - 0.5  # torch's threads and the other work contend for the same cores
         print(f"scylla: warning: the machine is busy (other processes use {busy:.1f} of {cores} cores; {threads} "
-              "thread(s)): timings will be slower and noisier than on a quiet machine", file=sys.stderr)
+              "thread(s)): " + ("timings will be slower and noisier than on a quiet machine (--threads 1 helps)"
+                                if fight else "tokens/s will be lower than on a quiet machine; paired speed-ups, "
+                                "timed in interleaved rounds, hold"), file=sys.stderr)
     return round(busy, 2)
