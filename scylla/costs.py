@@ -133,9 +133,9 @@ def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int
     forwards of 1; a tree: depth forwards of top_k; none for a drafter without a model, draft=None), plus one target
     forward on ``verify_tokens``; with a calibrated table, plus the per-step overhead, and per step of an average
     row (times the table's ``lag``: a batch steps until its slowest row is done). A chain drafter with mean accepted
-    length MAT is predicted to run at MAT / step_cost times plain decoding. With ``bound`` "min" / "max": the lowest / highest ratio the repeats allow
-    (fastest speculative forwards over the slowest plain step, and the reverse). InputError if the table lacks a
-    size."""
+    length MAT is predicted to run at MAT / step_cost times plain decoding. With ``bound`` "min" / "max": the lowest
+    / highest ratio the repeats allow (fastest speculative forwards over the slowest plain step, and the reverse).
+    InputError if the table lacks a size."""
     flip = {"min": "max", "max": "min"}.get(bound, bound)
     extra = cost.overhead.get(str(batch), {})
     step = cost.nearest("target", batch, 1, bound=flip) + extra.get("plain", 0.0)
