@@ -43,6 +43,7 @@ from scylla.timing import Speedup, paired_speedup, rounds_for
 DEFAULT_BASELINES = ("none", "prompt-lookup")
 # Eval settings outside the record key: records measured with other values are not the same measurement.
 CHANGEABLE = ("n_prompts", "max_new_tokens", "seed", "target_quantization", "device")
+SETTING = ("task", "prompt_set", "temperature", "batch_size", "mode")  # one setting: measured under one claim
 IDENTITY = ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width", "draft_params",
             "draft_params_with_embeddings", "train_tokens", "data", "config_hash")
 SHAPE_FORM = f"chain:G (G draft tokens) or tree:{TREE_FORM}"
@@ -371,7 +372,7 @@ def _refuse_changed_settings(run_dir: Path, previous: list[dict], settings: dict
     """One InputError line when the folder holds records of this setting measured otherwise (CHANGEABLE: fields
     outside the record key), which a re-run would skip as done and a fit would mix."""
     for r in previous:
-        if all(r.get(k) == settings[k] for k in ("task", "prompt_set", "temperature", "batch_size", "mode")):
+        if all(r.get(k) == settings[k] for k in SETTING):
             changed = [k for k in CHANGEABLE if r.get(k) is not None and _same(k, r[k]) != _same(k, settings.get(k))]
             if changed:
                 k = changed[0]
@@ -388,7 +389,7 @@ def _same(name: str, value):
 
 def _claim_path(run_dir: Path, settings: dict) -> Path:
     """The claim (scylla.claims) of one eval setting."""
-    return claim_path(run_dir, *(settings[k] for k in ("task", "prompt_set", "temperature", "batch_size", "mode")))
+    return claim_path(run_dir, *(settings[k] for k in SETTING))
 
 
 def best_settings(run_dir: str | Path, task: str | None = None, temperature: float | None = None) -> list[dict]:
