@@ -15,10 +15,10 @@ from paper_figs.all import all_figures, missing_families
 from pipeline.demo import run_demo
 from pipeline.evaluate import EvalConfig, best_settings, evaluate, parse_shape
 from pipeline.select import pays, run_selection, selection_for
-from pipeline.sweep import load_sweep, run_sweep
-from pipeline.tts_bench import load_bench, run_bench
+from pipeline.sweep import array_script, load_sweep, run_sweep
+from pipeline.tts_bench import bench_dir, load_bench, run_bench
 import scylla
-from scylla.atomic import write_json_atomic
+from scylla.atomic import atomic_path, write_json_atomic
 from scylla.costs import calibrate, measure_costs, untrained_heads
 from scylla.data.prompt_sets import PROMPT_SETS
 from scylla.drafters.eagle import EagleDrafter, EagleHead, read_head_config
@@ -32,6 +32,7 @@ from scylla.models import check_device, load_model, target_quantization
 from scylla.prompts import encode_prompts, read_prompts
 from scylla.records import read_records
 from scylla.sampling import SamplingConfig
+from scylla.selection import read_scylla_config
 from scylla.threads import use_threads
 from scylla.timing import MIN_RATIOS, Speedup
 
@@ -218,13 +219,42 @@ EVAL_SETTINGS = ("drafts", "target", "tasks", "temperatures", "batch_sizes", "sh
                  "prompt_set", "repeats", "max_new_tokens", "replay", "cost", "seed", "device", "dtype")  # --config's
 
 
+def _write_array(args: argparse.Namespace, run_dir: str | Path) -> int:
+    """--slurm-array N: write RUN_DIR/NAME.sbatch running this command (without the --slurm options) in N tasks."""
+    options = dict(_key_value(o) for o in args.slurm)
+    script = Path(run_dir) / f"{args.command}.sbatch"
+    argv, tokens = [], iter(args.argv)
+    for token in tokens:
+        if token.split("=")[0] in ("--slurm-array", "--slurm"):
+            if "=" not in token:
+                next(tokens, None)  # its value
+            continue
+        argv.append(token)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with atomic_path(script) as tmp:
+        Path(tmp).write_text("\n".join(array_script(f"{args.command}-{Path(run_dir).resolve().name}", argv,
+                                                     args.slurm_array, options, str(script))) + "\n")
+    print(f"wrote {script}: {args.slurm_array} Slurm array tasks of this {args.command}; submit it from here: sbatch "
+          f"{script}")
+    return 0
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value or not all(c.isalnum() or c in "-_" for c in key):
+        raise ConfigError(f"--slurm {text!r}: give KEY=VALUE, an sbatch option without its dashes, e.g. "
+                          "partition=gpu or time=02:00:00")
+    return key, value
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.config:
         given = [f"--{k.replace('_', '-')}" for k in EVAL_SETTINGS if getattr(args, k) != args.default_of(k)]
         if given:
             raise ConfigError(f"--config {args.config} sets the evaluation: drop {', '.join(given)} (or edit the "
                               "config; RUN_DIR may be given)")
-        config = EvalConfig.from_yaml(args.config, {"run_dir": args.run_dir} if args.run_dir else {})
+        raw = read_scylla_config(args.config)  # a Scylla configuration's paths are relative to its folder
+        config = EvalConfig.from_dict({**raw, **({"run_dir": args.run_dir} if args.run_dir else {})}, str(args.config))
     elif args.run_dir:
         config = EvalConfig(args.run_dir, args.drafts, args.target, args.tasks.split(","), args.temperatures,
                             args.batch_sizes, args.shapes, args.baselines.split(",") if args.baselines else [],
@@ -233,6 +263,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             replay=args.replay, cost=args.cost, seed=args.seed, device=args.device, dtype=args.dtype)
     else:
         raise InputError("give a RUN_DIR or --config FILE (e.g. experiments/batch.yaml)")
+    if args.slurm_array:
+        return _write_array(args, config.run_dir)
     written = evaluate(config)
     print(f"wrote {written} eval records to {Path(config.run_dir) / 'records.jsonl'}")
     if len(config.shapes) > 1:
@@ -305,7 +337,10 @@ def _tree(text: str):
 
 
 def cmd_tts_bench(args: argparse.Namespace) -> int:
-    written, table = run_bench(load_bench(args.config, full=args.full), args.out)
+    config = load_bench(args.config, full=args.full)
+    if args.slurm_array:
+        return _write_array(args, bench_dir(config, args.out))
+    written, table = run_bench(config, args.out)
     print(f"wrote {written} tts records; table: {table}")
     return 0
 
@@ -397,7 +432,17 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--cost", help="cost table JSON (scylla costs): adds the predicted speed-up")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed at T > 0 (batch b uses seed + its first "
                     "prompt's index)")
+    _array_args(ev)
     ev.set_defaults(func=cmd_eval, default_of=ev.get_default)  # default_of: which flags --config meets
+
+
+def _array_args(command: argparse.ArgumentParser) -> None:
+    """--slurm-array and --slurm: many processes of one command on a cluster (eval, tts-bench)."""
+    command.add_argument("--slurm-array", type=_positive(int), metavar="N", help="write RUN_DIR/COMMAND.sbatch, a "
+                         "Slurm array of N tasks that each run this command (sharing its settings through claims), "
+                         "instead of running it")
+    command.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE", help="an #SBATCH option of that "
+                         "script, e.g. partition=gpu, time=02:00:00, gpus-per-task=1 (repeat for several)")
 
 
 def _costs_parser(sub) -> None:
@@ -477,6 +522,7 @@ def _tts_bench_parser(sub) -> None:
     tts.add_argument("config", help="benchmark YAML, e.g. experiments/tts.yaml")
     tts.add_argument("--out", help="run directory (default runs/NAME-reduced, or runs/NAME with --full)")
     tts.add_argument("--full", action="store_true", help="the full settings instead of the reduced: section")
+    _array_args(tts)
     tts.set_defaults(func=cmd_tts_bench)
 
 
@@ -534,6 +580,7 @@ def check_output(path: str, folder: bool, flag: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: --slurm-array writes it into a script
     if hasattr(args, "threads"):
         if args.threads is not None and args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")

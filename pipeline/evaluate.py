@@ -35,7 +35,8 @@ from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.metrics import DecodeStats
 from scylla.models import load_model, target_quantization
 from scylla.prompts import encode_prompts, prompt_id
-from scylla.records import append_record, find_checkpoints, new_record, read_records, record_key, records_path
+from scylla.records import (append_record, find_checkpoints, method_as_read, new_record, read_records, record_key,
+                            records_path)
 from scylla.replay import replay
 from scylla.threads import warn_if_busy
 from scylla.timing import Speedup, paired_speedup, rounds_for
@@ -316,7 +317,7 @@ def evaluate(config: EvalConfig) -> int:
 
         def record(method, source, shape, **metrics):
             return new_record("eval", **identity(method, source), target=target_name, seed=config.seed,
-                              method=method, **settings, **shape.fields(), **metrics)
+                              method=method_as_read(method), **settings, **shape.fields(), **metrics)
 
         _refuse_changed_settings(run_dir, previous, {**settings, "seed": config.seed})
 

@@ -22,9 +22,9 @@ from pipeline.evaluate import EvalConfig, evaluate, parse_shape
 from scylla.atomic import atomic_path
 from scylla.costs import CostTable, predicted_speedup, step_cost
 from scylla.errors import InputError, ScyllaError
-from scylla.records import find_checkpoints, read_records
+from scylla.records import find_checkpoints, method_as_read, read_records
 from scylla.config import read_yaml
-from scylla.selection import SelectionEntry, load_selection
+from scylla.selection import SelectionEntry, config_as_stored, load_selection
 from scylla.timing import chunked, regret
 
 
@@ -129,11 +129,16 @@ def checkpoint_for(run_dirs: list[str], layers: int, tokens: int) -> str | None:
     return None
 
 
+def _method(folder: str) -> str:
+    """The eval records' method of a trained draft folder (scylla.records.method_as_read)."""
+    return method_as_read(f"draft:{folder}")
+
+
 def measured(check_dir: str | Path, chosen: dict[int, Candidate], drafts: dict[int, str | None]) -> dict:
     """Per batch size, the check's online eval record of its best draft and shape (None if not measured)."""
     out = {}
     for b, c in chosen.items():
-        where = dict(method=f"draft:{drafts[b]}", batch_size=b, draft_shape=c.draft_shape, mode="online",
+        where = dict(method=_method(drafts[b]), batch_size=b, draft_shape=c.draft_shape, mode="online",
                      prompt_set="confirm")
         rows = read_records(check_dir, kind="eval", where=where)
         out[b] = rows[-1] if rows else None
@@ -151,7 +156,7 @@ def confirmation(check_dir: str | Path, chosen: dict[int, Candidate], drafts: di
                                                                            prompt_set="confirm"))
                 if r.get("speedup_ratios")]
         plain = next((r for r in rows if r["method"] == "none"), None)
-        pick = next((r for r in rows if r["method"] == f"draft:{drafts[b]}" and r["draft_shape"] == c.draft_shape),
+        pick = next((r for r in rows if r["method"] == _method(drafts[b]) and r["draft_shape"] == c.draft_shape),
                     None) if pays(c) else plain
         if pick is None:
             out[b] = None
@@ -172,11 +177,12 @@ def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, d
     generate --config``) holds the choice and its prediction per batch size; it measures on the ``confirm`` prompt set,
     disjoint from the prompts the laws were fitted on. Where the best draft's predicted speed-up is not above 1 at its
     lower 95% bound (``pays``), the choice is plain decoding (``draft: none``) and the best draft stays in
-    ``best_draft``. Written atomically; returns it."""
-    specs = sorted({f"draft:{d}" for d in drafts.values() if d} | {spec for spec, _ in also})
+    ``best_draft``. Written atomically, its paths relative to its own folder (scylla.selection.config_as_stored);
+    returns it with paths as the working directory sees them."""
+    specs = sorted({_method(d) for d in drafts.values() if d} | {method_as_read(spec) for spec, _ in also})
     selection = {}
     for b, c in chosen.items():
-        best = f"draft:{drafts[b]}" if drafts[b] else None
+        best = _method(drafts[b]) if drafts[b] else None
         selection[str(b)] = {**asdict(c), "best_draft": best, "draft": best if pays(c) else "none",
                              "predicted_mat_ci95": list(c.predicted_mat_ci95),
                              "predicted_speedup_ci95": list(c.predicted_speedup_ci95)}
@@ -187,7 +193,7 @@ def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, d
         selection=selection,
     )
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False))
+        Path(tmp).write_text(yaml.safe_dump(config_as_stored(config, path), sort_keys=False))
     return config
 
 

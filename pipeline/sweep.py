@@ -366,6 +366,25 @@ def _sbatch_script(sweep: Sweep, jobs: list[Path]) -> list[str]:
             '"$JOB" >> "${JOB%/job.yaml}/train.log" 2>&1']
 
 
+def array_script(name: str, argv: list[str], tasks: int, options: dict[str, str], script: str) -> list[str]:
+    """A Slurm array of ``tasks`` tasks, each running ``scylla ARGV`` (an evaluation or a tts benchmark) in the
+    directory it is submitted from; the tasks share the settings through their claims (scylla.claims), so each
+    measures what the others have not. Directives first (the ``options`` become ``#SBATCH --KEY=VALUE``); the
+    command is ARGV as given, quoted, never a config string through a shell."""
+    directives = {"job_name": name, "array": f"0-{tasks - 1}", "ntasks": 1, **options}
+    return ["#!/usr/bin/env bash",
+            *[f"#SBATCH --{k.replace('_', '-')}={v}" for k, v in directives.items()],
+            f"# {tasks} tasks of `scylla {shlex.join(argv[:2])} ...`, sharing its settings through claims. Submit it from",
+            f"# the directory the paths below are relative to: sbatch {script}. SCYLLA_PYTHON (default python3) is the",
+            "# interpreter of the environment that has Scylla. A re-run (or a re-submission) completes what is missing.",
+            "set -eo pipefail",
+            'if [ -z "${SLURM_ARRAY_TASK_ID:-}" ]; then',
+            f'  echo "{Path(script).name}: submit it with sbatch: sbatch {script}" >&2',
+            "  exit 2",
+            "fi",
+            f"exec {PYTHON} -m pipeline.cli {shlex.join(argv)}"]
+
+
 def _pythonpath() -> str:
     """Jobs import train/ from this checkout even when it is not installed."""
     root = str(Path(__file__).resolve().parent.parent)

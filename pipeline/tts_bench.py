@@ -375,11 +375,16 @@ def _run_protocol(decoder, tokenizer, problems: list, task, setting: Setting, co
     return results
 
 
+def bench_dir(config: BenchConfig, run_dir: str | Path | None = None) -> Path:
+    """The benchmark's run folder: ``run_dir``, or runs/NAME (runs/NAME-reduced for the reduced protocol)."""
+    return Path(run_dir or Path("runs") / (config.name + ("-reduced" if config.reduced else "")))
+
+
 def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[int, Path]:
     """Run every missing (task, setting, method) and append its tts record; write the markdown table.
 
     Returns (records written, table path)."""
-    run_dir = Path(run_dir or Path("runs") / (config.name + ("-reduced" if config.reduced else "")))
+    run_dir = bench_dir(config, run_dir)
     previous = read_records(run_dir, kind="tts") if records_path(run_dir).is_file() else []
     settings = _guard(run_dir, config, {r["method"] for r in previous})
     target, tokenizer = load_model(config.target, device=config.device, dtype=config.dtype)

@@ -270,6 +270,9 @@ def read_records(path_or_run_dir: str | Path, kind: str | None = None, where: di
     path = records_path(path_or_run_dir)
     with _locked(path, exclusive=False):
         records = _parse(path)
+    for r in records:
+        if "method" in r:
+            r["method"] = method_as_read(r["method"], path.parent)
     return [
         r
         for r in records
@@ -284,8 +287,10 @@ def append_record(run_dir: str | Path, record: dict) -> bool:
     Returns False, writing nothing, when a record with the same key (``record_key``) is already there.
     """
     validate_record(record)
-    line = (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
     path = records_path(run_dir)
+    if "method" in record:
+        record = {**record, "method": method_as_stored(record["method"], path.parent)}
+    line = (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     key = record_key(record)
     with _locked(path, exclusive=True):
@@ -319,7 +324,38 @@ def checkpoint_folder(run_dir: str | Path, checkpoint: str) -> Path | None:
     if "jobs" in path.parts:
         tries.append(run_dir.joinpath(*path.parts[len(path.parts) - path.parts[::-1].index("jobs") - 1:]))
     tries.append(path)
-    return next((t for t in tries if checkpoint and t.is_dir()), None)
+    return next((Path(os.path.normpath(t)) for t in tries if checkpoint and os.path.isdir(os.path.normpath(t))), None)
+
+
+def _split_draft(method: str) -> tuple[str, str] | None:
+    """(the spec's head, FOLDER) of a method naming a draft folder (``draft:FOLDER``, ``hybrid:draft:FOLDER``)."""
+    head, sep, folder = method.partition("draft:") if isinstance(method, str) else ("", "", "")
+    return (head + sep, folder) if sep and folder and head in ("", "hybrid:") else None
+
+
+def method_as_read(method: str, run_dir: str | Path = ".") -> str:
+    """A record's ``method`` as the code compares and loads it: a draft folder named relative to ``run_dir`` (how
+    records store it, ``method_as_stored``; or, in older records, as typed at launch) becomes that folder's path
+    relative to the working directory (absolute when outside it), normalised, so the same draft has one name
+    whichever run folder's records
+    name it, and a copied or moved run folder names its own drafts. Other methods (and folders that no longer exist,
+    or hub ids) are returned as they are. ``method_as_read(spec)`` normalises a spec typed on the command line."""
+    split = _split_draft(method)
+    folder = checkpoint_folder(run_dir, split[1]) if split else None
+    if folder is None:
+        return method
+    absolute = os.path.abspath(folder)
+    relative = os.path.relpath(absolute)
+    return split[0] + (absolute if relative.startswith("..") else relative)
+
+
+def method_as_stored(method: str, run_dir: str | Path) -> str:
+    """How a record in ``run_dir`` stores ``method``: a local draft folder relative to run_dir (``jobs/ID/tokens-N``
+    for its own drafts, ``../jobs/...`` from its check folder), so the folder can be copied or moved whole."""
+    split = _split_draft(method)
+    if split is None or not Path(split[1]).is_dir():
+        return method
+    return split[0] + os.path.relpath(os.path.abspath(split[1]), os.path.abspath(run_dir))
 
 
 def find_checkpoints(run_dir: str | Path, where: dict | None = None) -> list[dict]:

@@ -226,3 +226,32 @@ def test_find_checkpoints_keeps_records_whose_draft_folder_exists(tmp_path):
         append_record(tmp_path, train_record(run_id=f"L{layers}", draft_layers=layers, checkpoint=str(folder)))
     assert [r["run_id"] for r in find_checkpoints(tmp_path)] == ["L1"]
     assert find_checkpoints(tmp_path, where={"draft_layers": 2}) == []
+
+
+def test_a_scylla_configuration_names_its_drafts_relative_to_its_folder(tmp_path, monkeypatch):
+    """write_config's paths are relative to the file, so a run folder moved whole still selects its own drafts;
+    a draft method read from any folder's records has one spelling (issue 16)."""
+    import shutil
+
+    import yaml
+
+    from scylla.records import method_as_read, method_as_stored
+    from scylla.selection import config_as_read, config_as_stored, load_selection
+
+    run = tmp_path / "runs" / "a"
+    (run / "jobs" / "h" / "tokens-8").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    spec = "draft:runs/a/jobs/h/tokens-8"
+    assert method_as_stored(spec, run) == "draft:jobs/h/tokens-8"
+    assert method_as_stored(spec, run / "check") == "draft:../jobs/h/tokens-8"
+    assert method_as_read("draft:../jobs/h/tokens-8", run / "check") == spec == method_as_read("draft:./runs/a/jobs/h/../h/tokens-8")
+    assert method_as_read("hybrid:draft:jobs/h/tokens-8", run) == "hybrid:" + spec
+    assert method_as_read("prompt-lookup", run) == "prompt-lookup" == method_as_stored("prompt-lookup", run)
+    config = dict(run_dir="runs/a/check", drafts=[spec], selection={"1": dict(draft=spec, best_draft=spec,
+                                                                              draft_shape="chain:3")})
+    stored = config_as_stored(config, run / "scylla.yaml")
+    assert stored["run_dir"] == "check" and stored["drafts"] == ["draft:jobs/h/tokens-8"]
+    assert config_as_read(stored, run / "scylla.yaml") == config
+    (run / "scylla.yaml").write_text(yaml.safe_dump(stored))
+    shutil.move(run, tmp_path / "moved")
+    assert load_selection("moved/scylla.yaml")[1].draft == "draft:moved/jobs/h/tokens-8"

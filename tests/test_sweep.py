@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -211,6 +212,23 @@ def test_multi_node_scripts_are_written_not_run(tmp_path, capsys):
     assert outside.returncode == 2 and outside.stderr.startswith("sweep.sbatch: submit it with sbatch")
 
 
+def test_an_evaluation_is_written_as_a_slurm_array_not_run(smoke_run, capsys):
+    """scylla eval --slurm-array N: RUN_DIR/eval.sbatch runs the same evaluation in N tasks (claims share the
+    settings), directives first, the --slurm options as directives and not in the command."""
+    argv = ["eval", str(smoke_run), "--tasks", "gsm", "--temperatures", "0", "--baselines", "none",
+            "--device", "cpu"]
+    before = (smoke_run / "records.jsonl").read_bytes()
+    assert main(argv + ["--slurm-array", "4", "--slurm", "time=01:00:00", "--slurm=gpus-per-task=1"]) == 0
+    text = (smoke_run / "eval.sbatch").read_text()
+    assert f"sbatch {smoke_run / 'eval.sbatch'}" in capsys.readouterr().out
+    read = sbatch_directives(text)
+    assert {"#SBATCH --array=0-3", "#SBATCH --time=01:00:00", "#SBATCH --gpus-per-task=1"} <= set(read)
+    assert len(read) == text.count("#SBATCH")
+    assert text.splitlines()[-1].endswith('-m pipeline.cli ' + " ".join(argv))
+    assert subprocess.run(["bash", "-n", str(smoke_run / "eval.sbatch")]).returncode == 0
+    assert (smoke_run / "records.jsonl").read_bytes() == before  # nothing measured
+
+
 def test_hostfile_launcher_trains_on_localhost_with_2_processes(tmp_path):
     """launch.sh with the hostfile 'localhost slots=2' trains here, without ssh: 2 processes (gloo), run from
     another directory, one line per job on the terminal and the launchers' logs in each job's train.log."""
@@ -303,8 +321,16 @@ def test_a_copied_run_folder_uses_its_own_drafts_from_any_directory(smoke_run, t
     assert main(argv) == 0
     methods = {r["method"] for r in read_records(copy, kind="eval") if r["method"] != "none"}
     assert len(methods) == 6 and all(Path(m.partition(":")[2]).resolve().is_relative_to(copy) for m in methods)
+    stored = [json.loads(line).get("method", "") for line in (copy / "records.jsonl").read_text().splitlines()]
+    drafted = {m for m in stored if m.startswith("draft:")}  # stored relative to the run folder: jobs/ID/tokens-N
+    assert len(drafted) == 6 and all(m.startswith("draft:jobs/") and m.count("/") == 2 for m in drafted)
+    evaluated = len(read_records(copy, kind="eval"))
+    moved = tmp_path / "moved"  # a moved folder reuses its eval records: the same 6 drafts, nothing re-measured
+    shutil.move(copy, moved)
+    assert main(["eval", "moved", *argv[2:]]) == 0
+    assert len(read_records(moved, kind="eval")) == evaluated
     law = dict(kind="train", by="draft_layers", y="heldout_accuracy")
-    assert run_fit(["elsewhere/copy"], **law) == run_fit([str(smoke_run)], **law)
+    assert run_fit(["moved"], **law) == run_fit([str(smoke_run)], **law)
 
 
 def test_a_changed_setting_is_refused_or_run_as_a_new_run(smoke_run, capsys):

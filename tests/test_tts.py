@@ -4,6 +4,8 @@ every method under the protocols, config errors, and a resumable end-to-end run 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 import torch
@@ -251,3 +253,23 @@ def test_bench_end_to_end_resumes(tmp_path):
         run_bench(load_bench(write_config(tmp_path, methods=methods, reduced={"problems": 1})), run)
     with pytest.raises(ScyllaError, match="made with problems=1"):
         run_bench(load_bench(path, full=True), run)
+
+
+def test_slurm_array_of_a_benchmark_runs_the_same_command(tmp_path, capsys):
+    """--slurm-array N writes OUT/tts-bench.sbatch: N tasks of the same command (claims share the settings); its
+    #SBATCH lines come first; it runs nothing and refuses to run outside Slurm."""
+    path, out = write_config(tmp_path), tmp_path / "run"
+    assert main(["tts-bench", path, "--out", str(out), "--slurm-array", "2", "--slurm", "partition=gpu"]) == 0
+    script = out / "tts-bench.sbatch"
+    text = script.read_text()
+    assert f"sbatch {script}" in capsys.readouterr().out and not (out / "records.jsonl").exists()
+    lines = text.splitlines()
+    first_command = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
+    assert {"#SBATCH --array=0-1", "#SBATCH --partition=gpu", "#SBATCH --ntasks=1"} <= set(lines[:first_command])
+    assert lines[-1].endswith(f"-m pipeline.cli tts-bench {path} --out {out}")  # no --slurm options in it
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    outside = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                             env={k: v for k, v in os.environ.items() if not k.startswith("SLURM_")})
+    assert outside.returncode == 2 and outside.stderr.startswith("tts-bench.sbatch: submit it with sbatch")
+    assert main(["tts-bench", path, "--out", str(out), "--slurm-array", "2", "--slurm", "gpu"]) == 2
+    assert "--slurm 'gpu': give KEY=VALUE" in capsys.readouterr().err
