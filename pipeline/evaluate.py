@@ -300,6 +300,11 @@ def evaluate(config: EvalConfig) -> int:
     timed = {}  # online settings are timed: the records say on how many threads and how busy the machine was
     if not (config.replay and set(config.temperatures) == {0.0}):
         timed = dict(threads=torch.get_num_threads(), busy_cores=warn_if_busy())
+        if cost is not None and config.device == "cpu" and cost.threads not in (None, timed["threads"]):
+            print(f"scylla: warning: {config.cost} was measured on {cost.threads} thread(s) and this evaluation runs on "
+                  f"{timed['threads']}: the relative costs of a step change with the threads (the demo's cost model "
+                  f"erred by +20% to +40% more on 1 thread with a 2-thread table), so predicted speed-ups are for "
+                  f"{cost.threads}; measure a table with scylla costs --threads {timed['threads']}", file=sys.stderr)
 
     def identity(method, source):
         base = source or _baseline_identity(method, config.seed)

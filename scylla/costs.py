@@ -73,56 +73,74 @@ def forward_seconds(model: torch.nn.Module, batch: int, tokens: int, context: in
     return statistics.median(forward_times(model, batch, tokens, context, reps, warmup, **kwargs))
 
 
-@torch.inference_mode()
+class _Forwards:
+    """One model's KV cache (RaggedKV) holding ``context`` random tokens per row of a batch: ``seconds(n)`` times one
+    forward of n new tokens per row and trims them off again, so one cache serves every timing."""
+
+    @torch.inference_mode()
+    def __init__(self, model: torch.nn.Module, batch: int, context: int, **kwargs):
+        param = next(model.parameters())
+        self.device, self.dtype, self.batch, self.kwargs = param.device, param.dtype, batch, kwargs
+        self.g = torch.Generator().manual_seed(0)
+        self.head = getattr(model, "head_config", None)  # an EAGLE head reads target features with each token
+        self.vocab = self.head.target_vocab_size if self.head else int(model.get_input_embeddings().weight.shape[0])
+        self.kv = RaggedKV(model)
+        self.kv.forward(self._tokens(context), **self._extra(context))
+
+    def _tokens(self, n: int) -> torch.Tensor:
+        return torch.randint(0, self.vocab, (1, n), generator=self.g).to(self.device).expand(self.batch, -1)
+
+    def _extra(self, n: int) -> dict:
+        if self.head is None:
+            return self.kwargs
+        width = len(self.head.feature_layers) * self.head.target_hidden_size
+        return {**self.kwargs, "features": torch.randn(self.batch, n, width, generator=self.g).to(self.device,
+                                                                                                  self.dtype)}
+
+    @torch.inference_mode()
+    def seconds(self, n: int) -> float:
+        new, extra = self._tokens(n), self._extra(n)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        self.kv.forward(new, **extra)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        self.kv.trim(self.kv.lengths - n)
+        return elapsed
+
+
 def forward_times(model: torch.nn.Module, batch: int, tokens: int, context: int, reps: int = 10,
                   warmup: int = 2, **kwargs) -> list[float]:
     """Seconds of each of ``reps`` forwards (after ``warmup``) of ``tokens`` new tokens per row on a cache of
     ``context`` tokens."""
-    param = next(model.parameters())
-    device = param.device
-    g = torch.Generator().manual_seed(0)
-    head = getattr(model, "head_config", None)  # an EAGLE head reads target features with each token
-    vocab = head.target_vocab_size if head else int(model.get_input_embeddings().weight.shape[0])
-    prefix = torch.randint(0, vocab, (1, context), generator=g).to(device).expand(batch, -1)
-    new = torch.randint(0, vocab, (1, tokens), generator=g).to(device).expand(batch, -1)
-
-    def extra(n: int) -> dict:
-        if head is None:
-            return kwargs
-        width = len(head.feature_layers) * head.target_hidden_size
-        return {**kwargs, "features": torch.randn(batch, n, width, generator=g).to(device, param.dtype)}
-
-    kv = RaggedKV(model)
-    kv.forward(prefix, **extra(context))
-    step = extra(tokens)
-    times = []
-    for _ in range(warmup + reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        kv.forward(new, **step)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-        kv.trim(kv.lengths - tokens)
-    return times[warmup:]
+    forwards = _Forwards(model, batch, context, **kwargs)
+    return [forwards.seconds(tokens) for _ in range(warmup + reps)][warmup:]
 
 
 def measure_costs(models: dict[str, torch.nn.Module], batch_sizes: list[int], tokens: list[int],
-                  contexts: list[int], reps: int = 10) -> CostTable:
-    """Every (model, batch, tokens, context) combination; the first model is the target."""
+                  contexts: list[int], reps: int = 10, warmup: int = 2) -> CostTable:
+    """Every (model, batch, tokens, context) combination; the first model is the target. Interleaved: per (batch,
+    context), each repetition times every model on every token count once, so a machine that slows down for a while
+    slows the target and the drafts alike rather than whichever was being timed (their ratios are the cost model)."""
     first = next(iter(models.values()))
     param = next(first.parameters())
     table = CostTable(device=str(param.device), dtype=str(param.dtype).replace("torch.", ""),
                       threads=torch.get_num_threads(), busy_cores=warn_if_busy())
-    for name, model in models.items():
-        for b in batch_sizes:
-            for n in tokens:
-                for c in contexts:
-                    times = forward_times(model, b, n, c, reps=reps)
-                    table.entries.append(dict(model=name, batch=b, tokens=n, context=c,
-                                              seconds=statistics.median(times), seconds_min=min(times),
-                                              seconds_max=max(times)))
+    for b in batch_sizes:
+        for c in contexts:
+            caches = {name: _Forwards(model, b, c) for name, model in models.items()}
+            times: dict[tuple[str, int], list[float]] = {(name, n): [] for name in models for n in tokens}
+            for _ in range(warmup + reps):
+                for (name, n), found in times.items():
+                    found.append(caches[name].seconds(n))
+            del caches
+            for (name, n), found in times.items():
+                kept = found[warmup:]
+                table.entries.append(dict(model=name, batch=b, tokens=n, context=c, seconds=statistics.median(kept),
+                                          seconds_min=min(kept), seconds_max=max(kept)))
+    table.entries.sort(key=lambda e: list(models).index(e["model"]))  # the target's entries first, as before
     return table
 
 

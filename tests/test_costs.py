@@ -24,6 +24,18 @@ def test_measure_save_load(target, tmp_path):
         CostTable.load(tmp_path / "bad.json")
 
 
+def test_the_cost_table_interleaves_its_models(target, monkeypatch):
+    """Each repetition times every model and token count once, per batch size (warm-up 2, reps 3: 5 cycles), so a
+    slow stretch of the machine hits the target and the draft alike; run model by model it would not."""
+    import scylla.costs as costs
+
+    calls, timed = [], costs._Forwards.seconds
+    monkeypatch.setattr(costs._Forwards, "seconds", lambda self, n: calls.append((self.kv.model, n)) or timed(self, n))
+    draft = truncated_draft(target, 1)
+    measure_costs({"target": target, "draft": draft}, batch_sizes=[1], tokens=[1, 3], contexts=[16], reps=3)
+    assert calls == [(target, 1), (target, 3), (draft, 1), (draft, 3)] * 5
+
+
 def test_predicted_speedup_formula():
     # MAT 2 with 3 drafts at 0.1 of a step each and a verify of 4 tokens costing 1.5 steps: 2 / 1.8
     assert predicted_speedup(2.0, 3, 0.1, 1.5) == pytest.approx(2.0 / 1.8)

@@ -399,13 +399,17 @@ def test_eval_replay_trees_costs_and_best_shape(smoke_run, tmp_path, capsys):
     head = find_checkpoints(smoke_run)[-1]["checkpoint"]
     cost = tmp_path / "costs.json"
     assert main(["costs", "--target", "tiny-random-llama", "--draft", f"draft:{head}", "--batch-sizes", "1,2",
-                 "--tokens", "1,2,3,7", "--contexts", "16", "--reps", "2", "--out", str(cost)]) == 0
+                 "--tokens", "1,2,3,7", "--contexts", "16", "--reps", "2", "--out", str(cost), "--threads", "2"]) == 0
     run = tmp_path / "run"
     common = ["eval", str(run), "--target", "tiny-random-llama", "--drafts", f"draft:{head}", "--baselines",
               "none,truncated:1", "--tasks", "copy",
               "--temperatures", "0", "--prompts", "2", "--max-new-tokens", "8",
               "--shapes", "chain:2;tree:top_k=2,depth=2,total_tokens=6", "--cost", str(cost)]
-    assert main(common + ["--batch-sizes", "1,2"]) == 0
+    capsys.readouterr()
+    threads = torch.get_num_threads()
+    assert main(common + ["--batch-sizes", "1,2", "--threads", "1"]) == 0
+    torch.set_num_threads(threads)
+    assert f"{cost} was measured on 2 thread(s) and this evaluation runs on 1" in capsys.readouterr().err
     assert main(common + ["--batch-sizes", "1", "--replay"]) == 0
     evals = read_records(run, kind="eval")
     online = {(r["method"], r["draft_shape"], r["batch_size"]): r for r in evals if r["mode"] == "online"}
