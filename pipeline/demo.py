@@ -33,8 +33,8 @@ SEED_SHAPE = "chain:3"  # the shape of the per-seed law table
 BATCH_SIZES = [1, 4, 16]
 FIT_PROMPTS = 16  # the fit prompt set: law 1's per-prompt units (x 2 seeds)
 SELECT_PROMPTS = 16  # the select prompt set: the top-milestone heads replayed on fresh prompts
-REPLAY_TOKENS = 32
-NEW_TOKENS = 24  # the check's, on the confirm prompt set (max(BATCH_SIZES) prompts)
+REPLAY_TOKENS = 24
+NEW_TOKENS = 20  # the check's, on the confirm prompt set (max(BATCH_SIZES) prompts)
 CALIBRATION_TOKENS = 16  # the cost model's overhead calibration, on the select set
 
 
@@ -50,10 +50,10 @@ def _costs(run_dir: Path, target_name: str, layers: list[int], width: int, draft
         target, _ = load_model(target_name)
         shapes = [parse_shape(s) for s in SHAPES]
         untrained = untrained_heads(target, layers, width, draft_vocab)  # the trained heads' shape, vocabulary included
-        draft_tokens = sorted({1} | {s.tree.top_k for s in shapes if s.tree})
-        table = measure_costs({"target": target}, BATCH_SIZES, sorted({1} | {s.verify_tokens for s in shapes}),
-                              [128], reps=5)
-        table.entries += measure_costs(untrained, BATCH_SIZES, draft_tokens, [128], reps=5).entries
+        # the target's verify sizes and the heads' draft widths, every model timed at all of them in one interleaved
+        # table (scylla.costs.measure_costs)
+        tokens = sorted({1} | {s.verify_tokens for s in shapes} | {s.tree.top_k for s in shapes if s.tree})
+        table = measure_costs({"target": target, **untrained}, BATCH_SIZES, tokens, [128], reps=5)
         table.target_quantization = target_quantization(target_name, target)
         table.save(path)
     table = CostTable.load(path)
