@@ -10,9 +10,15 @@ per step), prompt lookup (n-gram matching); each for both engines (HF: ``assista
 (--batched-draft-layers, default 2), and HF plain (HF refuses assisted generation at batch > 1). Batches of B are
 filled by cycling through the set (max(B, n) prompts).
 
-Timing: per mode, one untimed warm-up call on the mode's first batch (--warmup-tokens new tokens), then --repeats
-timed passes over all batches. tokens/s = new tokens of the pass / wall seconds of the pass (the sum of its generate
-calls, timed outside generate for both engines); the table shows the median over passes. New tokens are counted up
+Timing: per batch size, one untimed warm-up call of every mode on the first batch (--warmup-tokens new tokens), then
+--repeats interleaved rounds (raised to give at least 6 paired ratios where the prompts make few batches;
+scylla.timing.rounds_for), each a pass of every mode over all batches, the order of the modes reversed every other
+round, so that a machine that slows down or speeds up during the run touches every mode alike. tokens/s = new tokens
+of a pass / wall seconds of the pass (the sum of its generate calls, timed outside generate for both engines); the
+table shows the median over rounds. speed-up = the median paired ratio over (batch, round): the mode's tokens/s on a
+batch over the same engine's plain tokens/s on that batch in the same round, with its bootstrap 95% interval over
+batches (scylla.timing.paired_speedup); where the interval holds 1 the table says "no measurable difference".
+vs HF pairs this engine's mode with HF's same mode the same way. New tokens are counted up
 to and including EOS. MAT = new tokens / target forwards (the prefill counts). For HF, target forwards are counted
 with a forward hook on the target module (draft models are separate top-level modules: their forwards do not fire
 it; checked at start-up); HF MAT is shown at batch 1 only (a batched forward also runs finished rows). Run on an
@@ -67,6 +73,7 @@ from scylla.engine import SpeculativeDecoder  # noqa: E402
 from scylla.metrics import DecodeStats  # noqa: E402
 from scylla.models import load_model, truncated_draft  # noqa: E402
 from scylla.prompts import encode_prompts  # noqa: E402
+from scylla.timing import Speedup, paired_speedup, rounds_for  # noqa: E402
 
 DEFAULTS = dict(prompts_per_set=8, max_new_tokens=128, repeats=3, batch_sizes="1,4,8,16", draft_layers="2,4,8")
 QUICK = dict(prompts_per_set=2, max_new_tokens=32, repeats=1, batch_sizes="1,4", draft_layers="4")
@@ -157,6 +164,8 @@ class Run:
     generated: list[list[int]] = field(default_factory=list)  # per row, batch order
     index: list[int] = field(default_factory=list)  # prompt index per row
     wall_seconds: float = 0.0
+    batch_seconds: list[float] = field(default_factory=list)  # per batch: its generate call's wall seconds
+    batch_tokens: list[int] = field(default_factory=list)  # per batch: its new tokens
     cpu_seconds: float = 0.0  # this process's CPU time: well below threads x wall means other work competed
     target_forwards: int = 0  # counted by the forward hook
     stats: DecodeStats | None = None  # this engine only
@@ -257,7 +266,9 @@ def one_pass(mode: Mode, target: torch.nn.Module, batches: list[Batch], max_new_
         for batch in batches:
             t0, cpu0 = time.perf_counter(), time.process_time()
             rows = generate(batch, max_new_tokens)
-            run.wall_seconds += time.perf_counter() - t0
+            run.batch_seconds.append(time.perf_counter() - t0)
+            run.batch_tokens.append(sum(map(len, rows)))
+            run.wall_seconds += run.batch_seconds[-1]
             run.cpu_seconds += time.process_time() - cpu0
             run.generated.extend(rows)
             run.index.extend(batch.index)
@@ -266,10 +277,29 @@ def one_pass(mode: Mode, target: torch.nn.Module, batches: list[Batch], max_new_
     return run
 
 
-def measure(mode: Mode, target: torch.nn.Module, batches: list[Batch], args: argparse.Namespace) -> list[Run]:
-    """An untimed warm-up call (first batch, --warmup-tokens new tokens), then --repeats timed passes."""
-    one_pass(mode, target, batches[:1], min(args.warmup_tokens, args.max_new_tokens))
-    return [one_pass(mode, target, batches, args.max_new_tokens) for _ in range(args.repeats)]
+def measure(modes: list[Mode], target: torch.nn.Module, batches: list[Batch], args: argparse.Namespace,
+            progress) -> list[list[Run]]:
+    """Every mode's untimed warm-up call (first batch, --warmup-tokens new tokens), then interleaved rounds: a pass
+    of every mode per round, in reverse order every other round. Returns [mode][round]."""
+    for mode in modes:
+        one_pass(mode, target, batches[:1], min(args.warmup_tokens, args.max_new_tokens))
+    runs: list[list[Run]] = [[] for _ in modes]
+    rounds = rounds_for(args.repeats, len(batches))
+    for k in range(rounds):
+        for i in list(range(len(modes)))[:: -1 if k % 2 else 1]:
+            progress.set_postfix_str(f"b={len(batches[0].index)} round {k + 1}/{rounds} {modes[i].engine} "
+                                     f"{modes[i].name}")
+            runs[i].append(one_pass(modes[i], target, batches, args.max_new_tokens))
+    return runs
+
+
+def paired(runs: list[Run], baseline: list[Run]) -> Speedup:
+    """runs' tokens/s over baseline's, per batch and round (the same batch in the same round), as a Speedup."""
+    def rate(run: Run, c: int) -> float:
+        return run.batch_tokens[c] / run.batch_seconds[c]
+
+    return paired_speedup([[rate(r, c) / rate(b, c) for r, b in zip(runs, baseline)]
+                           for c in range(len(baseline[0].batch_seconds))])
 
 
 # ---------------------------------------------------------------- modes
@@ -442,10 +472,14 @@ def same_as_plain(runs: list[Run], reference: dict[int, list[int]]) -> bool:
     return all(gen == reference[i] for run in runs for gen, i in zip(run.generated, run.index))
 
 
-def summarize(set_name: str, batch: int, mode: Mode, runs: list[Run], reference, costs: dict | None) -> dict:
-    """One result row (JSON-ready); ratios are filled in later by add_ratios."""
+def summarize(set_name: str, batch: int, mode: Mode, runs: list[Run], reference, costs: dict | None,
+              plain: list[Run], hf: list[Run] | None) -> dict:
+    """One result row (JSON-ready): ``plain`` is the same engine's plain decoding, ``hf`` HF's same mode (None if
+    not run), both timed in the same rounds."""
     first = runs[0]
     stats = first.stats
+    speed_up = None if mode.name == "plain" else paired(runs, plain)  # plain: the baseline, 1 by definition
+    vs_hf = paired(runs, hf) if hf else None
     if stats is not None:
         mat, alpha = stats.mean_accepted_length, (stats.acceptance_rate if stats.drafted else None)
     else:
@@ -468,17 +502,15 @@ def summarize(set_name: str, batch: int, mode: Mode, runs: list[Run], reference,
         stats=stats.summary() if stats is not None else None,
         cost_model=costs,
         mismatched_rows=[k for k, (g, i) in enumerate(zip(first.generated, first.index)) if g != reference[i]],
+        rounds=len(runs),
+        speed_up=speed_up.median if speed_up else 1.0,
+        speed_up_ci95=list(speed_up.ci95) if speed_up else None,
+        speed_up_verdict=speed_up.verdict if speed_up else None,
+        speed_up_text=speed_up.describe() if speed_up else "1 (baseline)",
+        vs_hf=vs_hf.median if vs_hf else None,
+        vs_hf_ci95=list(vs_hf.ci95) if vs_hf else None,
+        vs_hf_text=vs_hf.describe() if vs_hf else "n/a",
     )
-
-
-def add_ratios(rows: list[dict]) -> None:
-    """speed_up (over the same engine's plain, same set and batch) and vs_hf (scylla / HF, same mode)."""
-    tps = {(r["set"], r["batch"], r["engine"], r["mode"]): r["tokens_per_second"] for r in rows}
-    for r in rows:
-        plain = tps.get((r["set"], r["batch"], r["engine"], "plain"))
-        r["speed_up"] = r["tokens_per_second"] / plain if plain else None
-        hf = tps.get((r["set"], r["batch"], "hf", r["mode"])) if r["engine"] == "scylla" else None
-        r["vs_hf"] = r["tokens_per_second"] / hf if hf else None
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -496,7 +528,8 @@ def markdown_table(rows: list[dict]) -> str:
         positions = (r["stats"] or {}).get("per_position_acceptance") or []
         cells = [
             r["set"], str(r["batch"]), r["engine"], r["mode"], _fmt(r["tokens_per_second"], 1), _fmt(r["mat"]),
-            _fmt(r["alpha"]), " ".join(_fmt(a) for a in positions[:4]) or "n/a", _fmt(r["speed_up"]), _fmt(r["vs_hf"]),
+            _fmt(r["alpha"]), " ".join(_fmt(a) for a in positions[:4]) or "n/a",
+            r["speed_up_text"], r["vs_hf_text"],
             _fmt(cm.get("iid_prediction")), _fmt(pred), error, _fmt(cm.get("step_ms"), 1),
             _fmt(cm.get("forward_ms"), 1), _fmt(cm.get("other_ms"), 1), "yes" if r["same_as_plain"] else "no",
         ]
@@ -534,14 +567,16 @@ def run_set(set_name: str, model, tokenizer, args, progress) -> tuple[list[dict]
     for batch in args.batch_sizes:
         batches = make_batches(tokenizer, texts, batch)
         modes = modes_for(batch, model, tokenizer, args)
-        for mode in modes:
-            progress.set_postfix_str(f"{set_name} b={batch} {mode.engine} {mode.name}")
-            runs = measure(mode, model, batches, args)
-            if not reference:  # this engine's plain decoding at the first batch size (1 by default)
-                reference = {i: g for g, i in zip(runs[0].generated, runs[0].index)}
-                meter = CostMeter(cost_context(batches, reference))
-            costs = cost_model(mode, runs[0], meter, model, batch)
-            rows.append(summarize(set_name, batch, mode, runs, reference, costs))
+        runs = measure(modes, model, batches, args, progress)
+        if not reference:  # this engine's plain decoding at the first batch size (1 by default)
+            reference = {i: g for g, i in zip(runs[0][0].generated, runs[0][0].index)}
+            meter = CostMeter(cost_context(batches, reference))
+        by_name = {(mode.engine, mode.name): r for mode, r in zip(modes, runs)}
+        for mode, mode_runs in zip(modes, runs):
+            costs = cost_model(mode, mode_runs[0], meter, model, batch)
+            hf = by_name.get(("hf", mode.name)) if mode.engine == "scylla" else None
+            rows.append(summarize(set_name, batch, mode, mode_runs, reference, costs,
+                                  by_name[(mode.engine, "plain")], hf))
             progress.update(1)
     for record in meter.records:
         record["set"] = set_name
@@ -554,7 +589,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sets", default="gsm,copy", help="comma-separated prompt sets: gsm, copy")
     p.add_argument("--prompts-per-set", type=int, help=f"default {DEFAULTS['prompts_per_set']}")
     p.add_argument("--max-new-tokens", type=int, help=f"default {DEFAULTS['max_new_tokens']}")
-    p.add_argument("--repeats", type=int, help=f"timed passes per mode, median reported (default {DEFAULTS['repeats']})")
+    p.add_argument("--repeats", type=int, help="interleaved timing rounds (a pass of every mode each), at least "
+                   f"enough for 6 paired ratios (default {DEFAULTS['repeats']})")
     p.add_argument("--batch-sizes", help=f"comma-separated, 1 first (default {DEFAULTS['batch_sizes']})")
     p.add_argument("--warmup-tokens", type=int, default=16, help="new tokens of each mode's untimed warm-up call")
     p.add_argument("--quick", action="store_true", help="smoke test: 2 prompts, 32 tokens, 1 repeat, batch 1,4, K=4")
@@ -624,13 +660,13 @@ def main(argv: list[str] | None = None) -> int:
             set_rows, set_costs = run_set(set_name, model, tokenizer, args, progress)
             rows += set_rows
             costs += set_costs
-    add_ratios(rows)
     elapsed = time.perf_counter() - started
     print("Measured forward costs (median; through this engine's KV cache):\n")
     print(costs_table(costs))
     print(
         f"\nResults ({args.target}, greedy, max_new_tokens={args.max_new_tokens}, {args.prompts_per_set} prompts per "
-        f"set, median of {args.repeats} timed pass(es), {args.threads} threads):\n"
+        f"set, {args.repeats}+ interleaved rounds, speed-up = median paired ratio [95% interval over batches], "
+        f"{args.threads} threads):\n"
     )
     print(markdown_table(rows))
     print(f"\nNote: {HF_BATCHED_NOTE} iid pred = (1 - a^(g+1)) / ((1 - a)(g c + v)), a model, not a bound; "

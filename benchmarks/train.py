@@ -3,11 +3,13 @@
     python benchmarks/train.py                     # SmolLM2-135M target, 1-layer 256-wide head
     python benchmarks/train.py --target tiny-random-llama --steps 5 --repeats 1   # a quick smoke run
 
-Rows (median tokens/s over --repeats, each after one untimed step):
+Rows (median tokens/s over --repeats interleaved rounds, each round timing every row once, in reverse order every
+other round, after one untimed step of each):
 - plain torch: the head, AdamW, the same objective (train.pretrain_draft.Objective), features from the store;
 - deepspeed: the same through train.pretrain_draft.Trainer (deepspeed.initialize, ZeRO stage --zero);
 - in-step features: the plain loop, but the target's forward runs inside every step instead of the store.
-Ratios: deepspeed / plain (the trainer's overhead) and store / in-step (the per-step gain of the feature store).
+Ratios: deepspeed / plain (the trainer's overhead) and store / in-step (the per-step gain of the feature store),
+each the median of its per-round paired ratios with a bootstrap 95% interval over rounds (scylla.timing).
 A sweep of J heads over the same data pays the target forward once instead of J times: its gain is printed too.
 """
 
@@ -26,22 +28,27 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scylla.timing import paired_speedup  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.pretrain_draft import (  # noqa: E402
     Objective, Trainer, block_order, build_draft, ensure_distributed_env, prepare_data,
 )
 
 
-def timed_steps(step, steps: int, repeats: int, tokens_per_step: int) -> float:
-    """Median tokens/s of ``steps`` calls of step(i), over repeats, after one warm-up call."""
-    step(0)
-    rates = []
+def interleaved_rates(rows: dict[str, tuple], repeats: int, tokens_per_step: int) -> dict[str, list[float]]:
+    """rows: name -> (step(i), steps). Tokens/s of each row per round: one warm-up call each, then ``repeats``
+    rounds timing ``steps`` calls of every row, the order reversed every other round."""
+    for step, _ in rows.values():
+        step(0)
+    rates: dict[str, list[float]] = {name: [] for name in rows}
     for r in range(repeats):
-        start = time.perf_counter()
-        for i in range(steps):
-            step(1 + r * steps + i)
-        rates.append(steps * tokens_per_step / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for name in list(rows)[:: -1 if r % 2 else 1]:
+            step, steps = rows[name]
+            start = time.perf_counter()
+            for i in range(steps):
+                step(1 + r * steps + i)
+            rates[name].append(steps * tokens_per_step / (time.perf_counter() - start))
+    return rates
 
 
 def main() -> None:
@@ -117,21 +124,23 @@ def main() -> None:
         trainer.engine.backward(loss)
         trainer.engine.step()
 
-    rows = {
-        "plain torch (feature store)": timed_steps(plain_step, args.steps, args.repeats, tokens_per_step),
-        f"deepspeed ZeRO-{args.zero} (feature store)": timed_steps(deepspeed_step, args.steps, args.repeats,
-                                                               tokens_per_step),
-        "plain torch (target forward in each step)": timed_steps(lambda i: plain_step(i, True), args.in_step_steps,
-                                                                 args.repeats, tokens_per_step),
-    }
-    plain, ds, in_step = rows.values()
+    rates = interleaved_rates({
+        "plain torch (feature store)": (plain_step, args.steps),
+        f"deepspeed ZeRO-{args.zero} (feature store)": (deepspeed_step, args.steps),
+        "plain torch (target forward in each step)": (lambda i: plain_step(i, True), args.in_step_steps),
+    }, args.repeats, tokens_per_step)
+    rows = {name: statistics.median(r) for name, r in rates.items()}
+    plain, _, in_step = rows.values()
+    plain_rates, ds_rates, in_step_rates = rates.values()
+    paired = {name: paired_speedup([[a / b for a, b in zip(over, under)]])  # one chunk: the interval is over rounds
+              for name, over, under in (("deepspeed_over_plain", ds_rates, plain_rates),
+                                        ("store_over_in_step", plain_rates, in_step_rates))}
     store_rate = len(data.train) * args.block_size / store_seconds
     # One sweep of J heads, each trained on T tokens: store once (its unique tokens) + J x T at the store rate,
     # against J x T at the in-step rate. Reported per unique-token epoch (T = the store's tokens).
     T, J = len(data.train) * args.block_size, args.sweep_heads
     sweep_gain = (J * T / in_step) / (T / store_rate + J * T / plain)
-    ratios = {"deepspeed_over_plain": ds / plain, "store_over_in_step": plain / in_step,
-              f"sweep_of_{J}_heads_gain": sweep_gain}
+    ratios = {**{name: p.median for name, p in paired.items()}, f"sweep_of_{J}_heads_gain": sweep_gain}
     print(f"target {args.target}, head {args.layers} layer(s) x {args.width}, {tokens_per_step} tokens/step, "
           f"{args.threads} threads; feature store: {T} tokens in {store_seconds:.1f}s ({store_rate:.0f} tokens/s)")
     print("\n| trainer | tokens/s |\n|---|---|")
@@ -139,8 +148,9 @@ def main() -> None:
         print(f"| {name} | {rate:.0f} |")
     print("\n| ratio | value |\n|---|---|")
     for name, value in ratios.items():
-        print(f"| {name} | {value:.2f} |")
-    write_json_atomic(args.json, {"args": vars(args), "tokens_per_second": rows, "ratios": ratios,
+        print(f"| {name} | {paired[name].describe() if name in paired else f'{value:.2f}'} |")
+    write_json_atomic(args.json, {"args": vars(args), "tokens_per_second": rows, "rates_per_round": rates,
+                                  "ratios": ratios, "ratios_ci95": {n: list(p.ci95) for n, p in paired.items()},
                                   "store_seconds": store_seconds})
     torch.distributed.destroy_process_group()
 
