@@ -245,6 +245,23 @@ def test_hostfile_launcher_trains_on_localhost_with_2_processes(tmp_path):
     assert keys(run_dir) == {k for k in EXPECTED if k[1] == "eagle-layers1"}
 
 
+def test_an_evaluation_shards_its_settings_over_a_hostfile_launch(tmp_path):
+    """The DeepSpeed launcher on the hostfile 'localhost slots=2' runs one eval in 2 processes (README, "Many
+    machines"): each setting is measured once, by one of them, and the other names it as held."""
+    (tmp_path / "hostfile").write_text("localhost slots=2\n")
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "deepspeed.launcher.runner", "--hostfile", str(tmp_path / "hostfile"),
+            "--no_ssh_check", "--master_addr", "127.0.0.1", "--no_local_rank", "--module", "pipeline.cli", "eval",
+            str(run), "--drafts", "truncated:1", "--target", "tiny-random-llama", "--tasks", "copy", "--temperatures",
+            "0", "--batch-sizes", "1,2", "--baselines", "none", "--prompts", "2", "--max-new-tokens", "4"]
+    proc = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dist_world_size=2" in proc.stdout + proc.stderr
+    measured = [(r["method"], r["batch_size"]) for r in read_records(run, kind="eval")]
+    assert sorted(measured) == [("none", 1), ("none", 2), ("truncated:1", 1), ("truncated:1", 2)]
+
+
 def test_a_job_s_output_goes_to_its_log_and_its_error_to_one_line(tmp_path):
     """A local job's output (DeepSpeed's, wandb's, the trainer's) goes to its train.log; the sweep's bar gets the
     job's step counts, and a failure is summed up by the job's last error line of this launch."""
