@@ -337,9 +337,9 @@ def method_as_read(method: str, run_dir: str | Path = ".") -> str:
     """A record's ``method`` as the code compares and loads it: a draft folder named relative to ``run_dir`` (how
     records store it, ``method_as_stored``; or, in older records, as typed at launch) becomes that folder's path
     relative to the working directory (absolute when outside it), normalised, so the same draft has one name
-    whichever run folder's records
-    name it, and a copied or moved run folder names its own drafts. Other methods (and folders that no longer exist,
-    or hub ids) are returned as they are. ``method_as_read(spec)`` normalises a spec typed on the command line."""
+    whichever run folder's records name it, and a copied or moved run folder names its own drafts. Other methods
+    (and folders that no longer exist, or hub ids) are returned as they are. ``method_as_read(spec)`` normalises a
+    spec typed on the command line."""
     split = _split_draft(method)
     folder = checkpoint_folder(run_dir, split[1]) if split else None
     if folder is None:
