@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from scylla.claims import claim, claim_path
+from scylla.claims import claim, claim_path, report_held
 from scylla.config import Config
 from scylla.costs import CostTable, step_cost
 from scylla.data.prompt_sets import PROMPT_SETS, problem_set
@@ -368,9 +368,7 @@ def evaluate(config: EvalConfig) -> int:
                 elsewhere.append(f"{task} T={temperature:g} batch {batch} ({holder})")
                 continue
             written += measure(settings)
-    if elsewhere:
-        print(f"scylla: {len(elsewhere)} setting(s) left to the processes measuring them: {'; '.join(elsewhere)}; "
-              "re-run when they finish to check that nothing is missing", file=sys.stderr)
+    report_held(elsewhere)
     return written
 
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from paper_figs.tts import tts_table_rows
 from scylla.atomic import atomic_path, write_json_atomic
-from scylla.claims import claim, claim_path
+from scylla.claims import claim, claim_path, report_held
 from scylla.data.tasks import get_task
 from scylla.drafters.eagle import is_head_folder
 from scylla.drafters.eagle3_format import is_eagle3_folder
@@ -445,9 +445,7 @@ def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[i
                                file=sys.stderr)
                 written += append_record(run_dir, record)
     bar.close()
-    if elsewhere:
-        print(f"scylla: {len(elsewhere)} setting(s) left to the processes measuring them: {'; '.join(elsewhere)}; "
-              "re-run when they finish to check that nothing is missing", file=sys.stderr)
+    report_held(elsewhere)
     return written, write_table(run_dir, config)
 
 

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,3 +45,10 @@ def claim_path(run_dir: str | Path, *key) -> Path:
     unique (a hash of the whole key)."""
     readable = "".join(c if c.isalnum() or c in "." else "-" for c in "_".join(map(str, key)))
     return Path(run_dir) / "claims" / f"{readable[:80]}-{hashlib.sha1(repr(key).encode()).hexdigest()[:8]}.lock"
+
+
+def report_held(held: list[str]) -> None:
+    """One stderr line naming the units of work (with their holders) that this process left to others."""
+    if held:
+        print(f"scylla: {len(held)} setting(s) left to the processes measuring them: {'; '.join(held)}; "
+              "re-run when they finish to check that nothing is missing", file=sys.stderr)
