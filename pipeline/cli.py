@@ -19,7 +19,7 @@ from pipeline.sweep import array_script, load_sweep, run_sweep
 from pipeline.tts_bench import bench_dir, load_bench, run_bench
 import scylla
 from scylla.atomic import atomic_path, write_json_atomic
-from scylla.costs import calibrate, measure_costs, untrained_heads
+from scylla.costs import calibrate, measure_cost_tables, table_path, untrained_heads
 from scylla.data.prompt_sets import PROMPT_SETS
 from scylla.drafters.eagle import EagleDrafter, EagleHead, read_head_config
 from scylla.drafters.eagle3_format import export_eagle3, exportable
@@ -28,6 +28,7 @@ from scylla.drafters.tree import TREE_FORM, parse_tree
 from scylla.engine import SpeculativeDecoder
 from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.metrics import DecodeStats
+from scylla.dtypes import parse_dtypes
 from scylla.models import check_device, load_model, target_quantization
 from scylla.prompts import encode_prompts, read_prompts
 from scylla.records import read_records
@@ -186,25 +187,32 @@ def cmd_costs(args: argparse.Namespace) -> int:
     if args.calibrate and not any(r.get("step_seconds") for r in online):
         raise InputError(f"--calibrate: {', '.join(args.calibrate)} holds no online eval records with step_seconds; "
                          "run scylla eval there first (without --replay)")
-    target, _ = load_model(args.target, device=args.device, dtype=args.dtype)
-    models = {"target": target}
-    for spec in args.draft or []:
-        d = drafter_from_spec(spec, target, device=args.device, dtype=args.dtype)
-        models[spec] = d.head if isinstance(d, EagleDrafter) else d.model
-    models.update(untrained_heads(target, args.head_layers or [], args.head_width, args.head_vocab))
-    table = measure_costs(models, args.batch_sizes, args.tokens, args.contexts, reps=args.reps)
-    table.target_quantization = target_quantization(args.target, target)
-    if args.calibrate:
-        table = calibrate(table, online)
-        print("per-step correction (ms), by batch size: " + "; ".join(
-            f"{b}: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in o.items()) for b, o in table.overhead.items()))
-        print("batch lag (steps of a batch / steps of its average row), by batch size: " + "; ".join(
-            f"{b}: " + ", ".join(f"{k} {v:.2f}" for k, v in o.items()) for b, o in table.lag.items()))
-    table.save(args.out)
-    for e in table.entries:
-        print(f"{e['model'][-24:]:>24}  batch {e['batch']:>3}  tokens {e['tokens']:>3}  context {e['context']:>5}  "
-              f"{1000 * e['seconds']:.2f} ms")
-    print(f"wrote {args.out}")
+    dtypes = parse_dtypes(args.dtype, args.device)
+    models = {}
+    for dtype in dtypes:
+        target, _ = load_model(args.target, device=args.device, dtype=dtype)
+        models[dtype] = {"target": target}
+        for spec in args.draft or []:
+            d = drafter_from_spec(spec, target, device=args.device, dtype=dtype)
+            models[dtype][spec] = d.head if isinstance(d, EagleDrafter) else d.model
+        models[dtype].update(untrained_heads(target, args.head_layers or [], args.head_width, args.head_vocab))
+    tables = measure_cost_tables(models, args.batch_sizes, args.tokens, args.contexts, reps=args.reps)
+    for dtype, table in tables.items():
+        table.target_quantization = target_quantization(args.target, models[dtype]["target"])
+        if args.calibrate:
+            table = calibrate(table, online)
+            print(f"[{dtype}] per-step correction (ms), by batch size: " + "; ".join(
+                f"{b}: " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in o.items()) for b, o in table.overhead.items()))
+            print(f"[{dtype}] batch lag (steps of a batch / steps of its average row), by batch size: " + "; ".join(
+                f"{b}: " + ", ".join(f"{k} {v:.2f}" for k, v in o.items()) for b, o in table.lag.items()))
+        out = table_path(args.out, dtype) if len(tables) > 1 else Path(args.out)
+        table.save(out)
+        one = {e["batch"]: e["seconds"] for e in table.entries if e["model"] == "target" and e["tokens"] == 1}
+        for e in table.entries:
+            relative = f"  ({e['seconds'] / one[e['batch']]:.2f}x a 1-token target step)" if e["batch"] in one else ""
+            print(f"[{dtype}] {e['model'][-24:]:>24}  batch {e['batch']:>3}  tokens {e['tokens']:>3}  context "
+                  f"{e['context']:>5}  {1000 * e['seconds']:.2f} ms{relative}")
+        print(f"wrote {out} ({dtype}, {table.cpu_capability or table.device})")
     return 0
 
 
@@ -351,7 +359,9 @@ THREAD_ARGS.add_argument("--threads", type=int, default=None,
                          help="torch CPU threads (default: the free cores, or OMP_NUM_THREADS); see scylla/threads.py")
 MODEL_ARGS = argparse.ArgumentParser(add_help=False, parents=[THREAD_ARGS])
 MODEL_ARGS.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
-MODEL_ARGS.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
+MODEL_ARGS.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bfloat16 on CUDA and on CPUs "
+                        "with bf16 units, else float32; $SCYLLA_DTYPE overrides it; scylla.dtypes); costs takes "
+                        "several, comma-separated, and writes one table per dtype")
 
 
 def _generate_parser(sub) -> None:

@@ -6,6 +6,9 @@ shape and mode:
 - mode "online": decoding by the engine, timed; the speed-up is over plain decoding measured in the same call, at
   the same task, temperature and batch size, in interleaved rounds with paired ratios (scylla.timing): the record
   holds the median ratio, its 95% interval and a verdict ("no measurable difference" when the interval holds 1).
+  Plain decoding is timed in every dtype of ``baseline_dtypes`` (float32 and bfloat16 on a CPU with bf16 units,
+  scylla.dtypes.plain_dtypes) and every speed-up is over the faster of them (``baseline_dtype``), so that a dtype
+  never wins by slowing the baseline.
 - mode "replay" (T=0 only, ``replay=True``): exact counts by scylla.replay (the fast path for sweeps), no timing.
 With a cost table (scylla.costs) each record also carries the speed-up the cost model predicts from its MAT.
 Finished measurements (their record exists) are skipped, so a killed evaluation resumes. ``best_settings`` reads
@@ -30,6 +33,7 @@ from scylla.data.prompt_sets import PROMPT_SETS, problem_set
 from scylla.data.tasks import get_task
 from scylla.drafters.spec import drafter_from_spec, parse_spec
 from scylla.drafters.tree import TREE_FORM, TreeShape, parse_tree
+from scylla.dtypes import cpu_capability, dtype_name, plain_dtypes
 from scylla.engine import SpeculativeDecoder
 from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.metrics import DecodeStats
@@ -43,7 +47,7 @@ from scylla.timing import Speedup, paired_speedup, rounds_for
 
 DEFAULT_BASELINES = ("none", "prompt-lookup")
 # Eval settings outside the record key: records measured with other values are not the same measurement.
-CHANGEABLE = ("n_prompts", "max_new_tokens", "seed", "target_quantization", "device")
+CHANGEABLE = ("n_prompts", "max_new_tokens", "seed", "target_quantization", "device", "cpu_capability")
 SETTING = ("task", "prompt_set", "temperature", "batch_size", "mode")  # one setting: measured under one claim
 IDENTITY = ("run_id", "sweep", "drafter_type", "draft_layers", "draft_width", "draft_params",
             "draft_params_with_embeddings", "train_tokens", "data", "config_hash")
@@ -111,7 +115,8 @@ class EvalConfig(Config):
     cost: str | None = None
     seed: int = 0
     device: str = "cpu"
-    dtype: str | None = None
+    dtype: str | None = None  # the dtype of the target and drafts; None: scylla.dtypes.default_dtype
+    baseline_dtypes: list[str] | None = None  # plain decoding's, online; None: scylla.dtypes.plain_dtypes
     selection: dict | None = None  # a Scylla configuration's choice per batch size (pipeline/select.py); not read here
 
     def validate(self) -> None:
@@ -124,6 +129,11 @@ class EvalConfig(Config):
         self.require(self.repeats >= 1, "repeats", f"must be >= 1, got {self.repeats}")
         self.require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         self.require(min(self.temperatures) >= 0, "temperatures", f"must be >= 0, got {self.temperatures}")
+        for dtype in [self.dtype] + list(self.baseline_dtypes or []):
+            try:
+                dtype_name(dtype, self.device)
+            except ScyllaError as err:
+                raise ConfigError(f"dtype: {err}") from None
         for key, check, values in (("tasks", get_task, self.tasks), ("shapes", parse_shape, self.shapes),
                                    ("drafts", parse_spec, self.drafts or []),
                                    ("baselines", parse_spec, self.baselines)):
@@ -173,17 +183,29 @@ def _predicted(cost, method: str, shape: DraftShape, batch: int, mat: float) -> 
 
 class _Runner:
     """Decodes one method on one task's prompts, batch by batch (replayed when given the greedy references);
-    each draft loads once, since shapes are drafter settings."""
+    each draft loads once, since shapes are drafter settings. ``targets``: the target in each dtype it runs in
+    (``config.dtype`` first; plain decoding's other baseline dtypes load when first timed)."""
 
-    def __init__(self, config: EvalConfig, target, tokenizer, texts: dict[str, list[str]]):
-        self.config, self.target, self.tokenizer, self.texts = config, target, tokenizer, texts
+    def __init__(self, config: EvalConfig, targets: dict, tokenizer, texts: dict[str, list[str]], target_name: str):
+        self.config, self.targets, self.tokenizer, self.texts = config, targets, tokenizer, texts
+        self.target_name = target_name
+        self.dtype = next(iter(targets))  # the methods' dtype
         self.cache: dict = {}
         self.features: dict = {}  # the target's hidden states per replayed prompt, shared by every head
+
+    @property
+    def target(self):
+        return self.targets[self.dtype]
+
+    def target_in(self, dtype: str):
+        if dtype not in self.targets:
+            self.targets[dtype] = load_model(self.target_name, device=self.config.device, dtype=dtype)[0]
+        return self.targets[dtype]
 
     def drafter(self, spec: str, shape: DraftShape):
         if (spec, shape) not in self.cache:
             self.cache[(spec, shape)] = drafter_from_spec(spec, self.target, shape.num_draft_tokens,
-                                                          device=self.config.device, dtype=self.config.dtype,
+                                                          device=self.config.device, dtype=self.dtype,
                                                           tree=shape.tree)
         return self.cache[(spec, shape)]
 
@@ -197,10 +219,12 @@ class _Runner:
         return dict(max_new_tokens=self.config.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
                     pad_token_id=self.tokenizer.pad_token_id)
 
-    def _generate(self, method: str, shape: DraftShape, ids, mask, temperature: float, start: int):
+    def _generate(self, method: str, shape: DraftShape, ids, mask, temperature: float, start: int,
+                  dtype: str | None = None):
         d = None if method == "none" else self.drafter(method, shape)
-        return SpeculativeDecoder(self.target, d).generate(ids, mask, temperature=temperature,
-                                                           seed=self.config.seed + start, **self._kwargs())
+        target = self.target_in(dtype or self.dtype)
+        return SpeculativeDecoder(target, d).generate(ids, mask, temperature=temperature,
+                                                      seed=self.config.seed + start, **self._kwargs())
 
     def __call__(self, method: str, shape: DraftShape, task: str, temperature: float, batch: int,
                  references: list[list[int]] | None = None) -> tuple[DecodeStats, list[list[int]]]:
@@ -217,38 +241,42 @@ class _Runner:
                 generated += out.generated
         return DecodeStats.merge(parts), generated
 
-    def rounds(self, methods: list[tuple[str, DraftShape]], task: str, temperature: float,
-               batch: int) -> tuple[list[DecodeStats], list[tuple[float, float, float]],
-                                    list[tuple[Speedup, list[list[float]]]]]:
-        """Plain decoding and ``methods`` timed in interleaved rounds (``config.repeats``, raised by
-        scylla.timing.rounds_for where the prompts make few batches): per method,
-        its first round's stats, its median tokens/s, seconds per decoding step and paired speed-up with the
-        prefill excluded (what the cost model predicts) over rounds, and its paired speed-up over plain with the
-        ratios behind it ([chunk][round]); plain first."""
-        runs = [("none", DraftShape(num_draft_tokens=0))] + methods
+    def rounds(self, methods: list[tuple[str, DraftShape]], task: str, temperature: float, batch: int,
+               plain_dtypes: list[str]) -> tuple[list[DecodeStats], list[tuple[float, float, float]],
+                                                 list[tuple[Speedup, list[list[float]]]], str]:
+        """Plain decoding in each of ``plain_dtypes`` and ``methods`` (in the runner's dtype) timed in interleaved
+        rounds (``config.repeats``, raised by scylla.timing.rounds_for where the prompts make few batches): per run,
+        plain ones first, its first round's stats, its median tokens/s, seconds per decoding step and paired speed-up
+        with the prefill excluded (what the cost model predicts) over rounds, and its paired speed-up over the
+        baseline with the ratios behind it ([chunk][round]); and the baseline's dtype: the plain decoding with the
+        highest median tokens/s."""
+        runs = [("none", DraftShape(num_draft_tokens=0), d) for d in plain_dtypes]
+        runs += [(m, shape, self.dtype) for m, shape in methods]
         chunks = list(self._chunks(task, batch))
         repeats = rounds_for(self.config.repeats, len(chunks))
-        rounds = [[[] for _ in range(repeats)] for _ in runs]  # [run][round]: its chunks' stats
-        ratios = [[[] for _ in chunks] for _ in runs]
-        decode_ratios: list[list[float]] = [[] for _ in runs]  # the same, prefill excluded
+        timed = [[[None] * repeats for _ in chunks] for _ in runs]  # [run][chunk][round]
         bar = tqdm(total=repeats * len(chunks), desc=f"{task} batch {batch}: timing rounds", unit="batch",
                    leave=False)
         for k in range(repeats):
             for c, (start, ids, mask) in enumerate(chunks):
                 bar.update()
-                timed = {}
                 for i in list(range(len(runs)))[:: -1 if k % 2 else 1]:
-                    timed[i] = self._generate(*runs[i], ids, mask, temperature, start).stats
-                    rounds[i][k].append(timed[i])
-                for i in range(len(runs)):
-                    ratios[i][c].append(timed[i].tokens_per_second / timed[0].tokens_per_second)
-                    decode_ratios[i].append(timed[i].decode_tokens_per_second / timed[0].decode_tokens_per_second)
+                    method, shape, dtype = runs[i]
+                    timed[i][c][k] = self._generate(method, shape, ids, mask, temperature, start, dtype).stats
         bar.close()
-        merged = [[DecodeStats.merge(parts) for parts in run] for run in rounds]  # [run][round]
+        merged = [[DecodeStats.merge([run[c][k] for c in range(len(chunks))]) for k in range(repeats)]
+                  for run in timed]  # [run][round]
+        base = max(range(len(plain_dtypes)), key=lambda i: np.median([m.tokens_per_second for m in merged[i]]))
+
+        def paired(i: int, rate: str) -> list[list[float]]:
+            return [[getattr(timed[i][c][k], rate) / getattr(timed[base][c][k], rate) for k in range(repeats)]
+                    for c in range(len(chunks))]
+
+        ratios = [paired(i, "tokens_per_second") for i in range(len(runs))]
         tps = [(float(np.median([m.tokens_per_second for m in run])),
-                float(np.median([m.step_seconds or 0.0 for m in run])), float(np.median(d)))
-               for run, d in zip(merged, decode_ratios)]
-        return [run[0] for run in merged], tps, [(paired_speedup(r), r) for r in ratios]
+                float(np.median([m.step_seconds or 0.0 for m in run])),
+                float(np.median(paired(i, "decode_tokens_per_second")))) for i, run in enumerate(merged)]
+        return [run[0] for run in merged], tps, [(paired_speedup(r), r) for r in ratios], plain_dtypes[base]
 
 
 def _metrics(s: DecodeStats, predicted: float | None, prompt_ids: list[str], tps: float | None = None,
@@ -291,15 +319,23 @@ def evaluate(config: EvalConfig) -> int:
     target_name = config.target or (trained[0]["target"] if trained else "smollm2-135m")
     cost = CostTable.load(config.cost) if config.cost else None
     texts = {task: [p.prompt for p in problem_set(task, config.prompt_set, config.prompts)] for task in config.tasks}
-    target, tokenizer = load_model(target_name, device=config.device, dtype=config.dtype)
+    dtype = dtype_name(config.dtype, config.device)
+    baseline_dtypes = [dtype_name(d, config.device) for d in config.baseline_dtypes or plain_dtypes(config.device)]
+    baseline_dtypes = list(dict.fromkeys(baseline_dtypes + [dtype]))  # plain decoding in the methods' own dtype too
+    target, tokenizer = load_model(target_name, device=config.device, dtype=dtype)
     quantization = target_quantization(target_name, target)
+    capability = cpu_capability() if torch.device(config.device).type == "cpu" else None
     shapes = [parse_shape(s) for s in config.shapes]
     methods = [(b, None, shape) for b in config.baselines if b != "none" for shape in shapes]
     methods += [(spec, source, shape) for spec, source in sources for shape in shapes]
-    run = _Runner(config, target, tokenizer, texts)
+    run = _Runner(config, {dtype: target}, tokenizer, texts, target_name)
     timed = {}  # online settings are timed: the records say on how many threads and how busy the machine was
     if not (config.replay and set(config.temperatures) == {0.0}):
         timed = dict(threads=torch.get_num_threads(), busy_cores=warn_if_busy())
+        if cost is not None and cost.dtype != dtype:
+            print(f"scylla: warning: {config.cost} was measured in {cost.dtype} and this evaluation runs in {dtype}: "
+                  f"predicted speed-ups are for {cost.dtype} (measure a table with scylla costs --dtype {dtype})",
+                  file=sys.stderr)
         if cost is not None and config.device == "cpu" and cost.threads not in (None, timed["threads"]):
             print(f"scylla: warning: {config.cost} was measured on {cost.threads} thread(s) and this evaluation runs on "
                   f"{timed['threads']}: the relative costs of a step change with the threads (the demo's cost model "
@@ -320,30 +356,34 @@ def evaluate(config: EvalConfig) -> int:
         done = {record_key(r) for r in previous}
         written = 0
 
-        def record(method, source, shape, **metrics):
+        def record(method, source, shape, in_dtype=dtype, **metrics):
             return new_record("eval", **identity(method, source), target=target_name, seed=config.seed,
-                              method=method_as_read(method), **settings, **shape.fields(), **metrics)
+                              method=method_as_read(method), **settings, dtype=in_dtype, **shape.fields(), **metrics)
 
         _refuse_changed_settings(run_dir, previous, {**settings, "seed": config.seed})
 
         todo = [m for m in methods if record_key(record(*m)) not in done]
-        plain_key = record_key(record("none", None, plain_shape))
-        if not todo and plain_key in done:
+        # online: plain decoding in each baseline dtype (the faster is every speed-up's baseline); replay: its own
+        plain_runs = baseline_dtypes if mode == "online" else [dtype]
+        plain_todo = [d for d in plain_runs if record_key(record("none", None, plain_shape, d)) not in done]
+        if not todo and not plain_todo:
             return 0
         ids = [prompt_id(t) for t in texts[task]]
-        todo = [("none", None, plain_shape)] * (plain_key not in done) + todo
         if mode == "online":  # every method timed against plain decoding in interleaved rounds
-            stats, tps, speedups = run.rounds([(m, shape) for m, _, shape in todo if m != "none"], task, temperature,
-                                              batch)
-            if todo[0][0] != "none":
-                stats, tps, speedups = stats[1:], tps[1:], speedups[1:]
-            for (method, source, shape), s, t, (up, ratios) in zip(todo, stats, tps, speedups):
+            stats, tps, speedups, base = run.rounds([(m, shape) for m, _, shape in todo], task, temperature, batch,
+                                                    plain_runs)
+            runs = [("none", None, plain_shape, d) for d in plain_runs] + [(*m, dtype) for m in todo]
+            for (method, source, shape, in_dtype), s, t, (up, ratios) in zip(runs, stats, tps, speedups):
+                if method == "none" and in_dtype not in plain_todo:
+                    continue
                 predicted = _predicted(cost, method, shape, batch, s.mean_accepted_length)
-                new = record(method, source, shape, **_metrics(s, predicted, ids, t[0], up, len(ratios[0]), ratios),
-                             step_seconds=t[1], decode_speedup=t[2], prefill_share=s.prefill_seconds / s.wall_seconds,
-                             **timed)
+                new = record(method, source, shape, in_dtype,
+                             **_metrics(s, predicted, ids, t[0], up, len(ratios[0]), ratios), step_seconds=t[1],
+                             decode_speedup=t[2], prefill_share=s.prefill_seconds / s.wall_seconds,
+                             baseline_dtype=base, **timed)
                 written += append_record(run_dir, new)
             return written
+        todo = [("none", None, plain_shape)] * bool(plain_todo) + todo
         # Replay: plain decoding gives the greedy references every draft is replayed on.
         plain, references = run("none", plain_shape, task, temperature, batch)
         for method, source, shape in tqdm(todo, desc=f"{task} T={temperature} batch {batch}", unit="method",
@@ -362,7 +402,7 @@ def evaluate(config: EvalConfig) -> int:
             continue  # replay counts do not depend on the batch size: one set of records per task
         settings = dict(task=task, temperature=temperature, batch_size=batch, mode=mode, device=config.device,
                         prompt_set=config.prompt_set, n_prompts=len(texts[task]), max_new_tokens=config.max_new_tokens,
-                        target_quantization=quantization)
+                        target_quantization=quantization, cpu_capability=capability)
         with claim(_claim_path(run_dir, settings)) as holder:
             if holder:  # another process (a shard, a second eval) is measuring this setting now
                 elsewhere.append(f"{task} T={temperature:g} batch {batch} ({holder})")

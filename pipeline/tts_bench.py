@@ -41,6 +41,7 @@ from scylla.drafters.eagle import is_head_folder
 from scylla.drafters.eagle3_format import is_eagle3_folder
 from scylla.drafters.spec import drafter_from_spec, parse_spec
 from scylla.drafters.tree import TreeShape, parse_tree
+from scylla.dtypes import cpu_capability, dtype_name
 from scylla.engine import SpeculativeDecoder
 from scylla.config import Config, read_yaml
 from scylla.errors import ConfigError, InputError, ScyllaError
@@ -387,13 +388,15 @@ def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[i
     run_dir = bench_dir(config, run_dir)
     previous = read_records(run_dir, kind="tts") if records_path(run_dir).is_file() else []
     settings = _guard(run_dir, config, {r["method"] for r in previous})
-    target, tokenizer = load_model(config.target, device=config.device, dtype=config.dtype)
+    dtype = dtype_name(config.dtype, config.device)
+    target, tokenizer = load_model(config.target, device=config.device, dtype=dtype)
     quantization = target_quantization(config.target, target)
+    capability = None if str(config.device).startswith("cuda") else cpu_capability()
     warn_if_busy()
 
     def drafter(method: Method):  # built afresh per record: drafters with state (pools) start empty
         return drafter_from_spec(method.spec, target, method.num_draft_tokens, device=config.device,
-                                 dtype=config.dtype, tree=method.tree)
+                                 dtype=dtype, tree=method.tree)
 
     ids, mask = encode_prompts(tokenizer, ["Say hello."], device=config.device)
     for method in config.methods:  # fail before measuring anything, and warm up: every draft loads, fits, decodes
@@ -419,7 +422,7 @@ def run_bench(config: BenchConfig, run_dir: str | Path | None = None) -> tuple[i
             for method in config.methods:
                 fields = dict(task=task_name, temperature=setting.temperature, batch_size=setting.batch_size,
                               method=method.label, paradigm=setting.paradigm,
-                              target_quantization=quantization)
+                              target_quantization=quantization, dtype=dtype, cpu_capability=capability)
                 records[method.label] = new_record("tts", **_identity(method, config), **fields)
             missing = [m for m in config.methods if record_key(records[m.label]) not in done]
             if not missing:

@@ -23,6 +23,7 @@ import torch
 
 from scylla.atomic import write_json_atomic
 from scylla.drafters.eagle import EagleConfig, EagleHead
+from scylla.dtypes import cpu_capability
 from scylla.errors import InputError
 from scylla.threads import warn_if_busy
 from scylla.kv import RaggedKV
@@ -44,6 +45,7 @@ class CostTable:
     lag: dict = field(default_factory=dict)
     threads: int | None = None  # torch's CPU threads while measuring, and the cores other processes kept busy
     busy_cores: float | None = None
+    cpu_capability: str | None = None  # scylla.dtypes.cpu_capability on a CPU (e.g. AVX512-BF16); None on CUDA
 
     def nearest(self, model: str, batch: int, tokens: int, context: int | None = None, bound: str = "") -> float:
         """The cost at this model, batch and tokens, at the measured context nearest to ``context`` (None: the
@@ -65,6 +67,12 @@ class CostTable:
             return cls(**json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, TypeError) as err:
             raise InputError(f"{path} is not a cost table ({type(err).__name__})") from None
+
+
+def table_path(out: str | Path, dtype: str) -> Path:
+    """Where ``scylla costs --dtype A,B --out costs.json`` writes the table of ``dtype``: costs.DTYPE.json."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.{dtype}{out.suffix or '.json'}")
 
 
 def forward_seconds(model: torch.nn.Module, batch: int, tokens: int, context: int, reps: int = 10,
@@ -121,27 +129,40 @@ def forward_times(model: torch.nn.Module, batch: int, tokens: int, context: int,
 
 def measure_costs(models: dict[str, torch.nn.Module], batch_sizes: list[int], tokens: list[int],
                   contexts: list[int], reps: int = 10, warmup: int = 2) -> CostTable:
-    """Every (model, batch, tokens, context) combination; the first model is the target. Interleaved: per (batch,
-    context), each repetition times every model on every token count once, so a machine that slows down for a while
-    slows the target and the drafts alike rather than whichever was being timed (their ratios are the cost model)."""
-    first = next(iter(models.values()))
-    param = next(first.parameters())
-    table = CostTable(device=str(param.device), dtype=str(param.dtype).replace("torch.", ""),
-                      threads=torch.get_num_threads(), busy_cores=warn_if_busy())
+    """Every (model, batch, tokens, context) combination; the first model is the target (measure_cost_tables)."""
+    param = next(next(iter(models.values())).parameters())
+    dtype = str(param.dtype).removeprefix("torch.")
+    return measure_cost_tables({dtype: models}, batch_sizes, tokens, contexts, reps, warmup)[dtype]
+
+
+def measure_cost_tables(models: dict[str, dict[str, torch.nn.Module]], batch_sizes: list[int], tokens: list[int],
+                        contexts: list[int], reps: int = 10, warmup: int = 2) -> dict[str, CostTable]:
+    """One table per dtype of ``models`` ({dtype: {name: model}}, the target first in each): every (model, batch,
+    tokens, context) combination. Interleaved across models and dtypes: per (batch, context), each repetition times
+    every model of every dtype on every token count once, so a machine that slows down for a while slows the target
+    and the drafts, and float32 and bfloat16, alike rather than whichever was being timed (their ratios are the cost
+    model, and the choice of dtype per batch size)."""
+    param = next(next(iter(next(iter(models.values())).values())).parameters())
+    timed = dict(threads=torch.get_num_threads(), busy_cores=warn_if_busy(),
+                 cpu_capability=cpu_capability() if param.device.type == "cpu" else None)
+    tables = {d: CostTable(device=str(param.device), dtype=d, **timed) for d in models}
+    flat = {(d, name): model for d, named in models.items() for name, model in named.items()}
     for b in batch_sizes:
         for c in contexts:
-            caches = {name: _Forwards(model, b, c) for name, model in models.items()}
-            times: dict[tuple[str, int], list[float]] = {(name, n): [] for name in models for n in tokens}
+            caches = {key: _Forwards(model, b, c) for key, model in flat.items()}
+            times: dict[tuple, list[float]] = {(key, n): [] for key in flat for n in tokens}
             for _ in range(warmup + reps):
-                for (name, n), found in times.items():
-                    found.append(caches[name].seconds(n))
+                for (key, n), found in times.items():
+                    found.append(caches[key].seconds(n))
             del caches
-            for (name, n), found in times.items():
+            for ((d, name), n), found in times.items():
                 kept = found[warmup:]
-                table.entries.append(dict(model=name, batch=b, tokens=n, context=c, seconds=statistics.median(kept),
-                                          seconds_min=min(kept), seconds_max=max(kept)))
-    table.entries.sort(key=lambda e: list(models).index(e["model"]))  # the target's entries first, as before
-    return table
+                tables[d].entries.append(dict(model=name, batch=b, tokens=n, context=c,
+                                              seconds=statistics.median(kept), seconds_min=min(kept),
+                                              seconds_max=max(kept)))
+    for d, table in tables.items():
+        table.entries.sort(key=lambda e: list(models[d]).index(e["model"]))  # the target's entries first
+    return tables
 
 
 def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int, draft_forwards: int = 0,
@@ -192,12 +213,12 @@ def batch_lag(record: dict) -> float | None:
 def calibrate(cost: "CostTable", records: list[dict]) -> "CostTable":
     """The table with a per-step overhead and lag fitted from online eval records: per batch size, separately for
     plain decoding, chains and trees, the median over records of (their measured seconds per decoding step,
-    ``step_seconds``, prefill excluded - the table's forwards), and of their ``batch_lag``. Records of drafters
-    whose costs the table lacks are skipped."""
+    ``step_seconds``, prefill excluded - the table's forwards), and of their ``batch_lag``. Records in another dtype
+    than the table's, and of drafters whose costs the table lacks, are skipped."""
     gaps: dict[str, dict[str, list[float]]] = {}
     lags: dict[str, dict[str, list[float]]] = {}
     for r in records:
-        if r.get("mode") != "online" or not r.get("step_seconds"):
+        if r.get("mode") != "online" or not r.get("step_seconds") or r.get("dtype", "float32") != cost.dtype:
             continue
         try:
             predicted = _forward_seconds(cost, r)

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from scylla.atomic import atomic_folder
+from scylla.dtypes import resolve_dtype
 from scylla.errors import InputError
 
 
@@ -99,18 +100,6 @@ def check_model_folder(path: str | os.PathLike) -> None:
     if not any(folder.glob("*.safetensors")):  # pickled weights (pytorch_model.bin) are never loaded
         raise InputError(f"{path} has no model.safetensors (no *.safetensors at all; pickled weights are never "
                          "loaded): point at a complete model or draft folder, e.g. a sweep's jobs/ID/tokens-N")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
-    """None means float32 on CPU (bf16 matmuls are ~150x slower there) and bfloat16 on CUDA."""
-    if dtype is None:
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    value = getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype):
-        raise InputError(f"unknown dtype {dtype!r}: use float32, bfloat16 or float16")
-    return value
 
 
 def packaged_source(alias: str) -> Path:

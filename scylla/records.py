@@ -42,7 +42,7 @@ REQUIRED = {
     "time": "str",
 }
 # part of the key of eval and tts records (None when absent)
-EVAL_KEY_FIELDS = ("task", "prompt_set", "temperature", "batch_size", "method", "draft_shape", "mode")
+EVAL_KEY_FIELDS = ("task", "prompt_set", "temperature", "batch_size", "method", "draft_shape", "mode", "dtype")
 TTS_KEY_FIELDS = EVAL_KEY_FIELDS + ("paradigm",)  # tts records: also the test-time-scaling protocol
 _ALLOWED = "numbers, strings, bools, null, lists of those or flat dicts of those"
 
@@ -180,9 +180,18 @@ def _key_fields(kind: str) -> tuple[str, ...]:
 
 def record_key(record: dict) -> tuple:
     """What makes a record unique: (kind, run_id, train_tokens), plus task, prompt_set, temperature, batch_size,
-    method, draft_shape, mode (None when absent) for eval and tts records, and paradigm for tts records."""
+    method, draft_shape, mode, dtype (None when absent) for eval and tts records, and paradigm for tts records.
+    Records written before the dtype was recorded were measured in that device's default of the time (float32 on
+    CPU, bfloat16 on CUDA)."""
     key = (record["kind"], record["run_id"], record["train_tokens"])
-    return key + tuple(record.get(name) for name in _key_fields(record["kind"]))
+    return key + tuple(_key_value(record, name) for name in _key_fields(record["kind"]))
+
+
+def _key_value(record: dict, name: str):
+    value = record.get(name)
+    if name == "dtype" and value is None:
+        return "bfloat16" if str(record.get("device", "cpu")).startswith("cuda") else "float32"
+    return value
 
 
 def records_path(path_or_run_dir: str | Path) -> Path:

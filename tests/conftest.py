@@ -14,6 +14,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Every stage's default dtype is pinned to float32 (scylla.dtypes: bfloat16 on CPUs with bf16 units), so that the exact
+# greedy-identity tests stay exact; the bf16 tests (tests/test_bf16.py) ask for bfloat16 by name.
+os.environ.setdefault("SCYLLA_DTYPE", "float32")
 
 import pytest
 import torch

@@ -121,8 +121,11 @@ def test_duplicates_are_refused(tmp_path):
     assert append_record(tmp_path, eval_record(method=None))
     assert not append_record(tmp_path, {k: v for k, v in eval_record().items() if k != "method"})
     assert len(read_records(tmp_path)) == 5
+    # a record without a dtype was measured in float32 (the CPU default before scylla.dtypes): the same measurement
     assert record_key(eval_record()) == ("eval", "eagle-l2-w512", 1_000_000, "gsm", None, 0.0, 1, "chain", None,
-                                         None)
+                                         None, "float32")
+    assert not append_record(tmp_path, eval_record(dtype="float32"))
+    assert append_record(tmp_path, eval_record(dtype="bfloat16"))  # a bf16 eval is not a done fp32 one
     # The same checkpoint on two prompt sets keeps both records.
     assert append_record(tmp_path, eval_record(prompt_set="select"))
     assert record_key(train_record()) == ("train", "eagle-l2-w512", 1_000_000)

@@ -87,7 +87,7 @@ class TrainConfig(Config):
     zero_stage: int = 0
     processes: int = 1  # the job's world size (deepspeed processes); the sweep sets it from its grid
     device: str = "cpu"
-    dtype: str = ""  # "": float32 on CPU, bfloat16 on CUDA
+    dtype: str = ""  # "": scylla.dtypes.default_dtype (bfloat16 on CUDA and on CPUs with bf16 units, else float32)
     feature_cache: str = ""  # "": RUN_DIR/features
     wandb: str = "offline"  # offline | online | disabled
     data: DataConfig = field(default_factory=DataConfig)

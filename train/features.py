@@ -1,7 +1,8 @@
 """Target features computed once and reused by every draft of a sweep (the target's forward dominates the cost).
 
 A store is a folder of shards, ``shard-00000.safetensors`` ..., each holding ``tokens`` (n, T) int64 and, per
-target layer i in ``layers``, ``layer_{i}`` (n, T, H) float16. Shards are written atomically, so a killed build
+target layer i in ``layers``, ``layer_{i}`` (n, T, H): float16 from a float32 target, bfloat16 from a bfloat16 one
+(whose values fit float16's range but not its exponent-rounding; ``meta.json`` says which). Shards are written atomically, so a killed build
 resumes at the first missing shard; ``meta.json`` (written last) marks the store complete.
 """
 
@@ -77,6 +78,7 @@ def build_feature_store(
     folder.mkdir(parents=True, exist_ok=True)
     device = next(target.parameters()).device
     body = target.base_model  # the hidden states without the LM head (a fifth of SmolLM2's forward)
+    stored = torch.bfloat16 if next(target.parameters()).dtype == torch.bfloat16 else torch.float16
     n_shards = (len(blocks) + shard_blocks - 1) // shard_blocks
     for i in tqdm(range(n_shards), desc="target features", unit="shard"):
         path = folder / f"shard-{i:05d}.safetensors"
@@ -87,12 +89,13 @@ def build_feature_store(
         for start in range(0, len(chunk), batch_blocks):
             hs = body(chunk[start : start + batch_blocks].to(device), output_hidden_states=True).hidden_states
             for layer in layers:
-                per_layer[layer].append(hs[layer].to("cpu", torch.float16))
+                per_layer[layer].append(hs[layer].to("cpu", stored))
         tensors = {"tokens": chunk.contiguous()}
         tensors.update({f"layer_{layer}": torch.cat(v).contiguous() for layer, v in per_layer.items()})
         with atomic_path(path) as tmp:
             save_file(tensors, tmp)
     meta = {"blocks": len(blocks), "block_size": int(blocks.shape[1]), "layers": list(layers),
-            "shard_blocks": shard_blocks, "hidden_size": int(target.config.hidden_size)}
+            "shard_blocks": shard_blocks, "hidden_size": int(target.config.hidden_size),
+            "dtype": str(stored).removeprefix("torch.")}
     write_json_atomic(folder / "meta.json", meta)
     return FeatureStore(folder)

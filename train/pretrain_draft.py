@@ -29,6 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from scylla.atomic import atomic_folder
 from scylla.drafters import DraftModel, EagleDrafter
 from scylla.drafters.eagle import EagleConfig, EagleHead
+from scylla.dtypes import cpu_capability, dtype_name
 from scylla.engine import SpeculativeDecoder
 from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.models import load_model, target_quantization
@@ -70,9 +71,11 @@ class Data:
 
 
 def data_key(cfg: TrainConfig) -> list:
-    """What the blocks depend on: jobs with the same key share data, on-policy responses and features."""
+    """What the blocks depend on: jobs with the same key share data, on-policy responses and features (both computed
+    by the target in ``cfg.dtype``, so the dtype is part of the key)."""
     d = cfg.data
     key = [cfg.target, d.source, d.examples, d.heldout, d.block_size, d.chat]
+    key += [dtype] if (dtype := dtype_name(cfg.dtype or None, cfg.device)) != "float32" else []  # float32: the old key
     return key + (["onpolicy", d.onpolicy_max_new_tokens] if d.onpolicy else [])
 
 
@@ -84,7 +87,8 @@ def prepare_data(cfg: TrainConfig, tokenizer, vocab_size: int, target=None) -> D
     train_ds, held_ds = split_heldout(corpus, cfg.data.heldout, seed=0)
     truncated = 0
     if cfg.data.onpolicy:
-        cache = onpolicy_cache(cfg.target, cfg.data.onpolicy_max_new_tokens, cfg.data.chat)
+        cache = onpolicy_cache(cfg.target, cfg.data.onpolicy_max_new_tokens, cfg.data.chat,
+                               dtype_name(cfg.dtype or None, cfg.device))
         train_ds, held_ds = (regenerate_responses(ds, target, tokenizer, cache, cfg.data.onpolicy_max_new_tokens,
                                                   chat=cfg.data.chat) for ds in (train_ds, held_ds))
         truncated = sum(train_ds["truncated"])
@@ -379,7 +383,7 @@ def run(cfg: TrainConfig) -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if cfg.device.startswith("cuda"):
         cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    cfg.dtype = cfg.dtype or ("bfloat16" if cfg.device.startswith("cuda") else "float32")
+    cfg.dtype = dtype_name(cfg.dtype or None, cfg.device)  # scylla.dtypes decides the default
     if world != cfg.processes:
         raise ConfigError(f"{cfg.job_dir / 'job.yaml'}: processes: the job says {cfg.processes}, it was launched "
                           f"with {world}: set processes to the launcher's world size")
@@ -428,7 +432,7 @@ def run(cfg: TrainConfig) -> None:
             card = {"target": cfg.target, "drafter": cfg.drafter, "train_tokens": milestone, "layers": cfg.layers,
                     "width": cfg.width or target.config.hidden_size, "draft_params": params, "data": cfg.data.source,
                     "seed": cfg.seed, "run_id": cfg.run_id, "schedule": cfg.schedule, "loss": cfg.optim.loss,
-                    "layout": cfg.layout, "unroll": cfg.unroll}
+                    "layout": cfg.layout, "unroll": cfg.unroll, "dtype": cfg.dtype}
             folder = cfg.job_dir / f"tokens-{milestone}"
             save_draft(cfg, model, tokenizer, folder, card)
             record = new_record(
@@ -442,6 +446,7 @@ def run(cfg: TrainConfig) -> None:
                 loss_type=cfg.optim.loss, lr_peak=cfg.optim.lr, feature_layers=list(cfg.feature_layers),
                 layout=cfg.layout, unroll=cfg.unroll, unroll_decay=cfg.unroll_decay,
                 feature_weight=cfg.optim.feature_weight,
+                dtype=cfg.dtype, cpu_capability=cpu_capability() if cfg.device == "cpu" else None,
                 draft_vocab_size=len(data.draft_vocab), unique_tokens=data.unique_tokens,
                 epochs=milestone / data.unique_tokens, truncated_responses=data.truncated_responses,
                 **train_metrics, **metrics,

@@ -30,9 +30,11 @@ from scylla.prompts import encode_prompts
 BATCH_SIZES = (8, 16, 32, 64)
 
 
-def onpolicy_cache(target: str, max_new_tokens: int, chat: bool) -> Path:
-    """The shared cache file of the target's responses at this token limit: $SCYLLA_CACHE/onpolicy/KEY.jsonl."""
-    key = hashlib.sha1(json.dumps([str(target), max_new_tokens, chat]).encode()).hexdigest()[:16]
+def onpolicy_cache(target: str, max_new_tokens: int, chat: bool, dtype: str = "float32") -> Path:
+    """The shared cache file of the target's responses at this token limit, generated in ``dtype`` (greedy text
+    differs between dtypes at near-ties): $SCYLLA_CACHE/onpolicy/KEY.jsonl."""
+    parts = [str(target), max_new_tokens, chat] + ([dtype] if dtype != "float32" else [])  # float32: the old key
+    key = hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
     return cache_dir() / "onpolicy" / f"{key}.jsonl"
 
 
