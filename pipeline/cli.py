@@ -8,34 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from fit.cli import run_fit
-from paper_figs.all import all_figures, missing_families
-from pipeline.demo import run_demo
-from pipeline.evaluate import EvalConfig, best_settings, evaluate, parse_shape
-from pipeline.select import pays, run_selection, selection_for
-from pipeline.sweep import array_script, load_sweep, run_sweep
-from pipeline.tts_bench import bench_dir, load_bench, run_bench
 import scylla
-from scylla.atomic import atomic_path, write_json_atomic
-from scylla.costs import calibrate, measure_costs, untrained_heads
+from scylla.atomic import atomic_path
 from scylla.data.prompt_sets import PROMPT_SETS
-from scylla.drafters.eagle import EagleDrafter, EagleHead, read_head_config
-from scylla.drafters.eagle3_format import export_eagle3, exportable
-from scylla.drafters.spec import SPECS, check_spec, drafter_from_spec, parse_spec
-from scylla.drafters.tree import TREE_FORM, parse_tree
-from scylla.engine import SpeculativeDecoder
 from scylla.errors import ConfigError, InputError, ScyllaError
-from scylla.metrics import DecodeStats
-from scylla.models import check_device, load_model, target_quantization
-from scylla.prompts import encode_prompts, read_prompts
-from scylla.records import read_records
-from scylla.sampling import SamplingConfig
-from scylla.selection import read_scylla_config
-from scylla.threads import use_threads
-from scylla.timing import MIN_RATIOS, Speedup
+from scylla.specs import SPECS, TREE_FORM, parse_spec, parse_tree
+from scylla.timing import MIN_RATIOS
 
+# Only light modules above: `scylla --help` and argument errors answer before torch, transformers, statsmodels or
+# matplotlib load. Each verb imports what it needs when it runs.
 
 def _positive(kind):
     def parse(text: str):
@@ -78,6 +59,17 @@ def _refuse_max_ngram_without_lookup(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pipeline.evaluate import parse_shape
+    from pipeline.select import selection_for
+    from scylla.atomic import write_json_atomic
+    from scylla.drafters.spec import check_spec, drafter_from_spec
+    from scylla.engine import SpeculativeDecoder
+    from scylla.metrics import DecodeStats
+    from scylla.models import load_model
+    from scylla.prompts import encode_prompts, read_prompts
+    from scylla.sampling import SamplingConfig
 
     SamplingConfig(args.temperature, args.top_k, args.top_p)  # fail fast, before loading models
     _refuse_meaningless_flags(args)
@@ -130,6 +122,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline.sweep import load_sweep, run_sweep
+
     sweep = load_sweep(args.grid, args.run_dir)
     for line in run_sweep(sweep, dry_run=args.dry_run, rerun_changed=args.rerun_changed):
         print(line)
@@ -137,6 +131,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from fit.cli import run_fit
+
     lines = run_fit(
         args.run_dirs,
         x=args.x,
@@ -156,6 +152,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_figs(args: argparse.Namespace) -> int:
+    from paper_figs.all import all_figures, missing_families
+    from scylla.records import read_records
+
     records = [r for run_dir in args.run_dirs for r in read_records(run_dir)]
     paths = all_figures(records, Path(args.out), scylla_config=args.config)
     for path in paths:
@@ -179,6 +178,12 @@ def _ints(text: str) -> list[int]:
 
 
 def cmd_costs(args: argparse.Namespace) -> int:
+    from scylla.costs import calibrate, measure_costs, untrained_heads
+    from scylla.drafters.eagle import EagleDrafter
+    from scylla.drafters.spec import check_spec, drafter_from_spec
+    from scylla.models import load_model, target_quantization
+    from scylla.records import read_records
+
     for spec in args.draft or []:
         if check_spec(spec)[0] not in ("truncated", "draft"):
             raise InputError(f"--draft takes truncated:K or draft:PATH (a draft LM or head), got {spec!r}")
@@ -221,6 +226,8 @@ EVAL_SETTINGS = ("drafts", "target", "tasks", "temperatures", "batch_sizes", "sh
 
 def _write_array(args: argparse.Namespace, run_dir: str | Path) -> int:
     """--slurm-array N: write RUN_DIR/NAME.sbatch running this command (without the --slurm options) in N tasks."""
+    from pipeline.sweep import array_script
+
     options = dict(_key_value(o) for o in args.slurm)
     script = Path(run_dir) / f"{args.command}.sbatch"
     argv, tokens = [], iter(args.argv)
@@ -248,6 +255,9 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import EvalConfig, best_settings, evaluate
+    from scylla.selection import read_scylla_config
+
     if args.config:
         given = [f"--{k.replace('_', '-')}" for k in EVAL_SETTINGS if getattr(args, k) != args.default_of(k)]
         if given:
@@ -276,6 +286,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    from pipeline.select import pays, run_selection
+    from scylla.records import read_records
+    from scylla.timing import Speedup
+
     run_dirs = args.run_dir or []
     target = args.target or next((r["target"] for d in run_dirs for r in read_records(d, kind="train")),
                                  "smollm2-135m")
@@ -309,11 +323,17 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
     print(f"report: {run_demo(args.run_dir, args.grid)}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from scylla.drafters.eagle import EagleHead, read_head_config
+    from scylla.drafters.eagle3_format import export_eagle3, exportable
+    from scylla.models import load_model
+
     exportable(read_head_config(args.head_dir))  # refuse before loading anything
     target_name = args.target
     if target_name is None:
@@ -337,6 +357,8 @@ def _tree(text: str):
 
 
 def cmd_tts_bench(args: argparse.Namespace) -> int:
+    from pipeline.tts_bench import bench_dir, load_bench, run_bench
+
     config = load_bench(args.config, full=args.full)
     if args.slurm_array:
         return _write_array(args, bench_dir(config, args.out))
@@ -397,7 +419,8 @@ def _fit_parser(sub) -> None:
     fit.add_argument("--y", default="mean_accepted_length", help="y field (default mean_accepted_length)")
     fit.add_argument("--by", help="comma-separated fields: one fit per combination (default: one fit)")
     fit.add_argument("--where", action="append", help="keep records with these fields, e.g. task=gsm,temperature=0")
-    fit.add_argument("--kind", choices=("train", "eval", "tts"), help="keep records of this kind only")
+    fit.add_argument("--kind", choices=("train", "eval", "tts"), help="keep records of this kind only (default: "
+                     "every kind)")
     fit.add_argument("--robust", action="store_true", help="Huber M-estimate instead of OLS")
     fit.add_argument("--bootstrap", type=int, default=0, metavar="N", help="N resamples for a bootstrap slope CI")
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the saturating fit's starts")
@@ -510,7 +533,8 @@ def _export_parser(sub) -> None:
 
 def _figs_parser(sub) -> None:
     figs = sub.add_parser("figs", help="draw every figure and table (laws 1-3, per task, throughput) from records")
-    figs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    figs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or records .jsonl files) "
+                      "to draw from; several targets: law 1 on one plot, the rest per target")
     figs.add_argument("--out", default="paper_figs/out", help="output folder (default paper_figs/out, ignored by git)")
     figs.add_argument("--config", help="a Scylla configuration (scylla select): which draft is Scylla's")
     figs.set_defaults(func=cmd_figs)
@@ -531,7 +555,8 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+        if ("default" in text.lower() or action.default is None or action.default is False or action.default == []
+                or action.default == argparse.SUPPRESS or not action.option_strings
                 or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
             return text
         shown = ",".join(map(str, action.default)) if isinstance(action.default, list) else action.default
@@ -539,7 +564,8 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scylla", description="Speculative decoding research toolkit.")
+    parser = argparse.ArgumentParser(prog="scylla", description="Speculative decoding research toolkit.",
+                                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"scylla {scylla.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
@@ -552,8 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _figs_parser(sub)
     _tts_bench_parser(sub)
-    for command in sub.choices.values():
+    for verb in sub._choices_actions:  # each verb's help line heads its own help page too
+        command = sub.choices[verb.dest]
+        command.description = command.description or f"{verb.help[0].upper()}{verb.help[1:]}."
         command.formatter_class = _DefaultsFormatter
+        command.allow_abbrev = False  # --prompts is not --prompts-file
     return parser
 
 
@@ -584,9 +613,13 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "threads"):
         if args.threads is not None and args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
+        from scylla.threads import use_threads
+
         use_threads(args.threads)
     try:
         if getattr(args, "device", None):
+            from scylla.models import check_device
+
             check_device(args.device)
         flag, folder = OUTPUTS.get(args.command, ("", False))
         path = getattr(args, flag.lstrip("-").replace("-", "_").lower(), None)

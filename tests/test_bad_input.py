@@ -109,12 +109,12 @@ def test_bad_input_is_one_line_and_exit_2(inputs, argv, message, capsys, monkeyp
 
 def test_ctrl_c_prints_what_was_kept_and_how_to_resume(tmp_path, capsys, monkeypatch):
     """A KeyboardInterrupt inside a long verb: one line, exit 130, no traceback."""
-    import pipeline.cli
+    import pipeline.evaluate
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline.cli, "evaluate", interrupted)
+    monkeypatch.setattr(pipeline.evaluate, "evaluate", interrupted)
     assert main(["eval", str(tmp_path), "--tasks", "gsm"]) == 130
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("scylla: interrupted: ")

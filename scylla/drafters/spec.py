@@ -13,33 +13,8 @@ from scylla.drafters.eagle3_format import eagle3_hub_folder, is_eagle3_folder, l
 from scylla.drafters.hybrid import HybridDrafter
 from scylla.drafters.prompt_lookup import PromptLookup
 from scylla.drafters.suffix import SuffixDrafter, SuffixPool
-from scylla.drafters.tree import TreeShape
-from scylla.errors import ConfigError
 from scylla.models import ALIASES, check_model_folder, is_local, load_model, truncated_draft
-
-
-SPECS = ("none, truncated:K, prompt-lookup, suffix (suffix automaton with a pool), hybrid:SPEC (suffix where it "
-         "matches >= 4 tokens, else SPEC), draft:PATH (a draft LM, a trained head folder or an EAGLE-3 folder)")
-
-
-def parse_spec(spec: str) -> tuple[str, str]:
-    """Split and check a spec without loading anything: (kind, argument). For hybrid:SPEC the argument is SPEC,
-    checked too."""
-    kind, _, arg = spec.partition(":")
-    if kind == "truncated" and not arg.isdigit():
-        raise ConfigError(f"bad drafter {spec!r}: truncated:K needs a layer count, e.g. truncated:4")
-    if kind == "hybrid":
-        if not arg:
-            raise ConfigError(f"bad drafter {spec!r}: hybrid:SPEC needs a fallback drafter, e.g. hybrid:truncated:4")
-        inner, _ = parse_spec(arg)
-        if inner in ("none", "suffix", "hybrid"):
-            raise ConfigError(f"bad drafter {spec!r}: the fallback of hybrid:SPEC drafts where the suffix drafter "
-                              f"does not, so it cannot be {inner}; e.g. hybrid:draft:PATH")
-        return kind, arg
-    valid = {"none": not arg, "prompt-lookup": not arg, "suffix": not arg, "truncated": True, "draft": bool(arg)}
-    if not valid.get(kind, False):
-        raise ConfigError(f"unknown drafter {spec!r}: use one of {SPECS}")
-    return kind, arg
+from scylla.specs import TreeShape, parse_spec
 
 
 def check_spec(spec: str) -> tuple[str, str]:
