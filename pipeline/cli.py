@@ -12,6 +12,7 @@ import scylla
 from scylla.atomic import atomic_path
 from scylla.data.prompt_sets import PROMPT_SETS
 from scylla.errors import ConfigError, InputError, ScyllaError
+from scylla.records import RECORDS_FILE
 from scylla.specs import SPECS, TREE_FORM, parse_spec, parse_tree
 from scylla.timing import MIN_RATIOS
 
@@ -330,11 +331,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from scylla.atomic import check_replaceable
     from scylla.drafters.eagle import EagleHead, read_head_config
-    from scylla.drafters.eagle3_format import export_eagle3, exportable
+    from scylla.drafters.eagle3_format import EXPORT, export_eagle3, exportable
     from scylla.models import load_model
 
     exportable(read_head_config(args.head_dir))  # refuse before loading anything
+    check_replaceable(args.out, EXPORT, args.force, sources=[args.head_dir])
     target_name = args.target
     if target_name is None:
         try:
@@ -344,7 +347,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     target, _ = load_model(target_name, device=args.device, dtype=args.dtype)
     head = EagleHead.load(args.head_dir, target)
     export_eagle3(head, args.out, int(target.config.num_hidden_layers),
-                  target.get_input_embeddings().weight if args.with_embeddings else None)
+                  target.get_input_embeddings().weight if args.with_embeddings else None, force=args.force)
     print(f"wrote {args.out}: an EAGLE-3 head for {target_name} (serving it: docs/export.md)")
     return 0
 
@@ -524,7 +527,9 @@ def _export_parser(sub) -> None:
     ex.add_argument("head_dir", metavar="HEAD_DIR", help="a trained head folder (layout eagle3, one layer)")
     ex.add_argument("--format", choices=("eagle3",), default="eagle3",
                     help="eagle3: LlamaForCausalLMEagle3, read by vLLM, SGLang and speculators")
-    ex.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
+    ex.add_argument("--out", required=True, help="the folder to write: new, empty or an earlier export (replaced)")
+    ex.add_argument("--force", action="store_true", help="replace --out whatever it holds, unless it holds records, "
+                    "the head or the current folder")
     ex.add_argument("--target", help="the head's target (default: the one its card.json names)")
     ex.add_argument("--with-embeddings", action="store_true",
                     help="also write the target's token embedding (engines otherwise share the target's)")
@@ -596,6 +601,8 @@ def check_output(path: str, folder: bool, flag: str) -> None:
     """Refuse, before any work, an output path that cannot be written: a file where a folder goes (or the other way
     round), or no writable folder to create it in."""
     target = Path(path)
+    if not folder and target.name == RECORDS_FILE:
+        raise InputError(f"{flag} {target} would replace a run's records: give another path")
     if target.exists() and target.is_dir() != folder:
         raise InputError(f"{flag} {target} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'}"
                          " path")

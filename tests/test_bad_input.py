@@ -30,6 +30,7 @@ CASES = [
     (["costs", "--target", "tiny-random-llama", "--out", "{T}/file.txt/costs.json"], "is not a writable folder"),
     (["fit", "{T}/empty", "--json", "{T}"], "--json {T} is a folder"),
     (["fit", "{T}/empty", "--json", "{T}/file.txt/fits.json"], "is not a writable folder"),
+    (["fit", "{T}/empty", "--json", "{T}/empty/records.jsonl"], "would replace a run's records"),
     (["figs", "{T}/empty", "--out", "{T}/file.txt"], "--out {T}/file.txt is a file; give a folder path"),
     (["select", "--fits", "{T}/fits.json", "--cost", "{T}/costs.json", "--out", "{T}"], "--out {T} is a folder"),
     (["tts-bench", "experiments/tts.yaml", "--out", "{T}/file.txt"], "--out {T}/file.txt is a file"),
@@ -119,3 +120,65 @@ def test_ctrl_c_prints_what_was_kept_and_how_to_resume(tmp_path, capsys, monkeyp
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("scylla: interrupted: ")
     assert "kept" in lines[0] and "run the same command again" in lines[0]
+
+
+def tree_of(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def head_dir(tmp_path_factory) -> Path:
+    """A one-layer eagle3 head whose card names its tiny target folder, beside a run folder and a folder of notes."""
+    from transformers import AutoTokenizer
+
+    from conftest import tiny_llama
+    from scylla.models import tiny_random_folder
+    from test_export import make_head
+
+    root = tmp_path_factory.mktemp("export")
+    target = tiny_llama(vocab_size=64, layers=4, hidden=32, seed=5)
+    target.save_pretrained(root / "target")
+    AutoTokenizer.from_pretrained(tiny_random_folder()).save_pretrained(root / "target")
+    make_head(target).save(root / "head", card={"target": str(root / "target")})
+    (root / "run" / "jobs").mkdir(parents=True)
+    (root / "run" / "records.jsonl").write_text('{"kind": "train"}\n')
+    (root / "notes" / "sub").mkdir(parents=True)
+    (root / "notes" / "notes.txt").write_text("mine")
+    (root / "notes" / "sub" / "data.bin").write_bytes(b"\0\1")
+    return root / "head"
+
+
+@pytest.mark.parametrize("out, force, message", [
+    ("notes", False, "is not empty and is no EAGLE-3 export scylla wrote: give a new or empty folder, or --force"),
+    ("run", False, "holds records (records.jsonl)"),
+    ("run", True, "holds records (records.jsonl)"),
+    ("head", True, "is the source"),
+    ("", True, "is a folder holding the source"),
+    (".", True, "is the current folder or one above it"),
+])
+def test_export_never_replaces_what_it_did_not_write(head_dir, out, force, message, capsys, monkeypatch):
+    """`scylla export HEAD --out DIR` deleted whatever DIR held (issue 28): now one line, exit 2, nothing lost."""
+    root = head_dir.parent
+    monkeypatch.chdir(root / "notes" if out == "." else ROOT)
+    before = tree_of(root)
+    code = main(["export", str(head_dir), "--out", out if out == "." else str(root / out)] + ["--force"] * force)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("scylla: error: ") and message in lines[0], lines
+    assert tree_of(root) == before and not [p for p in root.rglob(".*") if p.name != ".scylla-output"]
+
+
+def test_export_replaces_its_own_export_or_with_force_and_writes_usual_permissions(head_dir, tmp_path, capsys):
+    """An earlier export is replaced; another folder only with --force; folders 0777 and files 0666 less the umask."""
+    umask = os.umask(0o022)
+    try:
+        out = tmp_path / "notes"
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        assert main(["export", str(head_dir), "--out", str(out), "--force"]) == 0
+        assert not (out / "notes.txt").exists() and (out / "model.safetensors").exists()
+        assert main(["export", str(head_dir), "--out", str(out)]) == 0  # its own export: replaced without --force
+        assert out.stat().st_mode & 0o777 == 0o755
+        assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
+    finally:
+        os.umask(umask)

@@ -65,11 +65,15 @@ def _feature_indices(feature_layers: list[int], target_layers: int) -> list[int]
     return indices
 
 
+EXPORT = "EAGLE-3 export"  # the kind of output (scylla.atomic) an export folder is: only an export replaces it
+
+
 def export_eagle3(head: EagleHead, out: str | os.PathLike, target_layers: int,
-                  embed_tokens: torch.Tensor | None = None) -> None:
+                  embed_tokens: torch.Tensor | None = None, force: bool = False) -> None:
     """Write ``head`` (layout eagle3, one layer) as an EAGLE-3 folder, atomically. target_layers: the target's
     num_hidden_layers (to check and number the feature layers); embed_tokens (V, H): the target's input embedding,
-    written as ``embed_tokens.weight`` if given (the engines otherwise share the target's)."""
+    written as ``embed_tokens.weight`` if given (the engines otherwise share the target's). An existing ``out``
+    is replaced only if it is an earlier export or empty, or with ``force`` (scylla.atomic.check_replaceable)."""
     c = head.head_config
     exportable(c)
     indices = _feature_indices(c.feature_layers, target_layers)
@@ -116,7 +120,7 @@ def export_eagle3(head: EagleHead, out: str | os.PathLike, target_layers: int,
         "eagle_aux_hidden_state_layer_ids": layers,
         "eagle_config": {"eagle_aux_hidden_state_layer_ids": [i - 1 for i in layers], "use_aux_hidden_state": True},
     }
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, kind=EXPORT, force=force) as tmp:
         save_file(tensors, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
 
