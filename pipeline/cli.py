@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -83,7 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                                 f"{entry.predicted_speedup:.2f}x plain decoding)")
         print(f"[{args.config}] batch {args.batch_size}: {entry.draft} {entry.draft_shape}{predicted}", file=sys.stderr)
     _refuse_max_ngram_without_lookup(args)
-    check_spec(args.drafter)
+    check_spec(args.drafter, args.target)
     prompts = read_prompts(args.prompts_file) if args.prompts_file else list(args.prompt)
     if len(prompts) < args.batch_size:  # one prompt, batch 8: eight samples of it
         prompts = [prompts[i % len(prompts)] for i in range(args.batch_size)]
@@ -332,18 +331,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from scylla.atomic import check_replaceable
-    from scylla.drafters.eagle import EagleHead, read_head_config
+    from scylla.drafters.eagle import EagleHead, read_head_config, trained_for
     from scylla.drafters.eagle3_format import EXPORT, export_eagle3, exportable
     from scylla.models import load_model
 
     exportable(read_head_config(args.head_dir))  # refuse before loading anything
     check_replaceable(args.out, EXPORT, args.force, sources=[args.head_dir])
-    target_name = args.target
+    target_name = args.target or trained_for(args.head_dir)
     if target_name is None:
-        try:
-            target_name = json.loads((Path(args.head_dir) / "card.json").read_text())["target"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            raise InputError(f"{args.head_dir} has no card.json naming its target: give --target") from None
+        raise InputError(f"{args.head_dir} has no card.json naming its target: give --target")
     target, _ = load_model(target_name, device=args.device, dtype=args.dtype)
     head = EagleHead.load(args.head_dir, target)
     export_eagle3(head, args.out, int(target.config.num_hidden_layers),

@@ -133,6 +133,7 @@ def head_dir(tmp_path_factory) -> Path:
     from transformers import AutoTokenizer
 
     from conftest import tiny_llama
+    from scylla.drafters.eagle3_format import export_eagle3
     from scylla.models import tiny_random_folder
     from test_export import make_head
 
@@ -141,6 +142,14 @@ def head_dir(tmp_path_factory) -> Path:
     target.save_pretrained(root / "target")
     AutoTokenizer.from_pretrained(tiny_random_folder()).save_pretrained(root / "target")
     make_head(target).save(root / "head", card={"target": str(root / "target")})
+    make_head(target).save(root / "nocard")  # its features come from layers 1-3: a 2-layer target has no layer 3
+    small = tiny_llama(vocab_size=64, layers=2, hidden=32, seed=6)
+    small.save_pretrained(root / "small")
+    AutoTokenizer.from_pretrained(tiny_random_folder()).save_pretrained(root / "small")
+    for name, ids in (("ids_text", "2,3,4"), ("ids_twice", [1, 1, 3])):
+        export_eagle3(make_head(target), root / name, 4)
+        config = json.loads((root / name / "config.json").read_text())
+        (root / name / "config.json").write_text(json.dumps({**config, "eagle_aux_hidden_state_layer_ids": ids}))
     (root / "run" / "jobs").mkdir(parents=True)
     (root / "run" / "records.jsonl").write_text('{"kind": "train"}\n')
     (root / "notes" / "sub").mkdir(parents=True)
@@ -182,3 +191,20 @@ def test_export_replaces_its_own_export_or_with_force_and_writes_usual_permissio
         assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
     finally:
         os.umask(umask)
+
+
+@pytest.mark.parametrize("target, draft, message", [
+    ("tiny-random-llama", "head", "draft {R}/head was trained for target {R}/target, not tiny-random-llama"),
+    ("{R}/small", "nocard", "head {R}/nocard was trained for another target (unnamed: vocabulary 64, width 32, "
+     "features of layers [3, 1, 2]) than {R}/small (vocabulary 64, width 32, 2 layers)"),
+    ("{R}/target", "ids_text", "eagle_aux_hidden_state_layer_ids must be a list of layer numbers"),
+    ("{R}/target", "ids_twice", "fuses 3 distinct target layers"),
+])
+def test_a_draft_for_another_target_is_one_line(head_dir, target, draft, message, capsys):
+    """A head or EAGLE-3 folder that does not fit the target: one line naming both (was an IndexError or a
+    TypeError), from its card before anything loads where it has one."""
+    root = str(head_dir.parent)
+    code = main(["generate", "--prompt", "hi", "--max-new-tokens", "2", "--target", target.replace("{R}", root),
+                 "--drafter", f"draft:{root}/{draft}"])
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("Loading weights")]
+    assert code == 2 and len(lines) == 1 and message.replace("{R}", root) in lines[0], lines

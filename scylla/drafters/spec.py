@@ -8,24 +8,40 @@ import torch
 
 from scylla.drafters.base import Drafter
 from scylla.drafters.draft_model import DraftModel
-from scylla.drafters.eagle import EagleDrafter, EagleHead, is_head_folder
+from scylla.drafters.eagle import EagleDrafter, EagleHead, is_head_folder, trained_for
 from scylla.drafters.eagle3_format import eagle3_hub_folder, is_eagle3_folder, load_eagle3
 from scylla.drafters.hybrid import HybridDrafter
 from scylla.drafters.prompt_lookup import PromptLookup
 from scylla.drafters.suffix import SuffixDrafter, SuffixPool
-from scylla.models import ALIASES, check_model_folder, is_local, load_model, truncated_draft
+from scylla.errors import InputError
+from scylla.models import ALIASES, PACKAGED, cache_dir, check_model_folder, is_local, load_model, truncated_draft
 from scylla.specs import TreeShape, parse_spec
 
 
-def check_spec(spec: str) -> tuple[str, str]:
+def check_spec(spec: str, target: str | None = None) -> tuple[str, str]:
     """``parse_spec``, and for ``draft:PATH`` with a local PATH, that the folder holds a readable config.json and
-    weights: a broken draft fails before the target loads."""
+    weights, and (given the ``target``'s name) that its card.json names that target: a broken or foreign draft
+    fails before the target loads."""
     kind, arg = parse_spec(spec)
     if kind == "hybrid":
-        check_spec(arg)
+        check_spec(arg, target)
     if kind == "draft" and is_local(arg):
         check_model_folder(arg)
+        card = trained_for(arg)
+        if target is not None and card is not None and _where(card) is not None and _where(card) != _where(target):
+            raise InputError(f"draft {arg} was trained for target {card}, not {target}: give --target {card}, or a "
+                              f"draft trained for {target}")
     return kind, arg
+
+
+def _where(name: str) -> str | None:
+    """A target name as one string per model: an alias as its cached folder, a path resolved; None for a path that
+    is not here (a card written elsewhere), which cannot be compared."""
+    if name in ALIASES:
+        return str((cache_dir() / (PACKAGED[name].folder if name in PACKAGED else name)).resolve())
+    if is_local(name):
+        return str(Path(name).resolve()) if Path(name).exists() else None
+    return name
 
 
 def drafter_from_spec(
