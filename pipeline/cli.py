@@ -157,6 +157,9 @@ def cmd_figs(args: argparse.Namespace) -> int:
 
     records = [r for run_dir in args.run_dirs for r in read_records(run_dir)]
     paths = all_figures(records, Path(args.out), scylla_config=args.config)
+    if not paths:
+        raise InputError(f"nothing to draw from {', '.join(args.run_dirs)} ({len(records)} records): " + "; ".join(
+            f"{family} needs {need}" for family, need in missing_families(paths).items()))
     for path in paths:
         print(path)
     for family, need in missing_families(paths).items():
@@ -246,9 +249,19 @@ def _write_array(args: argparse.Namespace, run_dir: str | Path) -> int:
     return 0
 
 
+def _check_array_args(args: argparse.Namespace) -> None:
+    """--slurm shapes the --slurm-array script only: refused without it, and checked before any work."""
+    if args.slurm and not args.slurm_array:
+        raise ConfigError("--slurm sets #SBATCH options of the script --slurm-array writes: add --slurm-array N, or "
+                          "drop --slurm")
+    for option in args.slurm:
+        _key_value(option)
+
+
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
-    if not sep or not key or not value or not all(c.isalnum() or c in "-_" for c in key):
+    if (not sep or not key or not value or not all(c.isalnum() or c in "-_" for c in key)
+            or not value.isprintable()):  # a newline would start another #SBATCH line
         raise ConfigError(f"--slurm {text!r}: give KEY=VALUE, an sbatch option without its dashes, e.g. "
                           "partition=gpu or time=02:00:00")
     return key, value
@@ -274,6 +287,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         raise InputError("give a RUN_DIR or --config FILE (e.g. experiments/batch.yaml)")
     if args.slurm_array:
+        if not Path(config.run_dir).is_dir():
+            raise InputError(f"run folder {config.run_dir} does not exist: the array's tasks evaluate what it holds; "
+                             "give an existing run folder")
         return _write_array(args, config.run_dir)
     written = evaluate(config)
     print(f"wrote {written} eval records to {Path(config.run_dir) / 'records.jsonl'}")
@@ -291,9 +307,13 @@ def cmd_select(args: argparse.Namespace) -> int:
     from scylla.timing import Speedup
 
     run_dirs = args.run_dir or []
-    target = args.target or next((r["target"] for d in run_dirs for r in read_records(d, kind="train")),
-                                 "smollm2-135m")
     check_dir = args.check_dir or str(Path(args.out).with_suffix("")) + "-check"
+    if args.check:
+        check_output(check_dir, True, "--check-dir")
+    target = args.target or next((r["target"] for d in run_dirs for r in read_records(d, kind="train")), None)
+    if target is None:
+        raise InputError("which target were the fits and costs measured on? give --target, or --run-dir with the "
+                         "run whose drafts they fit")
     done = run_selection(args.fits, args.cost, args.batch_sizes, run_dirs, args.out, check_dir, target,
                          args.tasks.split(","), args.token_budget, args.fitted_shape,
                          check=(args.prompts, args.max_new_tokens) if args.check else None)
@@ -499,7 +519,8 @@ def _select_parser(sub) -> None:
     sel.add_argument("--fitted-shape", default="chain:2", help="shape the MAT was measured at, for fits without "
                      "a draft_shape group (default chain:2)")
     sel.add_argument("--run-dir", action="append", help="where trained drafts are (to name the chosen one)")
-    sel.add_argument("--target", help="default: the run's target, else smollm2-135m")
+    sel.add_argument("--target", help="the target of the fits and costs (default: the one --run-dir's drafts were "
+                     "trained for)")
     sel.add_argument("--tasks", default="gsm", help="tasks of the check")
     sel.add_argument("--out", default="scylla.yaml", help="the Scylla configuration (default scylla.yaml)")
     sel.add_argument("--check", action="store_true", help="measure the chosen drafts and print predicted vs measured")
@@ -620,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
 
         use_threads(args.threads)
     try:
+        if hasattr(args, "slurm_array"):
+            _check_array_args(args)
         if getattr(args, "device", None):
             from scylla.models import check_device
 

@@ -33,6 +33,10 @@ CASES = [
     (["fit", "{T}/empty", "--json", "{T}/empty/records.jsonl"], "would replace a run's records"),
     (["figs", "{T}/empty", "--out", "{T}/file.txt"], "--out {T}/file.txt is a file; give a folder path"),
     (["select", "--fits", "{T}/fits.json", "--cost", "{T}/costs.json", "--out", "{T}"], "--out {T} is a folder"),
+    (["select", "--fits", "{T}/fits.json", "--cost", "{T}/costs.json", "--target", "tiny-random-llama", "--check",
+      "--check-dir", "{T}/file.txt"], "--check-dir {T}/file.txt is a file"),
+    (["select", "--fits", "{T}/fits.json", "--cost", "{T}/costs.json", "--target", "tiny-random-llama", "--check",
+      "--check-dir", "{T}/ro/check"], "{T}/ro is not a writable folder"),
     (["tts-bench", "experiments/tts.yaml", "--out", "{T}/file.txt"], "--out {T}/file.txt is a file"),
     # run folders that are files or cannot be written
     (["sweep", "experiments/smoke.yaml", "--run-dir", "{T}/file.txt"], "--run-dir {T}/file.txt is a file"),
@@ -56,7 +60,8 @@ CASES = [
     (GEN + ["--config", "{T}/scylla.yaml", "--batch-size", "4"], "batch sizes 1, 8"),
     # a missing file is called missing
     (GEN + ["--config", "{T}/missing.yaml"], "{T}/missing.yaml: file does not exist"),
-    (["select", "--fits", "{T}/missing.json", "--cost", "{T}/costs.json"], "{T}/missing.json does not exist"),
+    (["select", "--fits", "{T}/missing.json", "--cost", "{T}/costs.json", "--target", "tiny-random-llama"],
+     "{T}/missing.json does not exist"),
     (["figs", "{T}/empty", "--config", "{T}/missing.yaml", "--out", "{T}/figs"], "missing.yaml: file does not exist"),
     # an empty records file, with neither --kind nor --where given
     (["fit", "{T}/empty"], "no records in {T}/empty"),
@@ -68,6 +73,12 @@ CASES = [
     (["generate", "--prompt", "hi", "--target", "./no/such/folder"], "model folder ./no/such/folder does not exist"),
     (GEN + ["--num-draft-tokens", "3"], "--drafter none drafts nothing"),
     (GEN + ["--config", "{T}/scylla.yaml", "--drafter", "prompt-lookup"], "--config chooses"),
+    # issue 28: silent and wrong before
+    (["select", "--fits", "{T}/fits.json", "--cost", "{T}/costs.json", "--out", "{T}/s.yaml"], "give --target"),
+    (["eval", "{T}/empty", "--slurm", "partition=gpu"], "add --slurm-array N, or drop --slurm"),
+    (["eval", "{T}/nothere", "--slurm-array", "2"], "run folder {T}/nothere does not exist"),
+    (["eval", "{T}/empty", "--slurm-array", "2", "--slurm", "time=1\n#SBATCH --mem=1"], "#SBATCH --mem=1': give KEY=VALUE"),
+    (["figs", "{T}/empty", "--out", "{T}/figs"], "nothing to draw from {T}/empty (0 records)"),
 ]
 
 
@@ -104,6 +115,7 @@ def test_bad_input_is_one_line_and_exit_2(inputs, argv, message, capsys, monkeyp
     assert code == 2, (out, err)
     assert len(lines) == 1 and lines[0].startswith("scylla: error: "), err
     assert message.replace("{T}", str(inputs)) in lines[0] and "Traceback" not in out + err
+    assert not (inputs / "nothere").exists() and not list(inputs.glob("empty/*.sbatch"))  # nothing written
     if "no records" in message:
         assert "--kind" not in lines[0] and "--where" not in lines[0]
 
@@ -208,3 +220,49 @@ def test_a_draft_for_another_target_is_one_line(head_dir, target, draft, message
                  "--drafter", f"draft:{root}/{draft}"])
     lines = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("Loading weights")]
     assert code == 2 and len(lines) == 1 and message.replace("{R}", root) in lines[0], lines
+
+
+def write_records(run_dir: Path, kind: str, mats: list[float]) -> None:
+    """Train-shaped records of ``kind`` at 2^10.. tokens, one per mean accepted length."""
+    from scylla.records import append_record, new_record
+
+    for i, mat in enumerate(mats):
+        assert append_record(run_dir, new_record(
+            kind, run_id=f"eagle-l1-s{i}", sweep="t", target="tiny", drafter_type="eagle", draft_layers=1,
+            draft_width=32, draft_params=1000, draft_params_with_embeddings=3000, train_tokens=2 ** (10 + i),
+            data="gsm", seed=0, mean_accepted_length=mat))
+
+
+def test_fit_warns_of_pooled_kinds_and_constant_y(tmp_path, capsys):
+    """Legal but likely wrong: train and eval records pooled without --kind, and a y that never changes (was R^2 = 1,
+    silently)."""
+    write_records(tmp_path, "train", [1.1] * 4)
+    write_records(tmp_path, "eval", [1.2, 1.4, 1.5, 1.7])
+    assert main(["fit", str(tmp_path), "--where", "drafter_type=eagle"]) == 0
+    assert "warning: the fits pool records of 2 kinds (4 eval, 4 train): give --kind eval" in capsys.readouterr().out
+    assert main(["fit", str(tmp_path), "--kind", "train", "--json", str(tmp_path / "fits.json")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the fits pool" not in out and "mean_accepted_length is the same in every record of 1 group(s) (all)" in out
+    assert json.loads((tmp_path / "fits.json").read_text())["fits"][0]["r2"] is None  # NaN, written as null
+
+
+def test_threads_beyond_the_cores_warn_and_the_busy_advice_fits_the_threads(capsys, monkeypatch):
+    """--threads 999 was accepted without a word; the busy warning said "--threads 1 helps" on 1 thread."""
+    import torch
+
+    import scylla.threads
+    from scylla.threads import use_threads, warn_if_busy
+
+    before = torch.get_num_threads()
+    try:
+        use_threads(len(os.sched_getaffinity(0)) + 1)
+        assert "is more than the" in capsys.readouterr().err
+        monkeypatch.setattr(scylla.threads, "busy_cores", lambda: 1.8)
+        monkeypatch.setattr(scylla.threads, "_cores", lambda: 2)
+        for threads, advice in ((1, False), (2, True)):
+            torch.set_num_threads(threads)
+            warn_if_busy()
+            err = capsys.readouterr().err
+            assert "slower and noisier" in err and ("--threads 1 helps" in err) == advice
+    finally:
+        torch.set_num_threads(before)

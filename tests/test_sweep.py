@@ -486,5 +486,5 @@ def test_select_writes_a_scylla_config_and_checks_it(smoke_run, tmp_path, capsys
     assert entry["draft"] == (entry["best_draft"] if entry["predicted_speedup"] > 1 else "none")
     assert main(["generate", "--target", "tiny-random-llama", "--config", str(out), "--prompt", "1 2 3",
                  "--max-new-tokens", "6", "--quiet", "--no-chat-template"]) == 0
-    assert main(["select", "--fits", str(cost), "--cost", str(cost)]) == 2
+    assert main(["select", "--fits", str(cost), "--cost", str(cost), "--target", "tiny-random-llama"]) == 2
     assert "not a fits file" in capsys.readouterr().err
