@@ -14,8 +14,8 @@ Grid file (experiments/*.yaml):
                                 # sections), each crossed with the grid
 
 Every job's config is validated, and the target checked, before anything launches. Re-running a sweep skips
-finished jobs (DONE marker) and resumes killed ones (each job resumes from its own stable checkpoint and skips
-milestones that already have records). Each job's output (DeepSpeed's, wandb's, the trainer's) goes to
+finished jobs (a DONE marker and every milestone's record) and resumes killed ones (each job resumes from its own
+stable checkpoint and skips milestones that already have records). Each job's output (DeepSpeed's, wandb's, the trainer's) goes to
 RUN_DIR/jobs/ID/train.log; a local sweep shows one progress bar and a line per finished job.
 """
 
@@ -43,6 +43,7 @@ from scylla.config import Config, with_overrides
 from scylla.errors import ConfigError, InputError
 from scylla.models import ALIASES, PACKAGED, packaged_source
 from scylla.ports import free_port
+from scylla.records import read_records, records_path
 from train.config import UNHASHED, TrainConfig
 from train.pretrain_draft import release_shared_memory
 
@@ -212,12 +213,22 @@ def guard_changes(sweep: Sweep, rerun_changed: bool = False) -> list[str]:
     return lines
 
 
+def finished(sweep: Sweep) -> set[str]:
+    """The run ids of the finished jobs: a DONE marker and a train record for each milestone. The records win: a job
+    whose record was lost (a cut-off last line, deleted as the error says) runs again and writes it back."""
+    records = read_records(sweep.run_dir, kind="train") if records_path(sweep.run_dir).exists() else []
+    have = {(r["run_id"], r["train_tokens"]) for r in records}
+    return {j.run_id for j in sweep.jobs
+            if (j.job_dir / "DONE").exists() and all((j.run_id, m) in have for m in j.milestones)}
+
+
 def run_sweep(sweep: Sweep, dry_run: bool = False, rerun_changed: bool = False) -> Iterator[str]:
     """Launch (local) or write scripts (hostfile, slurm) for every unfinished job, yielding a line for each thing
     done. A job whose folder holds other settings is refused, or renamed with ``rerun_changed``
     (``guard_changes``)."""
     yield from guard_changes(sweep, rerun_changed)
-    todo = [j for j in sweep.jobs if not (j.job_dir / "DONE").exists()]
+    done = finished(sweep)
+    todo = [j for j in sweep.jobs if j.run_id not in done]
     yield f"{len(sweep.jobs)} jobs, {len(sweep.jobs) - len(todo)} finished, {len(todo)} to run"
     scripts = {"hostfile": "launch.sh", "slurm": "sweep.sbatch"}
     if dry_run and sweep.launcher in scripts:

@@ -266,3 +266,26 @@ def test_threads_beyond_the_cores_warn_and_the_busy_advice_fits_the_threads(caps
             assert "slower and noisier" in err and ("--threads 1 helps" in err) == advice
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_lost_record_is_trained_again_though_its_job_is_done(tmp_path, capsys):
+    """A cut-off last record (deleted as the error says) of a job with its DONE marker: the sweep said "0 to run"
+    and the record never came back. The records win over the marker."""
+    from pipeline.sweep import finished, load_sweep
+    from scylla.records import append_record, new_record
+
+    grid = ROOT / "experiments" / "smoke.yaml"
+    sweep = load_sweep(grid, tmp_path)
+    for job in sweep.jobs:
+        job.job_dir.mkdir(parents=True)
+        (job.job_dir / "DONE").write_text("{}")
+        for tokens in job.milestones:
+            assert append_record(tmp_path, new_record(
+                "train", run_id=job.run_id, sweep="smoke", target="tiny-random-llama", drafter_type="eagle",
+                draft_layers=1, draft_width=32, draft_params=1, draft_params_with_embeddings=1, train_tokens=tokens,
+                data="gsm", seed=0, mean_accepted_length=1.0))
+    assert finished(sweep) == {job.run_id for job in sweep.jobs}
+    lines = (tmp_path / "records.jsonl").read_text().splitlines()
+    (tmp_path / "records.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the cut-off line, deleted
+    assert main(["sweep", str(grid), "--run-dir", str(tmp_path), "--dry-run"]) == 0
+    assert f"{len(sweep.jobs)} jobs, {len(sweep.jobs) - 1} finished, 1 to run" in capsys.readouterr().out
