@@ -289,3 +289,11 @@ def test_a_lost_record_is_trained_again_though_its_job_is_done(tmp_path, capsys)
     (tmp_path / "records.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the cut-off line, deleted
     assert main(["sweep", str(grid), "--run-dir", str(tmp_path), "--dry-run"]) == 0
     assert f"{len(sweep.jobs)} jobs, {len(sweep.jobs) - 1} finished, 1 to run" in capsys.readouterr().out
+
+
+def test_an_eval_logged_to_a_file_has_no_cursor_moves(tmp_path, capfd):
+    """tqdm's bars below eval's own moved the cursor up (ESC [A), left in log files as "[A" remnants."""
+    assert main(["eval", str(tmp_path), "--target", "tiny-random-llama", "--drafts", "prompt-lookup", "--baselines",
+                 "none", "--tasks", "copy", "--prompts", "1", "--temperatures", "0", "--max-new-tokens", "2",
+                 "--replay", "--threads", "1"]) == 0
+    assert "\x1b[A" not in capfd.readouterr().err
