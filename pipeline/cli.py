@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import scylla
-from scylla.atomic import atomic_path
+from scylla.atomic import atomic_path, check_replaceable, write_json_atomic
 from scylla.data.prompt_sets import PROMPT_SETS
 from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.records import RECORDS_FILE
@@ -17,6 +17,7 @@ from scylla.timing import MIN_RATIOS
 
 # Only light modules above: `scylla --help` and argument errors answer before torch, transformers, statsmodels or
 # matplotlib load. Each verb imports what it needs when it runs.
+
 
 def _positive(kind):
     def parse(text: str):
@@ -63,7 +64,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from pipeline.evaluate import parse_shape
     from pipeline.select import selection_for
-    from scylla.atomic import write_json_atomic
     from scylla.drafters.spec import check_spec, drafter_from_spec
     from scylla.engine import SpeculativeDecoder
     from scylla.metrics import DecodeStats
@@ -350,7 +350,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from scylla.atomic import check_replaceable
     from scylla.drafters.eagle import EagleHead, read_head_config, trained_for
     from scylla.drafters.eagle3_format import EXPORT, export_eagle3, exportable
     from scylla.models import load_model

@@ -15,8 +15,8 @@ Grid file (experiments/*.yaml):
 
 Every job's config is validated, and the target checked, before anything launches. Re-running a sweep skips
 finished jobs (a DONE marker and every milestone's record) and resumes killed ones (each job resumes from its own
-stable checkpoint and skips milestones that already have records). Each job's output (DeepSpeed's, wandb's, the trainer's) goes to
-RUN_DIR/jobs/ID/train.log; a local sweep shows one progress bar and a line per finished job.
+stable checkpoint and skips milestones that already have records). Each job's output (DeepSpeed's, wandb's, the
+trainer's) goes to RUN_DIR/jobs/ID/train.log; a local sweep shows one progress bar and a line per finished job.
 """
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ CASES = [
     (["select", "--fits", "{T}/fits.json", "--cost", "{T}/costs.json", "--out", "{T}/s.yaml"], "give --target"),
     (["eval", "{T}/empty", "--slurm", "partition=gpu"], "add --slurm-array N, or drop --slurm"),
     (["eval", "{T}/nothere", "--slurm-array", "2"], "run folder {T}/nothere does not exist"),
-    (["eval", "{T}/empty", "--slurm-array", "2", "--slurm", "time=1\n#SBATCH --mem=1"], "#SBATCH --mem=1': give KEY=VALUE"),
+    (["eval", "{T}/empty", "--slurm-array", "2", "--slurm", "time=1\n#SBATCH --mem=1"],
+     "#SBATCH --mem=1': give KEY=VALUE"),
     (["figs", "{T}/empty", "--out", "{T}/figs"], "nothing to draw from {T}/empty (0 records)"),
 ]
 
@@ -242,7 +243,8 @@ def test_fit_warns_of_pooled_kinds_and_constant_y(tmp_path, capsys):
     assert "warning: the fits pool records of 2 kinds (4 eval, 4 train): give --kind eval" in capsys.readouterr().out
     assert main(["fit", str(tmp_path), "--kind", "train", "--json", str(tmp_path / "fits.json")]) == 0
     out = capsys.readouterr().out
-    assert "warning: the fits pool" not in out and "mean_accepted_length is the same in every record of 1 group(s) (all)" in out
+    assert "warning: the fits pool" not in out
+    assert "mean_accepted_length is the same in every record of 1 group(s) (all)" in out
     assert json.loads((tmp_path / "fits.json").read_text())["fits"][0]["r2"] is None  # NaN, written as null
 
 

@@ -72,7 +72,8 @@ def test_help_version_and_argument_errors_load_no_heavy_library():
     statsmodels or matplotlib load: in a fraction of a second (issue 28)."""
     probe = ("import sys\nfrom pipeline.cli import build_parser, main\n"
              "verbs = [v for a in build_parser()._actions if a.choices for v in a.choices]\n"
-             "for argv in [['--help'], ['--version'], ['generate', '--prompts', '3']] + [[v, '--help'] for v in verbs]:\n"
+             "argvs = [['--help'], ['--version'], ['generate', '--prompts', '3']] + [[v, '--help'] for v in verbs]\n"
+             "for argv in argvs:\n"
              "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
              "print(sorted(m for m in ('torch', 'transformers', 'statsmodels', 'matplotlib') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
