@@ -125,7 +125,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.grid, args.run_dir)
-    for line in run_sweep(sweep, dry_run=args.dry_run, rerun_changed=args.rerun_changed):
+    for line in run_sweep(sweep, dry_run=args.dry_run, rerun_changed=args.rerun_changed, threads=args.threads):
         print(line)
     return 0
 
@@ -345,7 +345,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
-    print(f"report: {run_demo(args.run_dir, args.grid)}")
+    print(f"report: {run_demo(args.run_dir, args.grid, threads=args.threads)}")
     return 0
 
 
@@ -388,7 +388,8 @@ def cmd_tts_bench(args: argparse.Namespace) -> int:
 # The model flags every verb that runs a model shares (one definition, one help text).
 THREAD_ARGS = argparse.ArgumentParser(add_help=False)
 THREAD_ARGS.add_argument("--threads", type=int, default=None,
-                         help="torch CPU threads (default: the free cores, or OMP_NUM_THREADS); see scylla/threads.py")
+                         help="CPU threads of torch and of the jobs a sweep starts (default: the free cores, or "
+                         "OMP_NUM_THREADS); see scylla/threads.py")
 MODEL_ARGS = argparse.ArgumentParser(add_help=False, parents=[THREAD_ARGS])
 MODEL_ARGS.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
 MODEL_ARGS.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
@@ -421,7 +422,8 @@ def _generate_parser(sub) -> None:
 
 
 def _sweep_parser(sub) -> None:
-    sweep = sub.add_parser("sweep", help="train the drafts of a grid (experiments/*.yaml) through DeepSpeed")
+    sweep = sub.add_parser("sweep", parents=[THREAD_ARGS],
+                           help="train the drafts of a grid (experiments/*.yaml) through DeepSpeed")
     sweep.add_argument("grid", help="grid YAML, e.g. experiments/smoke.yaml")
     sweep.add_argument("--run-dir", help="where records, drafts and features go (default runs/SWEEP)")
     sweep.add_argument("--dry-run", action="store_true", help="list the jobs and launch commands, run nothing")
@@ -638,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         from scylla.threads import use_threads
 
-        use_threads(args.threads)
+        args.threads = use_threads(args.threads)  # the verbs' own processes get as many
     try:
         if hasattr(args, "slurm_array"):
             _check_array_args(args)
