@@ -28,9 +28,10 @@ def check_spec(spec: str, target: str | None = None) -> tuple[str, str]:
     if kind == "draft" and is_local(arg):
         check_model_folder(arg)
         card = trained_for(arg)
-        if target is not None and card is not None and _where(card) is not None and _where(card) != _where(target):
+        known = None if target is None or card is None else (_where(card), _where(target))
+        if known and None not in known and known[0] != known[1]:
             raise InputError(f"draft {arg} was trained for target {card}, not {target}: give --target {card}, or a "
-                              f"draft trained for {target}")
+                             f"draft trained for {target}")
     return kind, arg
 
 
