@@ -1,6 +1,7 @@
-"""Every bad input of issue 16's list, in one table: `scylla` exits 2 with exactly one `scylla: error:` line on
-stderr and no traceback, before any model loads or any output is written. Ctrl-C prints one line saying what was
-kept and how to resume, and exits 130."""
+"""Every bad input of issue 16's and issue 28's lists, in one table or a test of its own: `scylla` exits 2 with
+exactly one `scylla: error:` line on stderr and no traceback, before any model loads or any output is written (or
+warns where the input is legal but likely wrong). Ctrl-C prints one line saying what was kept and how to resume, and
+exits 130."""
 
 from __future__ import annotations
 
