@@ -3,6 +3,7 @@ on the largest x, print a table and optionally write JSON (docs/fitting.md)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -59,7 +60,7 @@ def parse_where(texts: Sequence[str] | str | None) -> dict[str, str]:
 
 
 def _g(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    return "-" if value is None or math.isnan(value) else f"{value:.4g}"
 
 
 def _interval(pair: Sequence[float] | None) -> str:
@@ -109,6 +110,11 @@ def run_fit(
     saturating = [None if c.reason else fit_saturating(f.x_values, f.y_values, seed=seed)
                   for f, c in zip(pooled, checks)]
     lines = [f"{y} = a + b ln({x}) | {len(records)} records, {len(fits)} group(s)"]
+    kinds = sorted({r["kind"] for r in records})
+    if len(kinds) > 1 and kind is None and "kind" not in by_fields:
+        counts = ", ".join(f"{sum(r['kind'] == k for r in records)} {k}" for k in kinds)
+        lines.append(f"warning: the fits pool records of {len(kinds)} kinds ({counts}): give --kind {kinds[0]} (or "
+                     "--by kind) unless that is meant")
     rows = [["group", "n", "estimator", "slope b [95% CI]", "pooled-points b [95% CI]", "b bootstrap 95% CI",
              "intercept a", "R^2", "|error| at largest x"]]
     for f, p, u, check in zip(fits, pooled, units, checks):
@@ -127,6 +133,10 @@ def run_fit(
         lines.append(f"warning: {len(few)} group(s) rest on fewer than {FEW_POINTS} points or prompts "
                      f"({', '.join(few[:3])}{' ...' if len(few) > 3 else ''}): their intervals have few degrees of "
                      "freedom; add checkpoints, seeds or prompts")
+    flat = [group_label(f.group) for f in pooled if len(set(f.y_values)) == 1]
+    if flat:
+        lines.append(f"warning: {y} is the same in every record of {len(flat)} group(s) ({', '.join(flat[:3])}"
+                     f"{' ...' if len(flat) > 3 else ''}): no law to fit there (R^2 undefined)")
     held = holdout_check(records, holdout_top, x=x, y=y, by=by_fields, robust=robust) if holdout_top else []
     if held:
         inside = sum(p.inside for p in held)

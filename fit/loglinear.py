@@ -183,7 +183,7 @@ def _fit_one(xv: np.ndarray, yv: np.ndarray, robust: bool) -> dict:
     params, se = np.asarray(result.params), np.asarray(result.bse)
     residuals = yv - design @ params
     total = float(np.sum((yv - yv.mean()) ** 2))
-    r2 = 1 - float(residuals @ residuals) / total if total > 0 else math.nan
+    r2 = 1 - float(residuals @ residuals) / total if np.ptp(yv) > 0 else math.nan  # y constant: no R^2
     t = stats.t.ppf(0.975, n - 2)
     ci = [(float(p - t * s), float(p + t * s)) for p, s in zip(params, se)]
     return {

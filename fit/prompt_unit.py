@@ -121,7 +121,7 @@ def prompt_unit_law(fit: LogLinearFit, unit: MeanSlope) -> LogLinearFit:
     return replace(fit, intercept=intercept, slope=unit.slope, intercept_se=float(np.sqrt(var_a)),
                    slope_se=float(np.sqrt(var_b)), intercept_ci95=(intercept - half_a, intercept + half_a),
                    slope_ci95=unit.slope_ci95, residuals=residuals.tolist(), cov=cov, method=unit.method,
-                   r2=1 - float(residuals @ residuals) / total if total > 0 else float("nan"), df=unit.df,
+                   r2=1 - float(residuals @ residuals) / total if np.ptp(y) > 0 else float("nan"), df=unit.df,
                    resid_var=float(residuals @ residuals) / max(len(y) - 2, 1))
 
 

@@ -3,39 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from fit.cli import run_fit
-from paper_figs.all import all_figures, missing_families
-from pipeline.demo import run_demo
-from pipeline.evaluate import EvalConfig, best_settings, evaluate, parse_shape
-from pipeline.select import pays, run_selection, selection_for
-from pipeline.sweep import array_script, load_sweep, run_sweep
-from pipeline.tts_bench import bench_dir, load_bench, run_bench
 import scylla
-from scylla.atomic import atomic_path, write_json_atomic
-from scylla.costs import calibrate, measure_cost_tables, table_path, untrained_heads
+from scylla.atomic import atomic_path, check_replaceable, write_json_atomic
 from scylla.data.prompt_sets import PROMPT_SETS
-from scylla.drafters.eagle import EagleDrafter, EagleHead, read_head_config
-from scylla.drafters.eagle3_format import export_eagle3, exportable
-from scylla.drafters.spec import SPECS, check_spec, drafter_from_spec, parse_spec
-from scylla.drafters.tree import TREE_FORM, parse_tree
-from scylla.engine import SpeculativeDecoder
 from scylla.errors import ConfigError, InputError, ScyllaError
-from scylla.metrics import DecodeStats
-from scylla.dtypes import parse_dtypes
-from scylla.models import check_device, load_model, target_quantization
-from scylla.prompts import encode_prompts, read_prompts
-from scylla.records import read_records
-from scylla.sampling import SamplingConfig
-from scylla.selection import read_scylla_config
-from scylla.threads import use_threads
-from scylla.timing import MIN_RATIOS, Speedup
+from scylla.records import RECORDS_FILE
+from scylla.specs import SPECS, TREE_FORM, parse_spec, parse_tree
+from scylla.timing import MIN_RATIOS
+
+# Only light modules above: `scylla --help` and argument errors answer before torch, transformers, statsmodels or
+# matplotlib load. Each verb imports what it needs when it runs.
 
 
 def _positive(kind):
@@ -79,6 +60,16 @@ def _refuse_max_ngram_without_lookup(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pipeline.evaluate import parse_shape
+    from pipeline.select import selection_for
+    from scylla.drafters.spec import check_spec, drafter_from_spec
+    from scylla.engine import SpeculativeDecoder
+    from scylla.metrics import DecodeStats
+    from scylla.models import load_model
+    from scylla.prompts import encode_prompts, read_prompts
+    from scylla.sampling import SamplingConfig
 
     SamplingConfig(args.temperature, args.top_k, args.top_p)  # fail fast, before loading models
     _refuse_meaningless_flags(args)
@@ -91,7 +82,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                                 f"{entry.predicted_speedup:.2f}x plain decoding)")
         print(f"[{args.config}] batch {args.batch_size}: {entry.draft} {entry.draft_shape}{predicted}", file=sys.stderr)
     _refuse_max_ngram_without_lookup(args)
-    check_spec(args.drafter)
+    check_spec(args.drafter, args.target)
     prompts = read_prompts(args.prompts_file) if args.prompts_file else list(args.prompt)
     if len(prompts) < args.batch_size:  # one prompt, batch 8: eight samples of it
         prompts = [prompts[i % len(prompts)] for i in range(args.batch_size)]
@@ -131,13 +122,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline.sweep import load_sweep, run_sweep
+
     sweep = load_sweep(args.grid, args.run_dir)
-    for line in run_sweep(sweep, dry_run=args.dry_run, rerun_changed=args.rerun_changed):
+    for line in run_sweep(sweep, dry_run=args.dry_run, rerun_changed=args.rerun_changed, threads=args.threads):
         print(line)
     return 0
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from fit.cli import run_fit
+
     lines = run_fit(
         args.run_dirs,
         x=args.x,
@@ -157,8 +152,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_figs(args: argparse.Namespace) -> int:
+    from paper_figs.all import all_figures, missing_families
+    from scylla.records import read_records
+
     records = [r for run_dir in args.run_dirs for r in read_records(run_dir)]
     paths = all_figures(records, Path(args.out), scylla_config=args.config)
+    if not paths:
+        raise InputError(f"nothing to draw from {', '.join(args.run_dirs)} ({len(records)} records): " + "; ".join(
+            f"{family} needs {need}" for family, need in missing_families(paths).items()))
     for path in paths:
         print(path)
     for family, need in missing_families(paths).items():
@@ -180,6 +181,13 @@ def _ints(text: str) -> list[int]:
 
 
 def cmd_costs(args: argparse.Namespace) -> int:
+    from scylla.costs import calibrate, measure_cost_tables, table_path, untrained_heads
+    from scylla.drafters.eagle import EagleDrafter
+    from scylla.dtypes import parse_dtypes
+    from scylla.drafters.spec import check_spec, drafter_from_spec
+    from scylla.models import load_model, target_quantization
+    from scylla.records import read_records
+
     for spec in args.draft or []:
         if check_spec(spec)[0] not in ("truncated", "draft"):
             raise InputError(f"--draft takes truncated:K or draft:PATH (a draft LM or head), got {spec!r}")
@@ -229,6 +237,8 @@ EVAL_SETTINGS = ("drafts", "target", "tasks", "temperatures", "batch_sizes", "sh
 
 def _write_array(args: argparse.Namespace, run_dir: str | Path) -> int:
     """--slurm-array N: write RUN_DIR/NAME.sbatch running this command (without the --slurm options) in N tasks."""
+    from pipeline.sweep import array_script
+
     options = dict(_key_value(o) for o in args.slurm)
     script = Path(run_dir) / f"{args.command}.sbatch"
     argv, tokens = [], iter(args.argv)
@@ -247,15 +257,28 @@ def _write_array(args: argparse.Namespace, run_dir: str | Path) -> int:
     return 0
 
 
+def _check_array_args(args: argparse.Namespace) -> None:
+    """--slurm shapes the --slurm-array script only: refused without it, and checked before any work."""
+    if args.slurm and not args.slurm_array:
+        raise ConfigError("--slurm sets #SBATCH options of the script --slurm-array writes: add --slurm-array N, or "
+                          "drop --slurm")
+    for option in args.slurm:
+        _key_value(option)
+
+
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
-    if not sep or not key or not value or not all(c.isalnum() or c in "-_" for c in key):
+    if (not sep or not key or not value or not all(c.isalnum() or c in "-_" for c in key)
+            or not value.isprintable()):  # a newline would start another #SBATCH line
         raise ConfigError(f"--slurm {text!r}: give KEY=VALUE, an sbatch option without its dashes, e.g. "
                           "partition=gpu or time=02:00:00")
     return key, value
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from pipeline.evaluate import EvalConfig, best_settings, evaluate
+    from scylla.selection import read_scylla_config
+
     if args.config:
         given = [f"--{k.replace('_', '-')}" for k in EVAL_SETTINGS if getattr(args, k) != args.default_of(k)]
         if given:
@@ -272,6 +295,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         raise InputError("give a RUN_DIR or --config FILE (e.g. experiments/batch.yaml)")
     if args.slurm_array:
+        if not Path(config.run_dir).is_dir():
+            raise InputError(f"run folder {config.run_dir} does not exist: the array's tasks evaluate what it holds; "
+                             "give an existing run folder")
         return _write_array(args, config.run_dir)
     written = evaluate(config)
     print(f"wrote {written} eval records to {Path(config.run_dir) / 'records.jsonl'}")
@@ -284,10 +310,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    from pipeline.select import pays, run_selection
+    from scylla.records import read_records
+    from scylla.timing import Speedup
+
     run_dirs = args.run_dir or []
-    target = args.target or next((r["target"] for d in run_dirs for r in read_records(d, kind="train")),
-                                 "smollm2-135m")
     check_dir = args.check_dir or str(Path(args.out).with_suffix("")) + "-check"
+    if args.check:
+        check_output(check_dir, True, "--check-dir")
+    target = args.target or next((r["target"] for d in run_dirs for r in read_records(d, kind="train")), None)
+    if target is None:
+        raise InputError("which target were the fits and costs measured on? give --target, or --run-dir with the "
+                         "run whose drafts they fit")
     done = run_selection(args.fits, args.cost, args.batch_sizes, run_dirs, args.out, check_dir, target,
                          args.tasks.split(","), args.token_budget, args.fitted_shape,
                          check=(args.prompts, args.max_new_tokens) if args.check else None)
@@ -317,22 +351,26 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print(f"report: {run_demo(args.run_dir, args.grid)}")
+    from pipeline.demo import run_demo
+
+    print(f"report: {run_demo(args.run_dir, args.grid, threads=args.threads)}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from scylla.drafters.eagle import EagleHead, read_head_config, trained_for
+    from scylla.drafters.eagle3_format import EXPORT, export_eagle3, exportable
+    from scylla.models import load_model
+
     exportable(read_head_config(args.head_dir))  # refuse before loading anything
-    target_name = args.target
+    check_replaceable(args.out, EXPORT, args.force, sources=[args.head_dir])
+    target_name = args.target or trained_for(args.head_dir)
     if target_name is None:
-        try:
-            target_name = json.loads((Path(args.head_dir) / "card.json").read_text())["target"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            raise InputError(f"{args.head_dir} has no card.json naming its target: give --target") from None
+        raise InputError(f"{args.head_dir} has no card.json naming its target: give --target")
     target, _ = load_model(target_name, device=args.device, dtype=args.dtype)
     head = EagleHead.load(args.head_dir, target)
     export_eagle3(head, args.out, int(target.config.num_hidden_layers),
-                  target.get_input_embeddings().weight if args.with_embeddings else None)
+                  target.get_input_embeddings().weight if args.with_embeddings else None, force=args.force)
     print(f"wrote {args.out}: an EAGLE-3 head for {target_name} (serving it: docs/export.md)")
     return 0
 
@@ -345,6 +383,8 @@ def _tree(text: str):
 
 
 def cmd_tts_bench(args: argparse.Namespace) -> int:
+    from pipeline.tts_bench import bench_dir, load_bench, run_bench
+
     config = load_bench(args.config, full=args.full)
     if args.slurm_array:
         return _write_array(args, bench_dir(config, args.out))
@@ -356,7 +396,8 @@ def cmd_tts_bench(args: argparse.Namespace) -> int:
 # The model flags every verb that runs a model shares (one definition, one help text).
 THREAD_ARGS = argparse.ArgumentParser(add_help=False)
 THREAD_ARGS.add_argument("--threads", type=int, default=None,
-                         help="torch CPU threads (default: the free cores, or OMP_NUM_THREADS); see scylla/threads.py")
+                         help="CPU threads of torch and of the jobs a sweep starts (default: the free cores, or "
+                         "OMP_NUM_THREADS); see scylla/threads.py")
 MODEL_ARGS = argparse.ArgumentParser(add_help=False, parents=[THREAD_ARGS])
 MODEL_ARGS.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
 MODEL_ARGS.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bfloat16 on CUDA and on CPUs "
@@ -391,7 +432,8 @@ def _generate_parser(sub) -> None:
 
 
 def _sweep_parser(sub) -> None:
-    sweep = sub.add_parser("sweep", help="train the drafts of a grid (experiments/*.yaml) through DeepSpeed")
+    sweep = sub.add_parser("sweep", parents=[THREAD_ARGS],
+                           help="train the drafts of a grid (experiments/*.yaml) through DeepSpeed")
     sweep.add_argument("grid", help="grid YAML, e.g. experiments/smoke.yaml")
     sweep.add_argument("--run-dir", help="where records, drafts and features go (default runs/SWEEP)")
     sweep.add_argument("--dry-run", action="store_true", help="list the jobs and launch commands, run nothing")
@@ -407,7 +449,8 @@ def _fit_parser(sub) -> None:
     fit.add_argument("--y", default="mean_accepted_length", help="y field (default mean_accepted_length)")
     fit.add_argument("--by", help="comma-separated fields: one fit per combination (default: one fit)")
     fit.add_argument("--where", action="append", help="keep records with these fields, e.g. task=gsm,temperature=0")
-    fit.add_argument("--kind", choices=("train", "eval", "tts"), help="keep records of this kind only")
+    fit.add_argument("--kind", choices=("train", "eval", "tts"), help="keep records of this kind only (default: "
+                     "every kind)")
     fit.add_argument("--robust", action="store_true", help="Huber M-estimate instead of OLS")
     fit.add_argument("--bootstrap", type=int, default=0, metavar="N", help="N resamples for a bootstrap slope CI")
     fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the saturating fit's starts")
@@ -487,7 +530,8 @@ def _select_parser(sub) -> None:
     sel.add_argument("--fitted-shape", default="chain:2", help="shape the MAT was measured at, for fits without "
                      "a draft_shape group (default chain:2)")
     sel.add_argument("--run-dir", action="append", help="where trained drafts are (to name the chosen one)")
-    sel.add_argument("--target", help="default: the run's target, else smollm2-135m")
+    sel.add_argument("--target", help="the target of the fits and costs (default: the one --run-dir's drafts were "
+                     "trained for)")
     sel.add_argument("--tasks", default="gsm", help="tasks of the check")
     sel.add_argument("--out", default="scylla.yaml", help="the Scylla configuration (default scylla.yaml)")
     sel.add_argument("--check", action="store_true", help="measure the chosen drafts and print predicted vs measured")
@@ -511,7 +555,9 @@ def _export_parser(sub) -> None:
     ex.add_argument("head_dir", metavar="HEAD_DIR", help="a trained head folder (layout eagle3, one layer)")
     ex.add_argument("--format", choices=("eagle3",), default="eagle3",
                     help="eagle3: LlamaForCausalLMEagle3, read by vLLM, SGLang and speculators")
-    ex.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
+    ex.add_argument("--out", required=True, help="the folder to write: new, empty or an earlier export (replaced)")
+    ex.add_argument("--force", action="store_true", help="replace --out whatever it holds, unless it holds records, "
+                    "the head or the current folder")
     ex.add_argument("--target", help="the head's target (default: the one its card.json names)")
     ex.add_argument("--with-embeddings", action="store_true",
                     help="also write the target's token embedding (engines otherwise share the target's)")
@@ -520,7 +566,8 @@ def _export_parser(sub) -> None:
 
 def _figs_parser(sub) -> None:
     figs = sub.add_parser("figs", help="draw every figure and table (laws 1-3, per task, throughput) from records")
-    figs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    figs.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or records .jsonl files) "
+                      "to draw from; several targets: law 1 on one plot, the rest per target")
     figs.add_argument("--out", default="paper_figs/out", help="output folder (default paper_figs/out, ignored by git)")
     figs.add_argument("--config", help="a Scylla configuration (scylla select): which draft is Scylla's")
     figs.set_defaults(func=cmd_figs)
@@ -541,7 +588,8 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+        if ("default" in text.lower() or action.default is None or action.default is False or action.default == []
+                or action.default == argparse.SUPPRESS or not action.option_strings
                 or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
             return text
         shown = ",".join(map(str, action.default)) if isinstance(action.default, list) else action.default
@@ -549,7 +597,8 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scylla", description="Speculative decoding research toolkit.")
+    parser = argparse.ArgumentParser(prog="scylla", description="Speculative decoding research toolkit.",
+                                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"scylla {scylla.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
@@ -562,8 +611,11 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _figs_parser(sub)
     _tts_bench_parser(sub)
-    for command in sub.choices.values():
+    for verb in sub._choices_actions:  # each verb's help line heads its own help page too
+        command = sub.choices[verb.dest]
+        command.description = command.description or f"{verb.help[0].upper()}{verb.help[1:]}."
         command.formatter_class = _DefaultsFormatter
+        command.allow_abbrev = False  # --prompts is not --prompts-file
     return parser
 
 
@@ -577,6 +629,8 @@ def check_output(path: str, folder: bool, flag: str) -> None:
     """Refuse, before any work, an output path that cannot be written: a file where a folder goes (or the other way
     round), or no writable folder to create it in."""
     target = Path(path)
+    if not folder and target.name == RECORDS_FILE:
+        raise InputError(f"{flag} {target} would replace a run's records: give another path")
     if target.exists() and target.is_dir() != folder:
         raise InputError(f"{flag} {target} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'}"
                          " path")
@@ -594,9 +648,15 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "threads"):
         if args.threads is not None and args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
-        use_threads(args.threads)
+        from scylla.threads import use_threads
+
+        args.threads = use_threads(args.threads)  # the verbs' own processes get as many
     try:
+        if hasattr(args, "slurm_array"):
+            _check_array_args(args)
         if getattr(args, "device", None):
+            from scylla.models import check_device
+
             check_device(args.device)
         flag, folder = OUTPUTS.get(args.command, ("", False))
         path = getattr(args, flag.lstrip("-").replace("-", "_").lower(), None)

@@ -76,15 +76,17 @@ def demo_prompt_sets(grid: str | Path = "experiments/demo.yaml", task: str = "gs
     return {"train": list(train), **{name: [p.prompt for p in problem_set(task, name, n)] for name, n in sizes.items()}}
 
 
-def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/demo.yaml") -> Path:
-    """Run every stage; returns the report's path."""
+def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/demo.yaml",
+             threads: int | None = None) -> Path:
+    """Run every stage (the training jobs on ``threads`` CPU threads; None: the environment's); returns the report's
+    path."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
     sweep = load_sweep(grid, run_dir)
     prompt_sets = demo_prompt_sets(grid)
     check_disjoint(prompt_sets)  # before any work: a law, a choice and its report on disjoint prompts
     _banner(start, f"1/7 train {len(sweep.jobs)} draft heads through DeepSpeed ({grid} -> {run_dir})")
-    for line in run_sweep(sweep):
+    for line in run_sweep(sweep, threads=threads):
         print(line, file=sys.stderr)
     train = read_records(run_dir, kind="train")
     target = train[0]["target"]

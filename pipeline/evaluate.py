@@ -255,8 +255,9 @@ class _Runner:
         chunks = list(self._chunks(task, batch))
         repeats = rounds_for(self.config.repeats, len(chunks))
         timed = [[[None] * repeats for _ in chunks] for _ in runs]  # [run][chunk][round]
+        # Bars below eval's move the cursor up to redraw (ESC [A), which a log keeps: only a terminal shows them.
         bar = tqdm(total=repeats * len(chunks), desc=f"{task} batch {batch}: timing rounds", unit="batch",
-                   leave=False)
+                   leave=False, disable=not sys.stderr.isatty())
         for k in range(repeats):
             for c, (start, ids, mask) in enumerate(chunks):
                 bar.update()
@@ -387,7 +388,7 @@ def evaluate(config: EvalConfig) -> int:
         # Replay: plain decoding gives the greedy references every draft is replayed on.
         plain, references = run("none", plain_shape, task, temperature, batch)
         for method, source, shape in tqdm(todo, desc=f"{task} T={temperature} batch {batch}", unit="method",
-                                          leave=False):
+                                          leave=False, disable=not sys.stderr.isatty()):
             s = plain if method == "none" else run(method, shape, task, temperature, batch, references)[0]
             predicted = _predicted(cost, method, shape, batch, s.mean_accepted_length)
             new = record(method, source, shape, **_metrics(s, predicted, ids))

@@ -14,9 +14,9 @@ Grid file (experiments/*.yaml):
                                 # sections), each crossed with the grid
 
 Every job's config is validated, and the target checked, before anything launches. Re-running a sweep skips
-finished jobs (DONE marker) and resumes killed ones (each job resumes from its own stable checkpoint and skips
-milestones that already have records). Each job's output (DeepSpeed's, wandb's, the trainer's) goes to
-RUN_DIR/jobs/ID/train.log; a local sweep shows one progress bar and a line per finished job.
+finished jobs (a DONE marker and every milestone's record) and resumes killed ones (each job resumes from its own
+stable checkpoint and skips milestones that already have records). Each job's output (DeepSpeed's, wandb's, the
+trainer's) goes to RUN_DIR/jobs/ID/train.log; a local sweep shows one progress bar and a line per finished job.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from scylla.config import Config, with_overrides
 from scylla.errors import ConfigError, InputError
 from scylla.models import ALIASES, PACKAGED, packaged_source
 from scylla.ports import free_port
+from scylla.records import read_records, records_path
 from train.config import UNHASHED, TrainConfig
 from train.pretrain_draft import release_shared_memory
 
@@ -212,12 +213,24 @@ def guard_changes(sweep: Sweep, rerun_changed: bool = False) -> list[str]:
     return lines
 
 
-def run_sweep(sweep: Sweep, dry_run: bool = False, rerun_changed: bool = False) -> Iterator[str]:
+def finished(sweep: Sweep) -> set[str]:
+    """The run ids of the finished jobs: a DONE marker and a train record for each milestone. The records win: a job
+    whose record was lost (a cut-off last line, deleted as the error says) runs again and writes it back."""
+    records = read_records(sweep.run_dir, kind="train") if records_path(sweep.run_dir).exists() else []
+    have = {(r["run_id"], r["train_tokens"]) for r in records}
+    return {j.run_id for j in sweep.jobs
+            if (j.job_dir / "DONE").exists() and all((j.run_id, m) in have for m in j.milestones)}
+
+
+def run_sweep(sweep: Sweep, dry_run: bool = False, rerun_changed: bool = False, threads: int | None = None
+              ) -> Iterator[str]:
     """Launch (local) or write scripts (hostfile, slurm) for every unfinished job, yielding a line for each thing
     done. A job whose folder holds other settings is refused, or renamed with ``rerun_changed``
-    (``guard_changes``)."""
+    (``guard_changes``). ``threads``: the CPU threads a local job's processes share (OMP_NUM_THREADS, which torch
+    and the feature pass follow); None leaves the environment's."""
     yield from guard_changes(sweep, rerun_changed)
-    todo = [j for j in sweep.jobs if not (j.job_dir / "DONE").exists()]
+    done = finished(sweep)
+    todo = [j for j in sweep.jobs if j.run_id not in done]
     yield f"{len(sweep.jobs)} jobs, {len(sweep.jobs) - len(todo)} finished, {len(todo)} to run"
     scripts = {"hostfile": "launch.sh", "slurm": "sweep.sbatch"}
     if dry_run and sweep.launcher in scripts:
@@ -229,7 +242,7 @@ def run_sweep(sweep: Sweep, dry_run: bool = False, rerun_changed: bool = False) 
     sweep.run_dir.mkdir(parents=True, exist_ok=True)
     if sweep.launcher == "local":
         with sweep_lock(sweep.run_dir):
-            yield from _run_local(sweep, todo)
+            yield from _run_local(sweep, todo, threads)
         return
     for job in todo:
         write_job(job)
@@ -245,9 +258,11 @@ def run_sweep(sweep: Sweep, dry_run: bool = False, rerun_changed: bool = False) 
     yield f"wrote {path}" + (f" and {sweep.run_dir / 'hostfile'}" if sweep.launcher == "hostfile" else "")
 
 
-def _run_local(sweep: Sweep, todo: list[TrainConfig]) -> Iterator[str]:
-    """Launch the jobs here, one after another, each job's output into its train.log; the terminal shows one bar
-    (jobs done, and the running job's training steps) and a line per finished job."""
+def _run_local(sweep: Sweep, todo: list[TrainConfig], threads: int | None = None) -> Iterator[str]:
+    """Launch the jobs here, one after another, each job's output into its train.log, each of its processes with
+    its share of ``threads``; the terminal shows one bar (jobs done, and the running job's training steps) and a
+    line per finished job."""
+    env = {} if threads is None else {"OMP_NUM_THREADS": str(max(1, threads // sweep.processes))}
     with tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="job", file=sys.stderr) as bar:
         for job in todo:
             port = free_port()
@@ -255,7 +270,7 @@ def _run_local(sweep: Sweep, todo: list[TrainConfig]) -> Iterator[str]:
             log = job.job_dir / "train.log"
             start = log.stat().st_size if log.exists() else 0  # a resumed job's log keeps the earlier launches
             try:
-                code = _run_logged(argv, log, job.run_id, bar.set_postfix_str)
+                code = _run_logged(argv, log, job.run_id, bar.set_postfix_str, env)
             finally:
                 release_shared_memory(port)
             if code != 0:
@@ -266,16 +281,17 @@ def _run_local(sweep: Sweep, todo: list[TrainConfig]) -> Iterator[str]:
                 yield f"finished {job.run_id} (log {log})"
 
 
-def _run_logged(argv: list[str], log: Path, run_id: str, status) -> int:
-    """Run ``argv`` with its output appended to ``log``, following the log to pass each update of the job's own step
-    bars (the trainer's, named after ``run_id``) to ``status`` as ``DESC N/TOTAL``; returns the exit code. The log
-    is followed, not piped, so a process the job leaves behind cannot hold the sweep."""
+def _run_logged(argv: list[str], log: Path, run_id: str, status, env: dict[str, str] | None = None) -> int:
+    """Run ``argv`` (with ``env`` added to this environment) with its output appended to ``log``, following the log
+    to pass each update of the job's own step bars (the trainer's, named after ``run_id``) to ``status`` as ``DESC
+    N/TOTAL``; returns the exit code. The log is followed, not piped, so a process the job leaves behind cannot hold
+    the sweep."""
     with log.open("ab") as out, log.open("rb") as follow:
         out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(argv)}\n".encode())
         out.flush()
         follow.seek(0, os.SEEK_END)
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": _pythonpath()})
+                                env={**os.environ, **(env or {}), "PYTHONPATH": _pythonpath()})
         pending, code = b"", None
         while code is None:
             code = proc.poll()

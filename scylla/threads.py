@@ -57,7 +57,11 @@ def free_cores() -> int:
 
 
 def use_threads(threads: int | None = None) -> int:
-    """Set torch's CPU threads (None: free_cores()); returns the thread count."""
+    """Set torch's CPU threads (None: free_cores()); returns the thread count. One warning line when more threads
+    are asked for than this process has cores (they would take turns on them)."""
+    if threads is not None and threads > _cores():
+        print(f"scylla: warning: --threads {threads} is more than the {_cores()} core(s) this process may use: the "
+              "threads will take turns and run slower than with at most that many", file=sys.stderr)
     threads = threads or free_cores()
     torch.set_num_threads(threads)
     return threads
@@ -70,7 +74,8 @@ def warn_if_busy() -> float:
     if busy >= 0.5:
         fight = cores - busy < threads - 0.5  # torch's threads and the other work contend for the same cores
         print(f"scylla: warning: the machine is busy (other processes use {busy:.1f} of {cores} cores; {threads} "
-              "thread(s)): " + ("timings will be slower and noisier than on a quiet machine (--threads 1 helps)"
-                                if fight else "tokens/s will be lower than on a quiet machine; paired speed-ups, "
-                                "timed in interleaved rounds, hold"), file=sys.stderr)
+              "thread(s)): " + ("timings will be slower and noisier than on a quiet machine"
+                                + (" (--threads 1 helps)" if threads > 1 else "") if fight else
+                                "tokens/s will be lower than on a quiet machine; paired speed-ups, timed in "
+                                "interleaved rounds, hold"), file=sys.stderr)
     return round(busy, 2)

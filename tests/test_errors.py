@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import torch
 from conftest import tiny_llama
 from scylla import DraftModel, PromptLookup, ScyllaError, SpeculativeDecoder
 from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_mismatched_vocabulary(target):
@@ -64,6 +67,26 @@ def test_cli_usage_error_exits_2():
     assert proc.returncode == 2 and "--prompt" in proc.stderr
 
 
+def test_help_version_and_argument_errors_load_no_heavy_library():
+    """`scylla --help` (every verb's too), `--version` and argument errors answer before torch, transformers,
+    statsmodels or matplotlib load: in a fraction of a second (issue 28)."""
+    probe = ("import sys\nfrom pipeline.cli import build_parser, main\n"
+             "verbs = [v for a in build_parser()._actions if a.choices for v in a.choices]\n"
+             "argvs = [['--help'], ['--version'], ['generate', '--prompts', '3']] + [[v, '--help'] for v in verbs]\n"
+             "for argv in argvs:\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'statsmodels', 'matplotlib') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stdout.splitlines()[-1] == "[]", proc.stdout[-300:] + proc.stderr
+
+
+def test_flags_are_not_abbreviated(capsys):
+    """`generate --prompts 3` is not read as --prompts-file 3: --prompts is eval's and select's count."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--prompts", "3"])
+    assert exit_.value.code == 2 and "prompts file" not in capsys.readouterr().err
+
+
 def test_threads_flag(capsys, monkeypatch):
     import torch
 
@@ -99,10 +122,11 @@ def test_every_flag_has_help_that_states_its_default():
     (verbs,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, verb in verbs.choices.items():
         text = " ".join(verb.format_help().split())
+        assert verb.description and "(default: )" not in text, name
         for action in verb._actions:
             if not action.option_strings or isinstance(action, argparse._HelpAction):
                 continue
             assert action.help, f"scylla {name} {action.option_strings[0]} has no help"
-            if action.default not in (None, False):
+            if action.default is not None and action.default is not False and action.default != []:  # 0 is one
                 help_text = " ".join(verb.formatter_class(name)._get_help_string(action).replace("%%", "%").split())
                 assert "default" in help_text.lower() and help_text in text, (name, action.option_strings)

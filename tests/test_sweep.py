@@ -262,6 +262,18 @@ def test_an_evaluation_shards_its_settings_over_a_hostfile_launch(tmp_path):
     assert sorted(measured) == [("none", 1), ("none", 2), ("truncated:1", 1), ("truncated:1", 2)]
 
 
+def test_a_sweeps_threads_reach_its_jobs(tmp_path, monkeypatch):
+    """sweep --threads N: each job's processes share N threads through OMP_NUM_THREADS (issue 28: a training job
+    held 13 threads on 2 cores, whatever the sweep was given)."""
+    import pipeline.sweep
+
+    envs = []
+    monkeypatch.setattr(pipeline.sweep, "_run_logged",
+                        lambda argv, log, run_id, status, env=None: envs.append(env) or 0)  # each job "succeeds"
+    assert main(["sweep", str(SMOKE), "--run-dir", str(tmp_path), "--threads", "2"]) == 0
+    assert envs == [{"OMP_NUM_THREADS": "2"}] * 2  # smoke.yaml: 2 jobs of one process
+
+
 def test_a_job_s_output_goes_to_its_log_and_its_error_to_one_line(tmp_path):
     """A local job's output (DeepSpeed's, wandb's, the trainer's) goes to its train.log; the sweep's bar gets the
     job's step counts, and a failure is summed up by the job's last error line of this launch."""
@@ -486,5 +498,5 @@ def test_select_writes_a_scylla_config_and_checks_it(smoke_run, tmp_path, capsys
     assert entry["draft"] == (entry["best_draft"] if entry["predicted_speedup"] > 1 else "none")
     assert main(["generate", "--target", "tiny-random-llama", "--config", str(out), "--prompt", "1 2 3",
                  "--max-new-tokens", "6", "--quiet", "--no-chat-template"]) == 0
-    assert main(["select", "--fits", str(cost), "--cost", str(cost)]) == 2
+    assert main(["select", "--fits", str(cost), "--cost", str(cost), "--target", "tiny-random-llama"]) == 2
     assert "not a fits file" in capsys.readouterr().err

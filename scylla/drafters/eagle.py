@@ -211,9 +211,13 @@ class EagleHead(nn.Module):
         """A saved head, attached to the target's embedding; device and dtype follow the target."""
         folder = Path(folder)
         config = read_head_config(folder)
-        vocab = int(target.get_output_embeddings().weight.shape[0])
-        if config.target_vocab_size != vocab or config.target_hidden_size != target.config.hidden_size:
-            raise InputError(f"head {folder} was trained for another target (vocabulary or hidden size differs)")
+        vocab, layers = int(target.get_output_embeddings().weight.shape[0]), int(target.config.num_hidden_layers)
+        if (config.target_vocab_size != vocab or config.target_hidden_size != target.config.hidden_size
+                or not all(-layers - 1 <= i <= layers for i in config.feature_layers)):
+            raise InputError(f"head {folder} was trained for another target ({trained_for(folder) or 'unnamed'}: "
+                             f"vocabulary {config.target_vocab_size}, width {config.target_hidden_size}, features of "
+                             f"layers {config.feature_layers}) than {target.name_or_path or 'this one'} (vocabulary "
+                             f"{vocab}, width {target.config.hidden_size}, {layers} layers): give the head's target")
         head = cls(config, target.get_input_embeddings())
         missing, unexpected = head.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
         if unexpected or [k for k in missing if not k.startswith("embed_tokens.")]:
@@ -232,6 +236,15 @@ def read_head_config(folder: str | os.PathLike) -> EagleConfig:
     if raw.pop("scylla_type", None) != "eagle_head":
         raise InputError(f"{folder} is not an EAGLE head (config.json has no scylla_type eagle_head)")
     return EagleConfig(**raw)
+
+
+def trained_for(folder: str | os.PathLike) -> str | None:
+    """The target a draft folder's card.json names (scylla's trained drafts have one), or None."""
+    try:
+        card = json.loads((Path(folder) / "card.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return str(card["target"]) if isinstance(card, dict) and card.get("target") else None
 
 
 def is_head_folder(path: str | os.PathLike) -> bool:

@@ -56,7 +56,7 @@ def _feature_indices(feature_layers: list[int], target_layers: int) -> list[int]
     indices = [i + target_layers + 1 if i < 0 else i for i in feature_layers]
     if len(indices) != NUM_FEATURES or len(set(indices)) != NUM_FEATURES:
         raise InputError(f"the EAGLE-3 format fuses {NUM_FEATURES} distinct target layers; this head reads "
-                         f"{feature_layers}: train one with three feature_layers, e.g. [2, L/2, L-3]")
+                         f"{feature_layers}: a head needs three distinct ones, e.g. [2, L/2, L-3]")
     bad = [i for i in indices if not 1 <= i < target_layers]
     if bad:
         raise InputError(f"feature layer {bad[0]} is not one the engines capture: they read decoder-layer outputs "
@@ -65,11 +65,15 @@ def _feature_indices(feature_layers: list[int], target_layers: int) -> list[int]
     return indices
 
 
+EXPORT = "EAGLE-3 export"  # the kind of output (scylla.atomic) an export folder is: only an export replaces it
+
+
 def export_eagle3(head: EagleHead, out: str | os.PathLike, target_layers: int,
-                  embed_tokens: torch.Tensor | None = None) -> None:
+                  embed_tokens: torch.Tensor | None = None, force: bool = False) -> None:
     """Write ``head`` (layout eagle3, one layer) as an EAGLE-3 folder, atomically. target_layers: the target's
     num_hidden_layers (to check and number the feature layers); embed_tokens (V, H): the target's input embedding,
-    written as ``embed_tokens.weight`` if given (the engines otherwise share the target's)."""
+    written as ``embed_tokens.weight`` if given (the engines otherwise share the target's). An existing ``out``
+    is replaced only if it is an earlier export or empty, or with ``force`` (scylla.atomic.check_replaceable)."""
     c = head.head_config
     exportable(c)
     indices = _feature_indices(c.feature_layers, target_layers)
@@ -116,7 +120,7 @@ def export_eagle3(head: EagleHead, out: str | os.PathLike, target_layers: int,
         "eagle_aux_hidden_state_layer_ids": layers,
         "eagle_config": {"eagle_aux_hidden_state_layer_ids": [i - 1 for i in layers], "use_aux_hidden_state": True},
     }
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, kind=EXPORT, force=force) as tmp:
         save_file(tensors, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
 
@@ -150,18 +154,19 @@ def eagle3_hub_folder(name: str) -> Path | None:
 def _feature_layers(config: dict, target_layers: int) -> list[int]:
     """hidden_states indices of the features, from the config in the reading of the engine that reads each list
     (docs/export.md): the top-level list as vLLM reads it, else eagle_config's as SGLang reads it, else the
-    engines' shared default."""
-    ids = config.get("eagle_aux_hidden_state_layer_ids")
-    nested = (config.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
+    engines' shared default; checked as an export checks them (three distinct layers the engines capture)."""
+    key = "eagle_aux_hidden_state_layer_ids"
+    ids, nested = config.get(key), (config.get("eagle_config") or {}).get(key)
+    for value in (ids, nested):
+        if value is not None and not (isinstance(value, list) and all(type(i) is int for i in value)):
+            raise InputError(f"{key} must be a list of layer numbers, e.g. [2, 15, 27], got {value!r}")
     if ids:
         layers = list(ids)
     elif nested:
         layers = [j + 1 for j in nested]
     else:
         layers = [2, target_layers // 2, target_layers - 3]
-    if any(not 0 <= i < target_layers for i in layers):
-        raise InputError(f"the head's aux layers {ids or nested} do not fit a target of {target_layers} layers")
-    return sorted(layers)
+    return sorted(_feature_indices(layers, target_layers))
 
 
 def load_eagle3(folder: str | os.PathLike, target: nn.Module) -> EagleHead:
@@ -196,12 +201,16 @@ def load_eagle3(folder: str | os.PathLike, target: nn.Module) -> EagleHead:
     if unsupported:
         raise InputError(f"EAGLE-3 head {folder} uses {unsupported[0]}, which scylla's EAGLE-3 layer does not compute")
 
+    try:
+        feature_layers = _feature_layers(config, int(target.config.num_hidden_layers))
+    except InputError as err:
+        raise InputError(f"EAGLE-3 head {folder}: {err}") from None
     draft_vocab = int(config.get("draft_vocab_size") or vocab)
     head_config = EagleConfig(
         target_hidden_size=hidden, target_vocab_size=vocab, num_layers=1, width=width,
         intermediate_size=int(config["intermediate_size"]), num_attention_heads=heads,
         num_key_value_heads=int(config.get("num_key_value_heads", heads)),
-        feature_layers=_feature_layers(config, int(target.config.num_hidden_layers)), draft_vocab_size=draft_vocab,
+        feature_layers=feature_layers, draft_vocab_size=draft_vocab,
         rope_theta=float(config.get("rope_theta", rope.get("rope_theta", 10000.0))),
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         max_position_embeddings=int(config.get("max_position_embeddings", 8192)), layout="eagle3",

@@ -8,49 +8,41 @@ import torch
 
 from scylla.drafters.base import Drafter
 from scylla.drafters.draft_model import DraftModel
-from scylla.drafters.eagle import EagleDrafter, EagleHead, is_head_folder
+from scylla.drafters.eagle import EagleDrafter, EagleHead, is_head_folder, trained_for
 from scylla.drafters.eagle3_format import eagle3_hub_folder, is_eagle3_folder, load_eagle3
 from scylla.drafters.hybrid import HybridDrafter
 from scylla.drafters.prompt_lookup import PromptLookup
 from scylla.drafters.suffix import SuffixDrafter, SuffixPool
-from scylla.drafters.tree import TreeShape
-from scylla.errors import ConfigError
-from scylla.models import ALIASES, check_model_folder, is_local, load_model, truncated_draft
+from scylla.errors import InputError
+from scylla.models import ALIASES, PACKAGED, cache_dir, check_model_folder, is_local, load_model, truncated_draft
+from scylla.specs import TreeShape, parse_spec
 
 
-SPECS = ("none, truncated:K, prompt-lookup, suffix (suffix automaton with a pool), hybrid:SPEC (suffix where it "
-         "matches >= 4 tokens, else SPEC), draft:PATH (a draft LM, a trained head folder or an EAGLE-3 folder)")
-
-
-def parse_spec(spec: str) -> tuple[str, str]:
-    """Split and check a spec without loading anything: (kind, argument). For hybrid:SPEC the argument is SPEC,
-    checked too."""
-    kind, _, arg = spec.partition(":")
-    if kind == "truncated" and not arg.isdigit():
-        raise ConfigError(f"bad drafter {spec!r}: truncated:K needs a layer count, e.g. truncated:4")
-    if kind == "hybrid":
-        if not arg:
-            raise ConfigError(f"bad drafter {spec!r}: hybrid:SPEC needs a fallback drafter, e.g. hybrid:truncated:4")
-        inner, _ = parse_spec(arg)
-        if inner in ("none", "suffix", "hybrid"):
-            raise ConfigError(f"bad drafter {spec!r}: the fallback of hybrid:SPEC drafts where the suffix drafter "
-                              f"does not, so it cannot be {inner}; e.g. hybrid:draft:PATH")
-        return kind, arg
-    valid = {"none": not arg, "prompt-lookup": not arg, "suffix": not arg, "truncated": True, "draft": bool(arg)}
-    if not valid.get(kind, False):
-        raise ConfigError(f"unknown drafter {spec!r}: use one of {SPECS}")
-    return kind, arg
-
-
-def check_spec(spec: str) -> tuple[str, str]:
+def check_spec(spec: str, target: str | None = None) -> tuple[str, str]:
     """``parse_spec``, and for ``draft:PATH`` with a local PATH, that the folder holds a readable config.json and
-    weights: a broken draft fails before the target loads."""
+    weights, and (given the ``target``'s name) that its card.json names that target: a broken or foreign draft
+    fails before the target loads."""
     kind, arg = parse_spec(spec)
     if kind == "hybrid":
-        check_spec(arg)
+        check_spec(arg, target)
     if kind == "draft" and is_local(arg):
         check_model_folder(arg)
+        card = trained_for(arg)
+        known = None if target is None or card is None else (_where(card), _where(target))
+        if known and None not in known and known[0] != known[1]:
+            raise InputError(f"draft {arg} was trained for target {card}, not {target}: give --target {card}, or a "
+                             f"draft trained for {target}")
     return kind, arg
+
+
+def _where(name: str) -> str | None:
+    """A target name as one string per model: an alias as its cached folder, a path resolved; None for a path that
+    is not here (a card written elsewhere), which cannot be compared."""
+    if name in ALIASES:
+        return str((cache_dir() / (PACKAGED[name].folder if name in PACKAGED else name)).resolve())
+    if is_local(name):
+        return str(Path(name).resolve()) if Path(name).exists() else None
+    return name
 
 
 def drafter_from_spec(

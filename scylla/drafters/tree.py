@@ -9,50 +9,12 @@ T > 0 by recursive rejection over siblings, scylla.verify.verify_tree_sampled).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from scylla.drafters.base import Draft
-from scylla.errors import ConfigError
-
-TREE_FORM = "top_k=K,depth=D,total_tokens=N (e.g. top_k=4,depth=4,total_tokens=16)"
-
-
-@dataclass(frozen=True)
-class TreeShape:
-    """EAGLE-2's three knobs: children per expanded node, depth, and nodes kept (verified) per step."""
-
-    top_k: int = 10
-    depth: int = 5
-    total_tokens: int = 60
-
-    def __post_init__(self):
-        if self.top_k < 1 or self.depth < 1:
-            raise ConfigError(f"tree top_k and depth must be >= 1, got top_k={self.top_k}, depth={self.depth}")
-        if self.total_tokens < self.depth:
-            raise ConfigError(f"a tree with total_tokens={self.total_tokens} < depth={self.depth} can never use its "
-                              "full depth: raise total_tokens or lower depth")
-        most = self.top_k + (self.depth - 1) * self.top_k**2
-        if self.total_tokens > most:
-            raise ConfigError(f"total_tokens={self.total_tokens} exceeds the {most} candidates a top_k={self.top_k}, "
-                              f"depth={self.depth} tree expands")
-
-    def label(self) -> str:
-        return f"top_k={self.top_k},depth={self.depth},total_tokens={self.total_tokens}"
-
-
-def parse_tree(text: str) -> TreeShape:
-    """'top_k=4,depth=3,total_tokens=12' -> TreeShape (missing keys take EAGLE-2's defaults 10, 5, 60)."""
-    values = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, eq, value = part.partition("=")
-        if not eq or key not in ("top_k", "depth", "total_tokens") or not value.strip().isdigit():
-            raise ConfigError(f"bad tree {text!r}: use {TREE_FORM}")
-        values[key] = int(value)
-    return TreeShape(**values)
-
+from scylla.specs import TREE_FORM, TreeShape, parse_tree  # noqa: F401 (TREE_FORM, parse_tree: imported from here)
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
