@@ -1,4 +1,5 @@
-"""Decode benchmark: this engine (scylla) against HF ``generate`` on SmolLM2-135M (or --target), fp32 on CPU, greedy.
+"""Decode benchmark: this engine (scylla) against HF ``generate`` on SmolLM2-135M (or --target), greedy, on CPU in each
+dtype of --dtypes (default: float32 and bfloat16 on a CPU with bf16 units, scylla.dtypes.plain_dtypes).
 
 Two prompt sets: ``gsm`` (GSM-style word problems from reasoning-gym's gsm_symbolic) and ``copy`` (prompts whose
 answers mostly repeat, extract or reformat text given in the prompt). Every prompt goes through the chat template
@@ -16,16 +17,20 @@ scylla.timing.rounds_for), each a pass of every mode over all batches, the order
 round, so that a machine that slows down or speeds up during the run touches every mode alike. tokens/s = new tokens
 of a pass / wall seconds of the pass (the sum of its generate calls, timed outside generate for both engines); the
 table shows the median over rounds. speed-up = the median paired ratio over (batch, round): the mode's tokens/s on a
-batch over the same engine's plain tokens/s on that batch in the same round, with its bootstrap 95% interval over
-batches (scylla.timing.paired_speedup); where the interval holds 1 the table says "no measurable difference".
-vs HF pairs this engine's mode with HF's same mode the same way. New tokens are counted up
-to and including EOS. MAT = new tokens / target forwards (the prefill counts). For HF, target forwards are counted
-with a forward hook on the target module (draft models are separate top-level modules: their forwards do not fire
-it; checked at start-up); HF MAT is shown at batch 1 only (a batched forward also runs finished rows). Run on an
+batch over this engine's plain tokens/s on that batch in the same round, in the dtype whose plain decoding is faster
+at that batch size (column "over"), so that a dtype never wins by slowing the baseline, with its bootstrap 95%
+interval over batches (scylla.timing.paired_speedup); where the interval holds 1 the table says "no measurable
+difference". vs HF pairs this engine's mode with HF's same mode in the same dtype the same way. New tokens are
+counted up to and including EOS. MAT = new tokens / target forwards (the prefill counts). For HF, target forwards are
+counted with a forward hook on the target module (draft models are separate top-level modules: their forwards do not
+fire it; checked at start-up); HF MAT is shown at batch 1 only (a batched forward also runs finished rows). Run on an
 otherwise idle machine: other CPU work skews every timing (the JSON records the load average).
 
-Correctness: every mode's greedy output must equal this engine's plain batch-1 output for the same prompt, token
-for token (column same_as_plain).
+Correctness: every mode's greedy output is compared with this engine's plain batch-1 output in the same dtype for the
+same prompt, token for token (column same_as_plain). In float32 they must be equal. In bfloat16 a k-token verify and a
+1-token step round differently, so texts may part at near-ties; there the column "argmax" counts the emitted tokens
+that are not the bf16 target's argmax up to the near-tie tolerance (scylla.lossless, every position checked; 0 is
+lossless).
 
 The i.i.d. model's speed-up over plain decoding (Leviathan et al. 2023, with a measured verify cost):
 
@@ -42,7 +47,7 @@ measured). The JSON also has mat_prediction = MAT / (g*c + v), the speed-up the 
 (it leaves out the per-step work outside the forwards).
 
 Usage: python benchmarks/decode.py [--target smollm2-135m] [--quick] [--sets gsm,copy] [--batch-sizes 1,4,8,16]
-       [--json PATH]
+       [--dtypes float32,bfloat16] [--json PATH]
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ from scylla.costs import forward_seconds  # noqa: E402
 from scylla.drafters import DraftModel, EagleDrafter, EagleHead, PromptLookup  # noqa: E402
 from scylla.drafters.spec import drafter_from_spec  # noqa: E402
 from scylla.drafters.tree import parse_tree  # noqa: E402
+from scylla.dtypes import cpu_capability, parse_dtypes, plain_dtypes  # noqa: E402
+from scylla.lossless import greedy_violations  # noqa: E402
 from scylla.engine import SpeculativeDecoder  # noqa: E402
 from scylla.metrics import DecodeStats  # noqa: E402
 from scylla.models import load_model, truncated_draft  # noqa: E402
@@ -251,18 +258,27 @@ class Mode:
     gamma: int | None = None
     draft: torch.nn.Module | None = None
     verify_tokens: int | None = None  # tokens the target scores per step (default gamma + 1)
+    target: torch.nn.Module | None = None  # the target in this mode's dtype
+
+    @property
+    def dtype(self) -> str:
+        return str(next(self.target.parameters()).dtype).removeprefix("torch.")
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.engine, self.name, self.dtype
 
     @property
     def is_prompt_lookup(self) -> bool:
         return self.name == "prompt-lookup"
 
 
-def one_pass(mode: Mode, target: torch.nn.Module, batches: list[Batch], max_new_tokens: int) -> Run:
+def one_pass(mode: Mode, batches: list[Batch], max_new_tokens: int) -> Run:
     """Run the mode over the batches, timing each generate call from outside."""
     parts: list[DecodeStats] = []
     generate = mode.make(parts)
     run = Run()
-    with ForwardCounter(target) as counter:
+    with ForwardCounter(mode.target) as counter:
         for batch in batches:
             t0, cpu0 = time.perf_counter(), time.process_time()
             rows = generate(batch, max_new_tokens)
@@ -277,19 +293,18 @@ def one_pass(mode: Mode, target: torch.nn.Module, batches: list[Batch], max_new_
     return run
 
 
-def measure(modes: list[Mode], target: torch.nn.Module, batches: list[Batch], args: argparse.Namespace,
-            progress) -> list[list[Run]]:
+def measure(modes: list[Mode], batches: list[Batch], args: argparse.Namespace, progress) -> list[list[Run]]:
     """Every mode's untimed warm-up call (first batch, --warmup-tokens new tokens), then interleaved rounds: a pass
     of every mode per round, in reverse order every other round. Returns [mode][round]."""
     for mode in modes:
-        one_pass(mode, target, batches[:1], min(args.warmup_tokens, args.max_new_tokens))
+        one_pass(mode, batches[:1], min(args.warmup_tokens, args.max_new_tokens))
     runs: list[list[Run]] = [[] for _ in modes]
     rounds = rounds_for(args.repeats, len(batches))
     for k in range(rounds):
         for i in list(range(len(modes)))[:: -1 if k % 2 else 1]:
             progress.set_postfix_str(f"b={len(batches[0].index)} round {k + 1}/{rounds} {modes[i].engine} "
-                                     f"{modes[i].name}")
-            runs[i].append(one_pass(modes[i], target, batches, args.max_new_tokens))
+                                     f"{modes[i].name} {modes[i].dtype}")
+            runs[i].append(one_pass(modes[i], batches, args.max_new_tokens))
     return runs
 
 
@@ -336,11 +351,11 @@ def head_modes(target, tokenizer, args: argparse.Namespace) -> list[Mode]:
 def scylla_mode(target, tokenizer, name: str, drafter=None, gamma: int | None = None) -> Mode:
     decoder = SpeculativeDecoder(target, drafter)
     draft = drafter.model if isinstance(drafter, DraftModel) else None
-    return Mode("scylla", name, lambda parts: scylla_generate(decoder, tokenizer, parts), gamma, draft)
+    return Mode("scylla", name, lambda parts: scylla_generate(decoder, tokenizer, parts), gamma, draft, target=target)
 
 
 def hf_mode(target, tokenizer, name: str, gamma: int | None = None, **extra) -> Mode:
-    return Mode("hf", name, lambda _parts: hf_generate(target, tokenizer, **extra), gamma)
+    return Mode("hf", name, lambda _parts: hf_generate(target, tokenizer, **extra), gamma, target=target)
 
 
 def scylla_modes(target, tokenizer, args: argparse.Namespace, draft_layers: list[int]) -> list[Mode]:
@@ -444,7 +459,7 @@ def cost_model(mode: Mode, run: Run, meter: CostMeter, target, batch: int) -> di
     stats = run.stats
     if mode.engine != "scylla" or stats is None:
         return None
-    step = meter.seconds(target, batch, 1, "target")
+    step = meter.seconds(target, batch, 1, f"target {mode.dtype}")
     measured_ms = 1000 * run.wall_seconds / run.target_forwards  # per target call (the prefill counts as one)
     if not stats.drafted:  # plain decoding: one target forward per step
         return dict(step_ms=measured_ms, forward_ms=1000 * step, other_ms=measured_ms - 1000 * step)
@@ -456,9 +471,9 @@ def cost_model(mode: Mode, run: Run, meter: CostMeter, target, batch: int) -> di
         c = d / g
     else:
         g = mode.gamma
-        c = meter.seconds(mode.draft, batch, 1, f"draft-{mode.name}") / step
+        c = meter.seconds(mode.draft, batch, 1, f"draft-{mode.name} {mode.dtype}") / step
         d = g * c
-    v = meter.seconds(target, batch, mode.verify_tokens or max(1, round(g)) + 1, "target") / step
+    v = meter.seconds(target, batch, mode.verify_tokens or max(1, round(g)) + 1, f"target {mode.dtype}") / step
     forward_ms = 1000 * step * (d + v)
     return dict(g=g, c=c, d=d, v=v, iid_prediction=iid_prediction(stats.acceptance_rate, g, c, v),
                 mat_prediction=stats.mean_accepted_length / (d + v), step_ms=measured_ms, forward_ms=forward_ms,
@@ -473,12 +488,13 @@ def same_as_plain(runs: list[Run], reference: dict[int, list[int]]) -> bool:
 
 
 def summarize(set_name: str, batch: int, mode: Mode, runs: list[Run], reference, costs: dict | None,
-              plain: list[Run], hf: list[Run] | None) -> dict:
-    """One result row (JSON-ready): ``plain`` is the same engine's plain decoding, ``hf`` HF's same mode (None if
-    not run), both timed in the same rounds."""
+              plain: list[Run], hf: list[Run] | None, baseline_dtype: str, violations: int | None) -> dict:
+    """One result row (JSON-ready): ``plain`` is this engine's faster plain decoding (in ``baseline_dtype``), ``hf``
+    HF's same mode in the same dtype (None if not run), both timed in the same rounds; ``violations``: emitted tokens
+    that are not the target's argmax up to near-ties (scylla.lossless; None where not checked)."""
     first = runs[0]
     stats = first.stats
-    speed_up = None if mode.name == "plain" else paired(runs, plain)  # plain: the baseline, 1 by definition
+    speed_up = None if runs is plain else paired(runs, plain)  # the baseline itself: 1 by definition
     vs_hf = paired(runs, hf) if hf else None
     if stats is not None:
         mat, alpha = stats.mean_accepted_length, (stats.acceptance_rate if stats.drafted else None)
@@ -490,6 +506,9 @@ def summarize(set_name: str, batch: int, mode: Mode, runs: list[Run], reference,
         batch=batch,
         engine=mode.engine,
         mode=mode.name,
+        dtype=mode.dtype,
+        baseline_dtype=baseline_dtype,
+        argmax_violations=violations,
         tokens_per_second=statistics.median(r.tokens_per_second for r in runs),
         tokens_per_second_runs=[r.tokens_per_second for r in runs],
         wall_seconds_runs=[r.wall_seconds for r in runs],
@@ -518,8 +537,8 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| set | batch | engine | mode | tokens/s | MAT | alpha | per position | speed-up | vs HF | iid pred | "
-            "MAT pred | pred error | ms/step | forwards ms | other ms | same_as_plain |")
+    head = ("| set | batch | engine | mode | dtype | tokens/s | MAT | alpha | per position | speed-up | over | vs HF | "
+            "iid pred | MAT pred | pred error | ms/step | forwards ms | other ms | same_as_plain | argmax |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         cm = r["cost_model"] or {}
@@ -527,11 +546,12 @@ def markdown_table(rows: list[dict]) -> str:
         error = f"{100 * (r['speed_up'] / pred - 1):+.0f}%" if pred and r["speed_up"] else "n/a"
         positions = (r["stats"] or {}).get("per_position_acceptance") or []
         cells = [
-            r["set"], str(r["batch"]), r["engine"], r["mode"], _fmt(r["tokens_per_second"], 1), _fmt(r["mat"]),
-            _fmt(r["alpha"]), " ".join(_fmt(a) for a in positions[:4]) or "n/a",
-            r["speed_up_text"], r["vs_hf_text"],
+            r["set"], str(r["batch"]), r["engine"], r["mode"], r["dtype"], _fmt(r["tokens_per_second"], 1),
+            _fmt(r["mat"]), _fmt(r["alpha"]), " ".join(_fmt(a) for a in positions[:4]) or "n/a",
+            r["speed_up_text"], f"plain {r['baseline_dtype']}", r["vs_hf_text"],
             _fmt(cm.get("iid_prediction")), _fmt(pred), error, _fmt(cm.get("step_ms"), 1),
             _fmt(cm.get("forward_ms"), 1), _fmt(cm.get("other_ms"), 1), "yes" if r["same_as_plain"] else "no",
+            "n/a" if r["argmax_violations"] is None else str(r["argmax_violations"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -558,25 +578,39 @@ def costs_table(records: list[dict]) -> str:
 # ---------------------------------------------------------------- main
 
 
-def run_set(set_name: str, model, tokenizer, args, progress) -> tuple[list[dict], list[dict]]:
-    """All rows of one prompt set, and the measured costs."""
+def argmax_violations(mode: Mode, run: Run, batches: list[Batch]) -> int | None:
+    """Emitted tokens of a non-float32 run that are not the target's argmax up to near-ties (scylla.lossless); None
+    in float32, where same_as_plain is the exact check."""
+    if mode.dtype == "float32":
+        return None
+    prompts = [b.ids[row][b.mask[row].bool()].tolist() for b in batches for row in range(len(b.index))]
+    return len(greedy_violations(mode.target, prompts, run.generated))
+
+
+def run_set(set_name: str, models: dict, tokenizer, args, progress) -> tuple[list[dict], list[dict]]:
+    """All rows of one prompt set, and the measured costs; ``models``: the target in each dtype."""
     texts = prompt_set(set_name, args.prompts_per_set, args.seed, args.exclude_corpus)
     rows: list[dict] = []
-    reference: dict[int, list[int]] = {}
+    reference: dict[str, dict[int, list[int]]] = {}  # per dtype
     meter: CostMeter | None = None
     for batch in args.batch_sizes:
         batches = make_batches(tokenizer, texts, batch)
-        modes = modes_for(batch, model, tokenizer, args)
-        runs = measure(modes, model, batches, args, progress)
-        if not reference:  # this engine's plain decoding at the first batch size (1 by default)
-            reference = {i: g for g, i in zip(runs[0][0].generated, runs[0][0].index)}
-            meter = CostMeter(cost_context(batches, reference))
-        by_name = {(mode.engine, mode.name): r for mode, r in zip(modes, runs)}
+        modes = [m for model in models.values() for m in modes_for(batch, model, tokenizer, args)]
+        runs = measure(modes, batches, args, progress)
+        by_key = {mode.key: r for mode, r in zip(modes, runs)}
+        for dtype in models:
+            if dtype not in reference:  # this engine's plain decoding at the first batch size (1 by default)
+                first = by_key[("scylla", "plain", dtype)][0]
+                reference[dtype] = {i: g for g, i in zip(first.generated, first.index)}
+        meter = meter or CostMeter(cost_context(batches, reference[next(iter(models))]))
+        fastest = max(models, key=lambda d: statistics.median(r.tokens_per_second
+                                                              for r in by_key[("scylla", "plain", d)]))
         for mode, mode_runs in zip(modes, runs):
-            costs = cost_model(mode, mode_runs[0], meter, model, batch)
-            hf = by_name.get(("hf", mode.name)) if mode.engine == "scylla" else None
-            rows.append(summarize(set_name, batch, mode, mode_runs, reference, costs,
-                                  by_name[(mode.engine, "plain")], hf))
+            costs = cost_model(mode, mode_runs[0], meter, mode.target, batch)
+            hf = by_key.get(("hf", mode.name, mode.dtype)) if mode.engine == "scylla" else None
+            rows.append(summarize(set_name, batch, mode, mode_runs, reference[mode.dtype], costs,
+                                  by_key[("scylla", "plain", fastest)], hf, fastest,
+                                  argmax_violations(mode, mode_runs[0], batches)))
             progress.update(1)
     for record in meter.records:
         record["set"] = set_name
@@ -610,6 +644,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "drafter (hybrid:draft:HEAD)")
     p.add_argument("--no-hf", action="store_true", help="leave out HF generate's rows (this engine only)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--dtypes", default="", help="comma-separated dtypes, every mode in each (default: float32 and "
+                   "bfloat16 on a CPU with bf16 units, else float32; scylla.dtypes.plain_dtypes)")
     p.add_argument("--json", default="benchmarks/out/decode.json", help="where to write the results")
     args = p.parse_args(argv)
     base = QUICK if args.quick else DEFAULTS
@@ -617,6 +653,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.sets = [s for s in args.sets.split(",") if s]
+    args.dtypes = parse_dtypes(args.dtypes) if args.dtypes else plain_dtypes()
     args.batch_sizes = sorted(int(b) for b in args.batch_sizes.split(","))
     args.draft_layers = [int(k) for k in args.draft_layers.split(",") if k]
     args.batched_draft_layers = [int(k) for k in args.batched_draft_layers.split(",") if k]
@@ -647,17 +684,19 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     started = time.perf_counter()
     env_start = environment()
-    model, tokenizer = load_model(args.target, device="cpu", dtype="float32")
-    check_hook_isolation(model)
+    models = {d: load_model(args.target, device="cpu", dtype=d)[0] for d in args.dtypes}
+    tokenizer = load_model(args.target, device="cpu", dtype=args.dtypes[0])[1]
+    for model in models.values():
+        check_hook_isolation(model)
     heads = len(args.head) * (1 + bool(args.head_tree) + args.head_hybrid)
     hf = 0 if args.no_hf else 1
     per_set = (1 + hf) * (2 + len(args.draft_layers)) + heads  # batch 1: plain, drafts, lookup (both), heads
     batched = 2 + hf + len(args.batched_draft_layers) + heads
-    total = len(args.sets) * (per_set + batched * (len(args.batch_sizes) - 1))
+    total = len(args.sets) * (per_set + batched * (len(args.batch_sizes) - 1)) * len(models)
     rows, costs = [], []
     with tqdm(total=total, desc="modes", unit="mode", file=sys.stderr) as progress:
         for set_name in args.sets:
-            set_rows, set_costs = run_set(set_name, model, tokenizer, args, progress)
+            set_rows, set_costs = run_set(set_name, models, tokenizer, args, progress)
             rows += set_rows
             costs += set_costs
     elapsed = time.perf_counter() - started
@@ -665,8 +704,8 @@ def main(argv: list[str] | None = None) -> int:
     print(costs_table(costs))
     print(
         f"\nResults ({args.target}, greedy, max_new_tokens={args.max_new_tokens}, {args.prompts_per_set} prompts per "
-        f"set, {args.repeats}+ interleaved rounds, speed-up = median paired ratio [95% interval over batches], "
-        f"{args.threads} threads):\n"
+        f"set, {args.repeats}+ interleaved rounds, speed-up = median paired ratio [95% interval over batches] over "
+        f"the faster plain decoding of {', '.join(args.dtypes)}, {args.threads} threads, CPU {cpu_capability()}):\n"
     )
     print(markdown_table(rows))
     print(f"\nNote: {HF_BATCHED_NOTE} iid pred = (1 - a^(g+1)) / ((1 - a)(g c + v)), a model, not a bound; "

@@ -78,9 +78,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         entry = selection_for(args.config, args.batch_size, args.target)
         shape = parse_shape(entry.draft_shape)
         args.drafter, args.tree, args.num_draft_tokens = entry.draft, shape.tree, shape.num_draft_tokens
+        args.dtype = args.dtype or (entry.plain_dtype if entry.draft == "none" else entry.dtype)  # its dtype too
         predicted = "" if entry.predicted_speedup is None else (f" (best draft predicted at "
                                                                 f"{entry.predicted_speedup:.2f}x plain decoding)")
-        print(f"[{args.config}] batch {args.batch_size}: {entry.draft} {entry.draft_shape}{predicted}", file=sys.stderr)
+        dtype = f" in {args.dtype}" if args.dtype else ""
+        print(f"[{args.config}] batch {args.batch_size}: {entry.draft} {entry.draft_shape}{dtype}{predicted}",
+              file=sys.stderr)
     _refuse_max_ngram_without_lookup(args)
     check_spec(args.drafter, args.target)
     prompts = read_prompts(args.prompts_file) if args.prompts_file else list(args.prompt)
@@ -326,13 +329,15 @@ def cmd_select(args: argparse.Namespace) -> int:
                          args.tasks.split(","), args.token_budget, args.fitted_shape,
                          check=(args.prompts, args.max_new_tokens) if args.check else None)
     chosen, drafts = done.chosen, done.drafts
-    print(f"{'batch':>5}  {'layers':>6}  {'shape':<36} {'tokens':>8}  {'MAT (95% CI)':<20} {'cost':>5}  "
-          f"predicted speed-up (95% CI)")
+    print(f"{'batch':>5}  {'layers':>6}  {'shape':<36} {'dtype':<8}  {'tokens':>8}  {'MAT (95% CI)':<20} {'cost':>5}  "
+          f"predicted speed-up (95% CI) over plain decoding in")
     for b, c in chosen.items():
         lo, hi = c.predicted_speedup_ci95
-        print(f"{b:>5}  {c.draft_layers:>6}  {c.draft_shape:<36} {c.train_tokens:>8}  {c.predicted_mat:.2f} "
+        print(f"{b:>5}  {c.draft_layers:>6}  {c.draft_shape:<36} {c.dtype:<8}  {c.train_tokens:>8}  "
+              f"{c.predicted_mat:.2f} "
               f"[{c.predicted_mat_ci95[0]:.2f}, {c.predicted_mat_ci95[1]:.2f}]   {c.step_cost:5.2f}  "
-              f"{c.predicted_speedup:.2f}x [{lo:.2f}, {hi:.2f}]" + ("  (extrapolated)" if c.extrapolated else "")
+              f"{c.predicted_speedup:.2f}x [{lo:.2f}, {hi:.2f}] {c.plain_dtype}"
+              + ("  (extrapolated)" if c.extrapolated else "")
               + ("" if drafts[b] else "  (no trained draft)")
               + ("" if pays(c) else "  -> plain decoding (lower bound not above 1)"))
     print(f"wrote {args.out} ({len(done.candidates)} candidates)")
@@ -524,7 +529,9 @@ def _select_parser(sub) -> None:
     sel = sub.add_parser("select", parents=[THREAD_ARGS],
                          help="pick the fastest draft configuration per batch size from laws and costs")
     sel.add_argument("--fits", required=True, help="scylla fit --by draft_layers[,draft_shape] --json output")
-    sel.add_argument("--cost", required=True, help="scylla costs --head-layers ... output")
+    sel.add_argument("--cost", required=True, action="append", help="scylla costs --head-layers ... output (repeat "
+                     "with one table per dtype, e.g. costs.float32.json and costs.bfloat16.json from scylla costs "
+                     "--dtype float32,bfloat16: each candidate is costed in each, over the fastest plain decoding)")
     sel.add_argument("--batch-sizes", type=_ints, default=[1, 8, 64], help="comma-separated: one choice per batch size")
     sel.add_argument("--token-budget", type=_positive(int), help="training tokens (default: the largest fitted)")
     sel.add_argument("--fitted-shape", default="chain:2", help="shape the MAT was measured at, for fits without "

@@ -8,6 +8,7 @@ demo re-run picks up where it stopped. Stages print a banner with the elapsed ti
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,8 +21,9 @@ from pipeline.evaluate import EvalConfig, evaluate, parse_shape
 from pipeline.select import checkpoint_for, law_of, load_fits, pays, run_selection
 from pipeline.sweep import load_sweep, run_sweep
 from scylla.atomic import atomic_path
-from scylla.costs import CostTable, calibrate, measure_costs, untrained_heads
+from scylla.costs import CostTable, calibrate, measure_cost_tables, table_path, untrained_heads
 from scylla.data.prompt_sets import check_disjoint, problem_set
+from scylla.dtypes import cpu_capability, default_dtype, plain_dtypes
 from scylla.models import load_model, target_quantization
 from scylla.records import find_checkpoints, read_records, records_path
 from scylla.timing import MIN_RATIOS, Speedup, rounds_for
@@ -38,32 +40,63 @@ NEW_TOKENS = 20  # the check's, on the confirm prompt set (max(BATCH_SIZES) prom
 CALIBRATION_TOKENS = 16  # the cost model's overhead calibration, on the select set
 
 
-def _banner(start: float, text: str) -> None:
-    print(f"\n=== [{(time.perf_counter() - start) / 60:5.1f} min] {text}", file=sys.stderr, flush=True)
+class _Stages:
+    """The demo's stage banners (elapsed minutes on stderr) and each stage's minutes, for the report."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.minutes: dict[str, float] = {}
+        self.name = ""
+
+    def __call__(self, text: str, name: str) -> None:
+        self._close()
+        self.name = name
+        print(f"\n=== [{(time.perf_counter() - self.start) / 60:5.1f} min] {text}", file=sys.stderr, flush=True)
+
+    def _close(self) -> None:
+        now = time.perf_counter()
+        if self.name:
+            self.minutes[self.name] = (now - self.last) / 60
+        self.last = now
+
+    def total(self) -> float:
+        self._close()
+        self.name = ""
+        return (time.perf_counter() - self.start) / 60
 
 
-def _costs(run_dir: Path, target_name: str, layers: list[int], width: int, draft_vocab: int, heads: list[str]) -> Path:
-    """The cost table of the target and untrained heads of these depths (measured once, then reused), with its
-    per-step overhead calibrated on online runs of ``heads`` (draft specs) on the select prompt set."""
-    path = run_dir / "costs.json"
-    if not path.exists():
-        target, _ = load_model(target_name)
+def _costs(run_dir: Path, target_name: str, layers: list[int], width: int, draft_vocab: int,
+           heads: list[str]) -> list[Path]:
+    """One cost table per dtype plain decoding is timed in (scylla.dtypes.plain_dtypes: float32 and bfloat16 on a
+    CPU with bf16 units) of the target and untrained heads of these depths, measured once in one interleaved run and
+    then reused, each with its per-step overhead calibrated on online runs of ``heads`` (draft specs) in its dtype on
+    the select prompt set."""
+    dtypes = plain_dtypes()
+    paths = {d: table_path(run_dir / "costs.json", d) for d in dtypes}
+    if not all(p.exists() for p in paths.values()):
         shapes = [parse_shape(s) for s in SHAPES]
-        untrained = untrained_heads(target, layers, width, draft_vocab)  # the trained heads' shape, vocabulary included
-        # the target's verify sizes and the heads' draft widths, every model timed at all of them in one interleaved
-        # table (scylla.costs.measure_costs)
+        # the target's verify sizes and the heads' draft widths, every model of every dtype timed at all of them in
+        # one interleaved run (scylla.costs.measure_cost_tables)
         tokens = sorted({1} | {s.verify_tokens for s in shapes} | {s.tree.top_k for s in shapes if s.tree})
-        table = measure_costs({"target": target, **untrained}, BATCH_SIZES, tokens, [128], reps=5)
-        table.target_quantization = target_quantization(target_name, target)
-        table.save(path)
-    table = CostTable.load(path)
-    if not table.overhead:
-        calibration = run_dir / "calibration"
-        evaluate(EvalConfig(str(calibration), drafts=heads, target=target_name, tasks=["gsm"], temperatures=[0.0],
-                            batch_sizes=BATCH_SIZES, shapes=SHAPES, baselines=["none"], prompts=max(BATCH_SIZES),
-                            prompt_set="select", max_new_tokens=CALIBRATION_TOKENS, repeats=1))
-        calibrate(table, read_records(calibration, kind="eval")).save(path)
-    return path
+        models = {}
+        for d in dtypes:
+            target, _ = load_model(target_name, dtype=d)
+            # the trained heads' shape, vocabulary included
+            models[d] = {"target": target, **untrained_heads(target, layers, width, draft_vocab)}
+        for d, table in measure_cost_tables(models, BATCH_SIZES, tokens, [128], reps=5).items():
+            table.target_quantization = target_quantization(target_name, models[d]["target"])
+            table.save(paths[d])
+        del models
+    calibration = run_dir / "calibration"
+    for d, path in paths.items():
+        table = CostTable.load(path)
+        if not table.overhead:
+            evaluate(EvalConfig(str(calibration), drafts=heads, target=target_name, tasks=["gsm"], temperatures=[0.0],
+                                batch_sizes=BATCH_SIZES, shapes=SHAPES, baselines=["none"], prompts=max(BATCH_SIZES),
+                                prompt_set="select", max_new_tokens=CALIBRATION_TOKENS, repeats=1, dtype=d,
+                                baseline_dtypes=dtypes))
+            calibrate(table, read_records(calibration, kind="eval")).save(path)
+    return list(paths.values())
 
 
 def demo_prompt_sets(grid: str | Path = "experiments/demo.yaml", task: str = "gsm") -> dict[str, list[str]]:
@@ -80,20 +113,21 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
              threads: int | None = None) -> Path:
     """Run every stage (the training jobs on ``threads`` CPU threads; None: the environment's); returns the report's
     path."""
-    start = time.perf_counter()
+    banner = _Stages()
     run_dir = Path(run_dir)
     sweep = load_sweep(grid, run_dir)
     prompt_sets = demo_prompt_sets(grid)
     check_disjoint(prompt_sets)  # before any work: a law, a choice and its report on disjoint prompts
-    _banner(start, f"1/7 train {len(sweep.jobs)} draft heads through DeepSpeed ({grid} -> {run_dir})")
+    banner(f"1/7 train {len(sweep.jobs)} draft heads through DeepSpeed ({grid} -> {run_dir}; dtype "
+           f"{sweep.jobs[0].dtype or default_dtype()}, {cpu_capability()})", "train")
     for line in run_sweep(sweep, threads=threads):
         print(line, file=sys.stderr)
     train = read_records(run_dir, kind="train")
     target = train[0]["target"]
 
     top = max(r["train_tokens"] for r in train)
-    _banner(start, f"2/7 exact replay (gsm, T=0) of {len(train)} checkpoints x {len(SHAPES)} draft shapes on the fit "
-                   f"prompt set, and of the {top}-token heads on the select set (prompt lookup also on the confirm set)")
+    banner(f"2/7 exact replay (gsm, T=0) of {len(train)} checkpoints x {len(SHAPES)} draft shapes on the fit prompt "
+           f"set, and of the {top}-token heads on the select set (prompt lookup also on the confirm set)", "replay")
     replay = dict(tasks=["gsm"], temperatures=[0.0], batch_sizes=[1], shapes=SHAPES, replay=True,
                   max_new_tokens=REPLAY_TOKENS)
     evaluate(EvalConfig(str(run_dir), baselines=["none", "prompt-lookup"], prompts=FIT_PROMPTS, prompt_set="fit",
@@ -106,12 +140,12 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
     evaluate(EvalConfig(str(run_dir), drafts=[], baselines=["none", "prompt-lookup"], prompts=max(BATCH_SIZES),
                         prompt_set="confirm", **replay))
 
-    _banner(start, "3/7 cost model: target and head forward costs by batch size, and the per-step overhead "
-                   "calibrated online on the select set")
+    banner(f"3/7 cost model in {', '.join(plain_dtypes())}: target and head forward costs by batch size, and the "
+           "per-step overhead calibrated online on the select set", "costs")
     layers = sorted({r["draft_layers"] for r in train})
-    cost_path = _costs(run_dir, target, layers, train[0]["draft_width"], train[0]["draft_vocab_size"], top_heads[:1])
+    cost_paths = _costs(run_dir, target, layers, train[0]["draft_width"], train[0]["draft_vocab_size"], top_heads[:1])
 
-    _banner(start, "4/7 fit the laws")
+    banner("4/7 fit the laws", "fit")
     fits_path, train_fits_path = run_dir / "fits.json", run_dir / "fits-train.json"
     holdout = 1 if len({r["train_tokens"] for r in train}) >= 4 else 0  # the top milestone, when 3+ stay to fit
     law1_where = group_label({k: v for k, v in REPLAY_WHERE.items() if k != "kind"})
@@ -123,27 +157,29 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
                          by="draft_layers,run_id", bootstrap=200)
     print("\n".join(mat_table + acc_table + seed_table), file=sys.stderr)
 
-    _banner(start, f"5/7 select the Scylla configuration for batch sizes {BATCH_SIZES} and measure it")
+    banner(f"5/7 select the Scylla configuration (draft, shape and dtype) for batch sizes {BATCH_SIZES} and measure it",
+           "select and check")
     config_path, check_dir = run_dir / "scylla.yaml", run_dir / "check"
     baseline = checkpoint_for([str(run_dir)], 1, top)  # EAGLE-2-style: 1 layer
     also = [(f"draft:{baseline}", TREE)] if baseline else []
-    done = run_selection(fits_path, cost_path, BATCH_SIZES, [str(run_dir)], config_path, str(check_dir), target,
+    done = run_selection(fits_path, cost_paths, BATCH_SIZES, [str(run_dir)], config_path, str(check_dir), target,
                          ["gsm"], also=also, check=(max(BATCH_SIZES), NEW_TOKENS))
     chosen, drafts, checked, regrets = done.chosen, done.drafts, done.measured, done.regrets
 
-    _banner(start, "6/7 figures from the records alone")
+    banner("6/7 figures from the records alone", "figures")
 
     calibration = run_dir / "calibration"  # online on the select set: where Table 5 chooses each method's shape
     records = read_records(run_dir) + read_records(check_dir)
     records += read_records(calibration) if records_path(calibration).exists() else []
     figures = all_figures(records, run_dir / "figs", scylla_config=str(config_path))
 
-    _banner(start, "7/7 report")
+    banner("7/7 report", "report")
     report = run_dir / "report.md"
     text = _report(run_dir, train, mat_table + ["", f"Per run (seed), {SEED_SHAPE}:", *seed_table], acc_table,
-                   chosen, drafts, checked, figures, (time.perf_counter() - start) / 60,
+                   chosen, drafts, checked, figures, banner,
                    {name: len(texts) for name, texts in prompt_sets.items()},
-                   _law_on_select_set(run_dir, fits_path, top), regrets or {}, fits_path, CostTable.load(cost_path))
+                   _law_on_select_set(run_dir, fits_path, top), regrets or {}, fits_path,
+                   [CostTable.load(p) for p in cost_paths])
     with atomic_path(report) as tmp:
         Path(tmp).write_text(text)
     print(f"wrote {report}", file=sys.stderr)
@@ -218,13 +254,23 @@ def _plain_words(fits_path: Path, regrets: dict) -> list[str]:
 
 
 def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: list[str], chosen: dict,
-            drafts: dict, measured: dict, figures: list[Path], minutes: float, set_sizes: dict[str, int],
-            select_rows: list[str], regrets: dict, fits_path: Path, cost: CostTable) -> str:
+            drafts: dict, measured: dict, figures: list[Path], stages: _Stages, set_sizes: dict[str, int],
+            select_rows: list[str], regrets: dict, fits_path: Path, costs: list[CostTable]) -> str:
     plain_share = {r["batch_size"]: r["prefill_share"] for r in read_records(
         run_dir / "check", kind="eval", where=dict(method="none", mode="online", prompt_set="confirm"))
-        if r.get("prefill_share") is not None}
+        if r.get("prefill_share") is not None and r.get("dtype") == r.get("baseline_dtype", r.get("dtype"))}
+    minutes = stages.total()
+    tokens = sorted({r["train_tokens"] for r in train})
+    replayed = {r.get("dtype", "float32") for r in read_records(run_dir, kind="eval", where=dict(mode="replay"))}
     lines = [
         "# Scylla demo report",
+        "",
+        f"Dtypes: heads trained (and the target's features and on-policy answers computed) in "
+        f"{', '.join(sorted({r.get('dtype', 'float32') for r in train}))}; replayed in {', '.join(sorted(replayed))}; "
+        f"costs measured in {', '.join(c.dtype for c in costs)}, and the Scylla configuration picks the dtype per "
+        f"batch size; CPU capability {costs[0].cpu_capability or costs[0].device} (scylla.dtypes). Law 1 spans "
+        f"{math.log10(tokens[-1] / tokens[0]):.2f} decades of training tokens ({tokens[0]} to {tokens[-1]}). Stage "
+        "times (min): " + ", ".join(f"{name} {m:.1f}" for name, m in stages.minutes.items()) + ".",
         "",
         f"Target {train[0]['target']} (weights: {train[0].get('target_quantization', 'quantisation not recorded')}); "
         f"{len({r['run_id'] for r in train})} EAGLE-style heads "
@@ -277,24 +323,27 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         "paired ratio with a 95% interval over prompts (over rounds for one batch; scylla.timing); where the interval "
         "holds 1 it reads \"no measurable difference\".",
         "",
-        "The cost model's per-step correction (work outside the forwards; negative where a step in the engine costs "
-        "less than its forwards measured alone), fitted on online runs of a 1-layer head on the select set "
-        f"({CALIBRATION_TOKENS} new tokens, prefill excluded; scylla.costs.calibrate), ms per step, plain / chain / "
-        "tree: " + ", ".join(f"batch {b}: " + " / ".join(f"{o.get(k, 0) * 1e3:.1f}" for k in ("plain", "chain", "tree"))
-                             for b, o in sorted(cost.overhead.items(), key=lambda kv: int(kv[0]))) + ". "
-        "And the batch lag fitted with it (a batch steps until its slowest row is done: steps of a batch / steps of "
-        "its average row; scylla.costs.batch_lag), plain / chain / tree: "
-        + ", ".join(f"batch {b}: " + " / ".join(f"{o.get(k, 1.0):.2f}" for k in ("plain", "chain", "tree"))
-                    for b, o in sorted(cost.lag.items(), key=lambda kv: int(kv[0]))) + ".",
-        "",
+        *[f"In {cost.dtype}: the cost model's per-step correction (work outside the forwards; negative where a step in "
+          "the engine costs less than its forwards measured alone), fitted on online runs of a 1-layer head on the "
+          f"select set ({CALIBRATION_TOKENS} new tokens, prefill excluded; scylla.costs.calibrate), ms per step, plain "
+          "/ chain / tree: " + ", ".join(f"batch {b}: " + " / ".join(f"{o.get(k, 0) * 1e3:.1f}"
+                                                                      for k in ("plain", "chain", "tree"))
+                                         for b, o in sorted(cost.overhead.items(), key=lambda kv: int(kv[0]))) + ". "
+          "And the batch lag fitted with it (a batch steps until its slowest row is done: steps of a batch / steps of "
+          "its average row; scylla.costs.batch_lag), plain / chain / tree: "
+          + ", ".join(f"batch {b}: " + " / ".join(f"{o.get(k, 1.0):.2f}" for k in ("plain", "chain", "tree"))
+                      for b, o in sorted(cost.lag.items(), key=lambda kv: int(kv[0]))) + ".\n" for cost in costs],
         "The cost model predicts the decoding phase; \"decoding only\" is that phase measured (the paired median "
         "with the prompts' prefill left out), its error the cost model's. The end-to-end speed-up includes the "
         "prefill, which speculation does not speed up (its share of plain decoding's time is given).",
         "",
-        "| batch | best draft: layers | shape | train tokens | MAT predicted (95% CI) | MAT measured | speed-up "
-        "predicted (95% CI) | decoding only, measured (error) | end to end, measured (95% CI) | prefill share "
+        "Every speed-up, predicted and measured, is over the faster plain decoding of the dtypes (\"over\"), timed in "
+        "the same rounds.",
+        "",
+        "| batch | best draft: layers | shape | dtype | over | train tokens | MAT predicted (95% CI) | MAT measured | "
+        "speed-up predicted (95% CI) | decoding only, measured (error) | end to end, measured (95% CI) | prefill share "
         "| Scylla's choice |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b, c in chosen.items():
         m = measured.get(b)
@@ -302,9 +351,11 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         decode = (f"{m['decode_speedup']:.2f}x ({c.predicted_speedup / m['decode_speedup'] - 1:+.0%})"
                   if m and m.get("decode_speedup") else "-")
         share = f"{plain_share.get(b, float('nan')):.0%}"
-        choice = "the draft" if pays(c) else "plain decoding"
+        choice = f"the draft in {c.dtype}" if pays(c) else f"plain decoding in {c.plain_dtype}"
+        over = m.get("baseline_dtype", c.plain_dtype) if m else c.plain_dtype
         lines.append(
-            f"| {b} | {c.draft_layers} | {c.draft_shape} | {c.train_tokens} | {c.predicted_mat:.2f} "
+            f"| {b} | {c.draft_layers} | {c.draft_shape} | {c.dtype} | plain {over} | {c.train_tokens} | "
+            f"{c.predicted_mat:.2f} "
             f"[{c.predicted_mat_ci95[0]:.2f}, {c.predicted_mat_ci95[1]:.2f}] | {mat} | {c.predicted_speedup:.2f}x "
             f"[{c.predicted_speedup_ci95[0]:.2f}, {c.predicted_speedup_ci95[1]:.2f}] | {decode} | {speedup} | {share} "
             f"| {choice} |")

@@ -7,6 +7,12 @@ step, relative to one plain target step at the same batch size, from the cost ta
 --head-layers ...``): a chain of g tokens costs g head steps of 1 token plus one target call on g+1 tokens, a tree
 costs depth head steps of top_k tokens plus one target call on total_tokens+1 tokens. The predicted speed-up is
 MAT / that cost (scylla.costs.predicted_speedup); its interval maps the MAT interval through the same formula.
+
+The dtype is part of the configuration: given one cost table per dtype (``scylla costs --dtype float32,bfloat16``),
+every candidate is costed in each, and every speed-up is over the fastest plain decoding of all of them at that
+batch size (``plain_dtype``), so that a dtype never wins by slowing the baseline: on a CPU with bf16 units plain
+float32 may beat plain bfloat16 at batch 1 while drafting in bfloat16 beats both. The law's MAT is used in every
+dtype (the MAT of a head served in the other dtype is measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class Candidate:
     predicted_speedup: float
     predicted_speedup_ci95: tuple[float, float]
     extrapolated: bool  # train_tokens beyond the largest fitted x
+    dtype: str = "float32"  # the target's and draft's, as the cost table it was costed from
+    plain_dtype: str = "float32"  # the fastest plain decoding's at this batch size: the speed-up's baseline
 
 
 def load_fits(path: str | Path) -> list[dict]:
@@ -67,13 +75,45 @@ def law_of(fit: dict) -> LogLinearFit:
     return LogLinearFit(**{k: v for k, v in fit.items() if k in names})
 
 
-def candidates(fits: list[dict], cost: CostTable, batch_sizes: list[int], token_budget: int | None = None,
-               shapes: list[str] | None = None, default_shape: str = "chain:2") -> list[Candidate]:
-    """Every (fit group, shape) at each batch size, trained on token_budget tokens (default: the largest fitted).
+def plain_step_seconds(cost: CostTable, batch: int) -> float:
+    """Seconds per token of plain decoding at this batch size in the table's dtype: one 1-token target forward, with
+    the calibrated per-step overhead and batch lag (scylla.costs.step_cost's denominator)."""
+    step = cost.nearest("target", batch, 1) + cost.overhead.get(str(batch), {}).get("plain", 0.0)
+    return step * cost.lag.get(str(batch), {}).get("plain", 1.0)
+
+
+def fastest_plain(costs: list[CostTable], batch: int) -> tuple[str, float]:
+    """(dtype, seconds per step) of the fastest plain decoding among the tables at this batch size."""
+    found = []
+    for cost in costs:
+        try:
+            found.append((plain_step_seconds(cost, batch), cost.dtype))
+        except ScyllaError:
+            continue
+    if not found:
+        raise InputError(f"no cost table measured the target at batch {batch}: run scylla costs --batch-sizes {batch}")
+    seconds, dtype = min(found)
+    return dtype, seconds
+
+
+def candidates(fits: list[dict], costs: CostTable | list[CostTable], batch_sizes: list[int],
+               token_budget: int | None = None, shapes: list[str] | None = None,
+               default_shape: str = "chain:2") -> list[Candidate]:
+    """Every (fit group, shape, cost table's dtype) at each batch size, trained on token_budget tokens (default: the
+    largest fitted), its speed-up over the fastest plain decoding of all the tables (``fastest_plain``).
 
     A fit whose group has a draft_shape predicts that shape only; a fit without one predicts ``default_shape``
     (the shape its MAT was measured at). ``shapes`` keeps only those shapes.
     """
+    costs = costs if isinstance(costs, list) else [costs]
+    if len({c.dtype for c in costs}) != len(costs):
+        raise InputError(f"give one cost table per dtype, got {', '.join(c.dtype for c in costs)}")
+    plain = {}
+    for b in batch_sizes:
+        try:
+            plain[b] = fastest_plain(costs, b)
+        except InputError:
+            continue
     out = []
     for fit in fits:
         law = law_of(fit)
@@ -84,16 +124,20 @@ def candidates(fits: list[dict], cost: CostTable, batch_sizes: list[int], token_
         tokens = token_budget or int(max(law.x_values))
         mat, lo, hi = law.predict(tokens)
         mat, lo, hi = (max(1.0, v) for v in (mat, lo, hi))  # a step always yields at least one token
-        for batch in batch_sizes:
+        for batch, cost in ((b, cost) for b in batch_sizes if b in plain for cost in costs):
             try:
                 c, c_lo, c_hi = (step_cost(cost, f"head:{int(fit['group']['draft_layers'])}", batch,
                                            shape.verify_tokens, shape.draft_forwards, shape.draft_width, bound=b)
                                  for b in ("", "min", "max"))
             except ScyllaError:
                 continue
+            plain_dtype, plain_seconds = plain[batch]
+            # step_cost is relative to this dtype's plain step: re-based on the fastest plain decoding's
+            rebase = plain_step_seconds(cost, batch) / plain_seconds
+            c, c_lo, c_hi = c * rebase, c_lo * rebase, c_hi * rebase
             out.append(Candidate(batch, int(fit["group"]["draft_layers"]), shape_text, tokens, mat, (lo, hi), c,
                                  predicted_speedup(mat, 1, 0.0, c), (lo / c_hi, hi / c_lo),
-                                 tokens > max(law.x_values)))
+                                 tokens > max(law.x_values), cost.dtype, plain_dtype))
     if not out:
         raise InputError("no candidate has measured costs: run scylla costs with --head-layers for the fitted "
                           "depths, the batch sizes and the verify sizes (--tokens) of the shapes")
@@ -139,7 +183,7 @@ def measured(check_dir: str | Path, chosen: dict[int, Candidate], drafts: dict[i
     out = {}
     for b, c in chosen.items():
         where = dict(method=_method(drafts[b]), batch_size=b, draft_shape=c.draft_shape, mode="online",
-                     prompt_set="confirm")
+                     prompt_set="confirm", dtype=c.dtype)
         rows = read_records(check_dir, kind="eval", where=where)
         out[b] = rows[-1] if rows else None
     return out
@@ -155,9 +199,11 @@ def confirmation(check_dir: str | Path, chosen: dict[int, Candidate], drafts: di
         rows = [r for r in read_records(check_dir, kind="eval", where=dict(batch_size=b, mode="online",
                                                                            prompt_set="confirm"))
                 if r.get("speedup_ratios")]
-        plain = next((r for r in rows if r["method"] == "none"), None)
-        pick = next((r for r in rows if r["method"] == _method(drafts[b]) and r["draft_shape"] == c.draft_shape),
-                    None) if pays(c) else plain
+        # plain decoding: the baseline the speed-ups are over (the fastest dtype's; records before dtypes: the one)
+        plain = next((r for r in rows if r["method"] == "none" and r.get("dtype") == r.get("baseline_dtype")),
+                     next((r for r in rows if r["method"] == "none"), None))
+        pick = next((r for r in rows if r["method"] == _method(drafts[b]) and r["draft_shape"] == c.draft_shape
+                     and r.get("dtype", c.dtype) == c.dtype), None) if pays(c) else plain
         if pick is None:
             out[b] = None
             continue
@@ -186,10 +232,13 @@ def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, d
         selection[str(b)] = {**asdict(c), "best_draft": best, "draft": best if pays(c) else "none",
                              "predicted_mat_ci95": list(c.predicted_mat_ci95),
                              "predicted_speedup_ci95": list(c.predicted_speedup_ci95)}
+    dtypes = [c.dtype for c in chosen.values()]
     config = dict(
         run_dir=run_dir, target=target, drafts=specs, baselines=["none"], tasks=tasks, prompt_set="confirm",
         temperatures=[0.0],
         batch_sizes=sorted(chosen), shapes=sorted({c.draft_shape for c in chosen.values()} | {s for _, s in also}),
+        dtype=max(dtypes, key=dtypes.count),  # the check measures each batch size in its own (run_selection)
+        baseline_dtypes=sorted({c.plain_dtype for c in chosen.values()} | set(dtypes)),
         selection=selection,
     )
     with atomic_path(path) as tmp:
@@ -228,14 +277,16 @@ class Selection:
     regrets: dict | None = None  # per batch size: confirmation(...)
 
 
-def run_selection(fits_path: str | Path, cost_path: str | Path, batch_sizes: list[int], run_dirs: list[str],
+def run_selection(fits_path: str | Path, cost_path: str | Path | list, batch_sizes: list[int], run_dirs: list[str],
                   out: str | Path, check_dir: str, target: str, tasks: list[str], token_budget: int | None = None,
                   fitted_shape: str = "chain:2", also: list[tuple[str, str]] = (),
                   check: tuple[int, int] | None = None) -> Selection:
-    """The selection workflow of ``scylla select`` and the demo: candidates from the fits and the cost table, the
-    fastest per batch size, its trained draft, the Scylla configuration at ``out``; with ``check`` = (prompts,
-    new tokens), the chosen drafts (and ``also``) measured online into check_dir."""
-    found = candidates(load_fits(fits_path), CostTable.load(cost_path), batch_sizes, token_budget,
+    """The selection workflow of ``scylla select`` and the demo: candidates from the fits and the cost tables (one
+    path, or one per dtype), the fastest per batch size, its trained draft, the Scylla configuration at ``out``; with
+    ``check`` = (prompts, new tokens), the chosen drafts (and ``also``) measured online into check_dir, each batch
+    size in its chosen dtype against plain decoding in every dtype of the tables."""
+    paths = cost_path if isinstance(cost_path, list) else [cost_path]
+    found = candidates(load_fits(fits_path), [CostTable.load(p) for p in paths], batch_sizes, token_budget,
                        default_shape=fitted_shape)
     chosen = select(found)
     drafts = {b: checkpoint_for(run_dirs, c.draft_layers, c.train_tokens) for b, c in chosen.items()}
@@ -246,7 +297,10 @@ def run_selection(fits_path: str | Path, cost_path: str | Path, batch_sizes: lis
             raise InputError("checking the choice needs a trained draft for every batch size: give the run "
                               "directories that hold them")
         prompts, new_tokens = check
-        evaluate(EvalConfig(**{**config, "prompts": prompts, "max_new_tokens": new_tokens}))
+        for dtype in sorted({c.dtype for c in chosen.values()}):
+            sizes = [b for b, c in chosen.items() if c.dtype == dtype]
+            evaluate(EvalConfig(**{**config, "prompts": prompts, "max_new_tokens": new_tokens, "dtype": dtype,
+                                   "batch_sizes": sizes}))
         checked = measured(check_dir, chosen, drafts)
         regrets = confirmation(check_dir, chosen, drafts)
     return Selection(found, chosen, drafts, config, checked, regrets)

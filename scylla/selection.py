@@ -33,6 +33,8 @@ class SelectionEntry(Config):
     predicted_speedup: float | None = None
     predicted_speedup_ci95: tuple[float, float] | None = None
     extrapolated: bool | None = None
+    dtype: str | None = None  # the draft's and target's (None: configurations written before dtypes were chosen)
+    plain_dtype: str | None = None  # plain decoding's: where the choice is plain decoding, run it in this dtype
 
 
 def _paths(config: dict, convert) -> dict:

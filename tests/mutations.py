@@ -41,13 +41,15 @@ MUTATIONS = [
         "tree-positions",
         "the target verifies a tree with every node's position one too high",
         "scylla/engine.py", "depth=anc.sum(-1) - 1,", "depth=anc.sum(-1),",
-        ("tests/test_greedy_identity.py", "tests/test_eagle.py", "tests/test_replay.py", "tests/test_smollm2.py"),
+        ("tests/test_greedy_identity.py", "tests/test_eagle.py", "tests/test_replay.py", "tests/test_smollm2.py",
+         "tests/test_bf16.py"),
     ),
     Mutation(
         "reorder-noop",
         "the accepted tree path is not moved to the front of the new cache columns",
         "scylla/kv.py", "        n = order.shape[1]\n", "        return\n        n = order.shape[1]\n",
-        ("tests/test_greedy_identity.py", "tests/test_eagle.py", "tests/test_replay.py", "tests/test_smollm2.py"),
+        ("tests/test_greedy_identity.py", "tests/test_eagle.py", "tests/test_replay.py", "tests/test_smollm2.py",
+         "tests/test_bf16.py"),
     ),
     Mutation(
         "tree-residual-unnormalised",
@@ -60,13 +62,13 @@ MUTATIONS = [
         "after a rejection the correction is drawn from p instead of norm(max(0, p - q))",
         "scylla/verify.py", "dist = torch.where(rejected[:, None], residual_distribution(p_next, q_next), p_next)",
         "dist = p_next",
-        ("tests/test_sampling_lossless.py",),
+        ("tests/test_sampling_lossless.py", "tests/test_bf16.py"),
     ),
     Mutation(
         "rollback-keeps-one-more",
         "after verification every row's cache keeps one token more than it accepted",
         "scylla/engine.py", "kv.trim(kv.lengths - g + accepted)", "kv.trim((kv.lengths - g + accepted + 1).clamp(max=kv.lengths))",
-        ("tests/test_greedy_identity.py", "tests/test_cache_rollback.py"),
+        ("tests/test_greedy_identity.py", "tests/test_cache_rollback.py", "tests/test_bf16.py"),
     ),
     Mutation(
         "label-shift",

@@ -14,6 +14,7 @@ import pytest
 
 from pipeline.select import candidates, pays, select
 from scylla.costs import CostTable
+from scylla.errors import InputError
 from scylla.timing import NO_DIFFERENCE, paired_speedup
 
 
@@ -92,3 +93,28 @@ def test_few_batches_get_more_rounds():
 
     assert rounds_for(3, 16) == 3 and rounds_for(3, 1) == MIN_RATIOS and rounds_for(3, 4) == 3
     assert rounds_for(3, 2) == 3 and rounds_for(1, 1) == 1  # one pass stays one pass (the cost calibration)
+
+
+def test_the_dtype_is_chosen_against_the_fastest_plain_decoding():
+    """Two tables: plain float32 is the faster plain decoding (0.10 s a step against bf16's 0.12 s) but bf16 verifies
+    4 tokens for little more than one (0.125 s against fp32's 0.20 s). The bf16 draft is chosen, and its speed-up is
+    over plain float32, not over the slower plain bf16 (which would inflate it by 0.12 / 0.10).
+
+    Bug it exists for: a speed-up over plain decoding in the candidate's own dtype lets a dtype win by slowing the
+    baseline (here 1.2x more)."""
+    def table(dtype: str, step: float, verify: float) -> CostTable:
+        rows = [("target", 1, step), ("target", 4, verify), ("head:1", 1, 0.005)]
+        return CostTable("cpu", dtype, [{"model": m, "batch": 1, "tokens": t, "context": 128, "seconds": s,
+                                         "seconds_min": s, "seconds_max": s} for m, t, s in rows])
+
+    fp32, bf16 = table("float32", 0.10, 0.20), table("bfloat16", 0.12, 0.125)
+    found = candidates([law(0.30, 0.005)], [fp32, bf16], [1])
+    by_dtype = {c.dtype: c for c in found}
+    assert {c.plain_dtype for c in found} == {"float32"}
+    mat = by_dtype["bfloat16"].predicted_mat
+    assert by_dtype["bfloat16"].predicted_speedup == pytest.approx(mat * 0.10 / (3 * 0.005 + 0.125))
+    assert by_dtype["float32"].predicted_speedup == pytest.approx(mat * 0.10 / (3 * 0.005 + 0.20))
+    (chosen,) = select(found).values()
+    assert chosen.dtype == "bfloat16" and pays(chosen)
+    with pytest.raises(InputError, match="one cost table per dtype"):
+        candidates([law(0.30, 0.005)], [fp32, fp32], [1])

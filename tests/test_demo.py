@@ -36,13 +36,15 @@ def check_report_against_records(run_dir, text: str) -> None:
         (record,) = read_records(run_dir / "check", kind="eval", where=dict(
             method=chosen["best_draft"], batch_size=int(cells[0]), draft_shape=chosen["draft_shape"], mode="online",
             prompt_set="confirm"))
-        assert cells[2] == chosen["draft_shape"] and cells[5] == f"{record['mean_accepted_length']:.2f}"
-        assert cells[8] == Speedup(record["speedup"], tuple(record["speedup_ci95"]), 0, 0).describe()
-        assert cells[7].startswith(f"{record['decode_speedup']:.2f}x (")
+        assert cells[2] == chosen["draft_shape"] and cells[7] == f"{record['mean_accepted_length']:.2f}"
+        assert cells[3] == chosen["dtype"] == record["dtype"] and cells[4] == f"plain {record['baseline_dtype']}"
+        assert cells[10] == Speedup(record["speedup"], tuple(record["speedup_ci95"]), 0, 0).describe()
+        assert cells[9].startswith(f"{record['decode_speedup']:.2f}x (")
         chunks = -(-record["n_prompts"] // int(cells[0]))  # one paired ratio per batch of prompts and round
         rounds = rounds_for(3, chunks)  # 3 rounds, more where the prompts make one batch
         assert record["timing_rounds"] == rounds and len(record["speedup_ratios"]) == rounds * chunks
-        assert cells[10] == ("the draft" if chosen["draft"] != "none" else "plain decoding")
+        assert cells[12] == (f"the draft in {chosen['dtype']}" if chosen["draft"] != "none"
+                             else f"plain decoding in {chosen['plain_dtype']}")
         lower = chosen["predicted_speedup_ci95"][0]
         assert (chosen["draft"] != "none") == (lower > 1)  # never a draft whose lower bound is below plain
 
@@ -59,7 +61,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert list((run_dir / "figs").glob("law1_*.png")) and list((run_dir / "figs").glob("*.pdf"))
     check_report_against_records(run_dir, text)
     counts = len(read_records(run_dir)), len(read_records(run_dir / "check"))
-    mtime = (run_dir / "costs.json").stat().st_mtime
+    mtime = (run_dir / "costs.float32.json").stat().st_mtime  # one table per dtype: float32 alone in the suite
     run_demo(run_dir, "experiments/smoke.yaml")  # everything is reused: no new records, no new cost table
     assert (len(read_records(run_dir)), len(read_records(run_dir / "check"))) == counts
-    assert (run_dir / "costs.json").stat().st_mtime == mtime
+    assert (run_dir / "costs.float32.json").stat().st_mtime == mtime

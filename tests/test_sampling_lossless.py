@@ -48,7 +48,7 @@ def exact_joint(target, temperature: float, top_k: int, top_p: float) -> np.ndar
     prefixes = torch.tensor(list(itertools.product(range(V), repeat=NEW - 1)))  # (V^3, 3)
     ids = torch.cat([PROMPT.expand(len(prefixes), -1), prefixes], dim=1)
     with torch.no_grad():
-        logits = target(ids).logits[:, PROMPT.shape[1] - 1 :].numpy()  # (V^3, 4, V): steps 1..4
+        logits = target(ids).logits[:, PROMPT.shape[1] - 1 :].float().numpy()  # (V^3, 4, V): steps 1..4
     joint = np.zeros((V,) * NEW)
     for row, prefix in enumerate(prefixes.tolist()):
         dists = [reference_probs(logits[row, j], temperature, top_k, top_p) for j in range(NEW)]

@@ -2,7 +2,7 @@
 
 A store is a folder of shards, ``shard-00000.safetensors`` ..., each holding ``tokens`` (n, T) int64 and, per
 target layer i in ``layers``, ``layer_{i}`` (n, T, H): float16 from a float32 target, bfloat16 from a bfloat16 one
-(whose values fit float16's range but not its exponent-rounding; ``meta.json`` says which). Shards are written atomically, so a killed build
+(its own values, not rounded again; ``meta.json`` says which). Shards are written atomically, so a killed build
 resumes at the first missing shard; ``meta.json`` (written last) marks the store complete.
 """
 
