@@ -220,11 +220,12 @@ class _Runner:
                     pad_token_id=self.tokenizer.pad_token_id)
 
     def _generate(self, method: str, shape: DraftShape, ids, mask, temperature: float, start: int,
-                  dtype: str | None = None):
+                  dtype: str | None = None, max_new_tokens: int | None = None):
         d = None if method == "none" else self.drafter(method, shape)
         target = self.target_in(dtype or self.dtype)
+        kwargs = {**self._kwargs(), **({"max_new_tokens": max_new_tokens} if max_new_tokens else {})}
         return SpeculativeDecoder(target, d).generate(ids, mask, temperature=temperature,
-                                                      seed=self.config.seed + start, **self._kwargs())
+                                                      seed=self.config.seed + start, **kwargs)
 
     def __call__(self, method: str, shape: DraftShape, task: str, temperature: float, batch: int,
                  references: list[list[int]] | None = None) -> tuple[DecodeStats, list[list[int]]]:
@@ -255,6 +256,8 @@ class _Runner:
         chunks = list(self._chunks(task, batch))
         repeats = rounds_for(self.config.repeats, len(chunks))
         timed = [[[None] * repeats for _ in chunks] for _ in runs]  # [run][chunk][round]
+        for method, shape, dtype in runs:  # untimed: a first call compiles kernels (oneDNN's bf16 ones for a while)
+            self._generate(method, shape, *chunks[0][1:], temperature, chunks[0][0], dtype, max_new_tokens=2)
         # Bars below eval's move the cursor up to redraw (ESC [A), which a log keeps: only a terminal shows them.
         bar = tqdm(total=repeats * len(chunks), desc=f"{task} batch {batch}: timing rounds", unit="batch",
                    leave=False, disable=not sys.stderr.isatty())

@@ -217,14 +217,16 @@ def confirmation(check_dir: str | Path, chosen: dict[int, Candidate], drafts: di
 
 
 def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, drafts: dict[int, str | None],
-                 target: str, tasks: list[str], also: list[tuple[str, str]] = ()) -> dict:
+                 target: str, tasks: list[str], also: list[tuple[str, str]] = (), dtypes: list[str] = ()) -> dict:
     """The Scylla configuration: an eval config (``scylla eval --config``) that measures the chosen draft at each batch
     size (and ``also`` these (draft spec, shape) pairs, e.g. a baseline), whose ``selection`` section (read by ``scylla
     generate --config``) holds the choice and its prediction per batch size; it measures on the ``confirm`` prompt set,
     disjoint from the prompts the laws were fitted on. Where the best draft's predicted speed-up is not above 1 at its
     lower 95% bound (``pays``), the choice is plain decoding (``draft: none``) and the best draft stays in
-    ``best_draft``. Written atomically, its paths relative to its own folder (scylla.selection.config_as_stored);
-    returns it with paths as the working directory sees them."""
+    ``best_draft``. Its check times plain decoding in every dtype of ``dtypes`` (the cost tables') and the chosen
+    ones, so that the measured speed-ups are over the faster plain decoding as measured, not as predicted. Written
+    atomically, its paths relative to its own folder (scylla.selection.config_as_stored); returns it with paths as the
+    working directory sees them."""
     specs = sorted({_method(d) for d in drafts.values() if d} | {method_as_read(spec) for spec, _ in also})
     selection = {}
     for b, c in chosen.items():
@@ -232,13 +234,13 @@ def write_config(path: str | Path, chosen: dict[int, Candidate], run_dir: str, d
         selection[str(b)] = {**asdict(c), "best_draft": best, "draft": best if pays(c) else "none",
                              "predicted_mat_ci95": list(c.predicted_mat_ci95),
                              "predicted_speedup_ci95": list(c.predicted_speedup_ci95)}
-    dtypes = [c.dtype for c in chosen.values()]
+    chosen_dtypes = [c.dtype for c in chosen.values()]
     config = dict(
         run_dir=run_dir, target=target, drafts=specs, baselines=["none"], tasks=tasks, prompt_set="confirm",
         temperatures=[0.0],
         batch_sizes=sorted(chosen), shapes=sorted({c.draft_shape for c in chosen.values()} | {s for _, s in also}),
-        dtype=max(dtypes, key=dtypes.count),  # the check measures each batch size in its own (run_selection)
-        baseline_dtypes=sorted({c.plain_dtype for c in chosen.values()} | set(dtypes)),
+        dtype=max(chosen_dtypes, key=chosen_dtypes.count),  # the check measures each batch size in its own dtype
+        baseline_dtypes=sorted(set(dtypes) | {c.plain_dtype for c in chosen.values()} | set(chosen_dtypes)),
         selection=selection,
     )
     with atomic_path(path) as tmp:
@@ -286,11 +288,11 @@ def run_selection(fits_path: str | Path, cost_path: str | Path | list, batch_siz
     ``check`` = (prompts, new tokens), the chosen drafts (and ``also``) measured online into check_dir, each batch
     size in its chosen dtype against plain decoding in every dtype of the tables."""
     paths = cost_path if isinstance(cost_path, list) else [cost_path]
-    found = candidates(load_fits(fits_path), [CostTable.load(p) for p in paths], batch_sizes, token_budget,
-                       default_shape=fitted_shape)
+    tables = [CostTable.load(p) for p in paths]
+    found = candidates(load_fits(fits_path), tables, batch_sizes, token_budget, default_shape=fitted_shape)
     chosen = select(found)
     drafts = {b: checkpoint_for(run_dirs, c.draft_layers, c.train_tokens) for b, c in chosen.items()}
-    config = write_config(out, chosen, check_dir, drafts, target, tasks, also)
+    config = write_config(out, chosen, check_dir, drafts, target, tasks, also, [t.dtype for t in tables])
     checked = regrets = None
     if check is not None:
         if not all(drafts.values()):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.select import candidates, pays, select
+from pipeline.select import candidates, pays, select, write_config
 from scylla.costs import CostTable
 from scylla.errors import InputError
 from scylla.timing import NO_DIFFERENCE, paired_speedup
@@ -30,7 +30,7 @@ def cost_table(spread: float, head: float = 0.005) -> CostTable:
 def law(slope: float, slope_sd: float, at: int = 2**16) -> dict:
     """A fits-file entry for 1-layer heads at chain:3: MAT = 1 + slope ln(x / 4096), the slope known to sd
     ``slope_sd`` (so the MAT at x has sd slope_sd ln(x / 4096))."""
-    ref = np.log(4096)
+    ref = float(np.log(4096))
     cov = [[(ref * slope_sd) ** 2, -ref * slope_sd**2], [-ref * slope_sd**2, slope_sd**2]]
     return dict(group={"draft_layers": 1, "draft_shape": "chain:3"}, x="train_tokens", y="mean_accepted_length",
                 n=10, intercept=1.0 - slope * ref, slope=slope, intercept_se=0.0, slope_se=slope_sd,
@@ -95,7 +95,7 @@ def test_few_batches_get_more_rounds():
     assert rounds_for(3, 2) == 3 and rounds_for(1, 1) == 1  # one pass stays one pass (the cost calibration)
 
 
-def test_the_dtype_is_chosen_against_the_fastest_plain_decoding():
+def test_the_dtype_is_chosen_against_the_fastest_plain_decoding(tmp_path):
     """Two tables: plain float32 is the faster plain decoding (0.10 s a step against bf16's 0.12 s) but bf16 verifies
     4 tokens for little more than one (0.125 s against fp32's 0.20 s). The bf16 draft is chosen, and its speed-up is
     over plain float32, not over the slower plain bf16 (which would inflate it by 0.12 / 0.10).
@@ -116,5 +116,9 @@ def test_the_dtype_is_chosen_against_the_fastest_plain_decoding():
     assert by_dtype["float32"].predicted_speedup == pytest.approx(mat * 0.10 / (3 * 0.005 + 0.20))
     (chosen,) = select(found).values()
     assert chosen.dtype == "bfloat16" and pays(chosen)
+    # its check runs the draft in bf16 and times plain decoding in both dtypes: the measured baseline is the faster
+    config = write_config(tmp_path / "scylla.yaml", {1: chosen}, "check", {1: "jobs/h"}, "t", ["gsm"],
+                          dtypes=["float32", "bfloat16"])
+    assert config["dtype"] == "bfloat16" and config["baseline_dtypes"] == ["bfloat16", "float32"]
     with pytest.raises(InputError, match="one cost table per dtype"):
         candidates([law(0.30, 0.005)], [fp32, fp32], [1])

@@ -328,7 +328,7 @@ class Trainer:
         ds_config = json.loads((DS_CONFIGS / f"zero{cfg.zero_stage}.json").read_text())
         ds_config["train_micro_batch_size_per_gpu"] = cfg.optim.batch_blocks
         ds_config["gradient_clipping"] = cfg.optim.grad_clip
-        ds_config["bf16"] = {"enabled": cfg.dtype == "bfloat16"}
+        ds_config["bf16"] = {"enabled": cfg.dtype == "bfloat16"}  # DeepSpeed's bf16: float32 master weights
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
