@@ -288,8 +288,9 @@ def run_selection(fits_path: str | Path, cost_path: str | Path | list, batch_siz
     ``check`` = (prompts, new tokens), the chosen drafts (and ``also``) measured online into check_dir, each batch
     size in its chosen dtype against plain decoding in every dtype of the tables."""
     paths = cost_path if isinstance(cost_path, list) else [cost_path]
+    fits = load_fits(fits_path)
     tables = [CostTable.load(p) for p in paths]
-    found = candidates(load_fits(fits_path), tables, batch_sizes, token_budget, default_shape=fitted_shape)
+    found = candidates(fits, tables, batch_sizes, token_budget, default_shape=fitted_shape)
     chosen = select(found)
     drafts = {b: checkpoint_for(run_dirs, c.draft_layers, c.train_tokens) for b, c in chosen.items()}
     config = write_config(out, chosen, check_dir, drafts, target, tasks, also, [t.dtype for t in tables])

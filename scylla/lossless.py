@@ -9,8 +9,9 @@ or within ``tolerance(max logit)`` of it. Every position is checked, not only th
 
 The tolerance is stated in bf16 units: NEAR_TIE_UNITS units in the last place of bf16 at the magnitude of the
 position's largest logit (bf16 keeps 8 significant bits, so one unit is 2^-7 of the leading power of two: 0.125 for
-logits in [16, 32)). Measured on SmolLM2-135M (docs/benchmarks.md, "Lossless in bf16"), the largest gap seen was
-2 units; a position or cache bug moves emitted tokens by whole logits (tests/test_bf16.py sees it).
+logits in [16, 32)). Measured on SmolLM2-135M (benchmarks/lossless_bf16.py; docs/benchmarks.md, "Lossless in bf16"),
+about 1% of the emitted tokens are not the argmax, plain decoding's too, and the largest gap was 2 units; a position
+or cache bug moves emitted tokens by whole logits (tests/test_bf16.py sees it).
 """
 
 from __future__ import annotations
