@@ -26,7 +26,7 @@ import yaml
 from fit.results import LogLinearFit
 from pipeline.evaluate import EvalConfig, evaluate, parse_shape
 from scylla.atomic import atomic_path
-from scylla.costs import CostTable, predicted_speedup, step_cost
+from scylla.costs import CostTable, plain_step_seconds, predicted_speedup, step_cost
 from scylla.errors import InputError, ScyllaError
 from scylla.records import find_checkpoints, method_as_read, read_records
 from scylla.config import read_yaml
@@ -73,13 +73,6 @@ def law_of(fit: dict) -> LogLinearFit:
     """A fits file entry as the LogLinearFit it was written from."""
     names = LogLinearFit.__dataclass_fields__
     return LogLinearFit(**{k: v for k, v in fit.items() if k in names})
-
-
-def plain_step_seconds(cost: CostTable, batch: int) -> float:
-    """Seconds per token of plain decoding at this batch size in the table's dtype: one 1-token target forward, with
-    the calibrated per-step overhead and batch lag (scylla.costs.step_cost's denominator)."""
-    step = cost.nearest("target", batch, 1) + cost.overhead.get(str(batch), {}).get("plain", 0.0)
-    return step * cost.lag.get(str(batch), {}).get("plain", 1.0)
 
 
 def fastest_plain(costs: list[CostTable], batch: int) -> tuple[str, float]:

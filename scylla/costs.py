@@ -177,13 +177,20 @@ def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int
     InputError if the table lacks a size."""
     flip = {"min": "max", "max": "min"}.get(bound, bound)
     extra = cost.overhead.get(str(batch), {})
-    step = cost.nearest("target", batch, 1, bound=flip) + extra.get("plain", 0.0)
     drafting = (draft_forwards * cost.nearest(draft, batch, draft_width, bound=bound)
                 if draft is not None and draft_forwards else 0.0)
     kind = "tree" if draft_width > 1 else "chain"
     lag = cost.lag.get(str(batch), {})
     speculative = drafting + cost.nearest("target", batch, verify_tokens, bound=bound) + extra.get(kind, 0.0)
-    return speculative * lag.get(kind, 1.0) / (step * lag.get("plain", 1.0))
+    return speculative * lag.get(kind, 1.0) / plain_step_seconds(cost, batch, flip)
+
+
+def plain_step_seconds(cost: CostTable, batch: int, bound: str = "") -> float:
+    """Seconds of one plain decoding step at this batch size in the table's dtype: a 1-token target forward (its
+    median, or with ``bound`` its fastest / slowest repeat), with the calibrated per-step overhead and batch lag
+    (step_cost's denominator)."""
+    step = cost.nearest("target", batch, 1, bound=bound) + cost.overhead.get(str(batch), {}).get("plain", 0.0)
+    return step * cost.lag.get(str(batch), {}).get("plain", 1.0)
 
 
 def _forward_seconds(cost: "CostTable", record: dict) -> float:
