@@ -128,6 +128,7 @@ def run_fit(
     lines += _table(rows)
     used = {"prompt as unit" if f.method == PROMPT_UNIT else f.method for f in (*fits, *pooled)}
     lines.append("estimators: " + "; ".join(text for name, text in ESTIMATORS.items() if name in used))
+    lines += [f"warning: group {group_label(f.group)} fell back to {f.method}: {f.fallback}" for f in fits if f.fallback]
     few = [group_label(f.group) for f, u in zip(fits, units) if (u.prompts if u else f.n) < FEW_POINTS]
     if few:
         lines.append(f"warning: {len(few)} group(s) rest on fewer than {FEW_POINTS} points or prompts "

@@ -1,4 +1,5 @@
-"""Log-linear scaling laws fitted to run records: y = a + b ln x per group, and y = a + sum_i b_i ln x_i jointly."""
+"""Log-linear scaling laws fitted to run records: y = a + b ln x per group (the joint law of size and tokens:
+fit/capacity.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from scipy import stats
 from statsmodels.stats.diagnostic import het_breuschpagan
 
 from fit.bootstrap import bootstrap_slope
-from fit.results import JointFit, LogLinearFit
+from fit.results import LogLinearFit
 from scylla.errors import InputError
 
 
@@ -199,45 +200,3 @@ def _fit_one(xv: np.ndarray, yv: np.ndarray, robust: bool) -> dict:
         "resid_var": resid_var,
         "method": method,
     }
-
-
-def fit_joint(
-    records: Sequence[dict], xs: Sequence[str] = ("train_tokens", "draft_layers"), y: str = "mean_accepted_length"
-) -> JointFit:
-    """One OLS fit of y = a + sum_i b_i ln(x_i) over all records, HC3 errors, 95% t intervals with n - p df."""
-    xs = (xs,) if isinstance(xs, str) else tuple(xs)
-    if not xs:
-        raise InputError("fit_joint needs at least one x field")
-    _require_fields(records, (*xs, y))
-    index = list(range(len(records)))
-    where = "joint fit"
-    columns = [np.log(_values(records, index, name, "x", where, positive=True)) for name in xs]
-    yv = _values(records, index, y, "y", where, positive=False)
-    for name, column in zip(xs, columns):
-        if len(np.unique(column)) < 2:
-            raise InputError(f"{where}: x '{name}' takes a single value, so its coefficient cannot be fitted")
-    design = sm.add_constant(np.column_stack(columns), has_constant="add")
-    n, p = design.shape
-    if np.linalg.matrix_rank(design) < p:
-        raise InputError(f"{where}: the logs of {', '.join(xs)} are collinear in these records; drop one of them")
-    if n <= p:
-        raise InputError(f"{where}: needs more than {p} records to estimate errors for {p} coefficients, got {n}")
-    leverage = np.diag(design @ np.linalg.pinv(design.T @ design) @ design.T)
-    if leverage.max() > 1 - 1e-9:
-        raise InputError(
-            f"{where}: a record alone determines a coefficient ({_which(records, [int(leverage.argmax())])}), "
-            "so HC3 errors are undefined; add records around it"
-        )
-    result = sm.OLS(yv, design).fit(cov_type="HC3")
-    t = stats.t.ppf(0.975, n - p)
-    names = ("intercept", *xs)
-    params, se = np.asarray(result.params), np.asarray(result.bse)
-    return JointFit(
-        xs=list(xs),
-        y=y,
-        n=n,
-        coefficients={k: float(v) for k, v in zip(names, params)},
-        ses={k: float(v) for k, v in zip(names, se)},
-        ci95={k: (float(v - t * s), float(v + t * s)) for k, v, s in zip(names, params, se)},
-        r2=float(result.rsquared),
-    )

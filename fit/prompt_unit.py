@@ -40,15 +40,25 @@ class MeanSlope:
 
 
 def unit_points(records: Sequence[dict], x: str = "train_tokens") -> dict[tuple, list]:
-    """Eval records with per-prompt counts -> {(prompt id, run_id): [(x, MAT of that prompt), ...]}: a unit is a
-    prompt under one training run (one seed of a draft configuration). A prompt's MAT is its new tokens / its target
-    calls (docs/records.md)."""
+    """Eval records with per-prompt counts -> {(prompt id, line): [(x, MAT of that prompt), ...]}. A prompt's MAT is
+    its new tokens / its target calls (docs/records.md). Where x changes within a training run (its checkpoints:
+    train_tokens) a line is one run, so a unit is a prompt under one training run (one seed of a draft
+    configuration). Where x is fixed within each run (draft_params, draft_layers: law 2) a line is a training seed,
+    joining the runs of every size trained with it, so that one line spans every size (the records' ``train_seed``)."""
+    per_run: dict = {}
+    for r in records:
+        per_run.setdefault(r.get("run_id"), set()).add(r[x])
+    across_runs = all(len(xs) == 1 for xs in per_run.values()) and len(per_run) > 1
     units: dict[tuple, list] = {}
     for r in records:
         if not r.get("prompt_ids"):
             raise InputError(f"record {r.get('run_id', '?')} has no per-prompt counts (prompt_ids): re-run its eval")
+        if across_runs and r.get("train_seed") is None:
+            raise InputError(f"{x} is fixed within each run, so a line joins the runs of one training seed, but record "
+                             f"{r.get('run_id', '?')} has no train_seed: re-run its eval")
+        line = ("seed", r["train_seed"]) if across_runs else r.get("run_id")
         for pid, new, calls in zip(r["prompt_ids"], r["prompt_new_tokens"], r["prompt_target_calls"]):
-            units.setdefault((pid, r.get("run_id")), []).append((float(r[x]), new / calls))
+            units.setdefault((pid, line), []).append((float(r[x]), new / calls))
     return units
 
 
@@ -125,16 +135,16 @@ def prompt_unit_law(fit: LogLinearFit, unit: MeanSlope) -> LogLinearFit:
                    resid_var=float(residuals @ residuals) / max(len(y) - 2, 1))
 
 
-def group_mean_slope(records: Sequence[dict], group: dict, x: str) -> MeanSlope | None:
-    """The group's mean slope with the prompt (under one training run) as the unit, when every record of the group
-    carries per-prompt counts and every unit has 2+ checkpoints; else None."""
+def group_mean_slope(records: Sequence[dict], group: dict, x: str) -> MeanSlope | str:
+    """The group's mean slope with the prompt as the unit (unit_points), when every record of the group carries
+    per-prompt counts and every unit has 2+ distinct x; else why not, in words."""
     members = [r for r in records if all(r.get(k) == v for k, v in group.items())]
     if not members or not all(r.get("prompt_ids") for r in members):
-        return None
+        return "the records carry no per-prompt counts (prompt_ids)"
     try:
         return mean_slope(unit_points(members, x))
-    except InputError:
-        return None
+    except InputError as err:
+        return str(err)
 
 
 def fit_laws(records: Sequence[dict], x: str = "train_tokens", y: str = "mean_accepted_length",
@@ -142,9 +152,11 @@ def fit_laws(records: Sequence[dict], x: str = "train_tokens", y: str = "mean_ac
              seed: int = 0) -> list[tuple[LogLinearFit, LogLinearFit, MeanSlope | None]]:
     """Per group: (the fit to the points, the law, its mean slope over units). The law is the prompt-unit law where
     the group's records carry per-prompt counts (and y is MAT, their ratio; not with ``robust``), else the points'
-    fit itself."""
+    fit itself; where the prompt-unit law was wanted but could not be formed, its ``fallback`` says why."""
     out = []
     for fit in fit_log_linear(records, x=x, y=y, by=by, robust=robust, bootstrap=bootstrap, seed=seed):
         unit = group_mean_slope(records, fit.group, x) if y == "mean_accepted_length" and not robust else None
+        if isinstance(unit, str):
+            fit, unit = replace(fit, fallback=f"prompt as unit not possible: {unit}"), None
         out.append((fit, prompt_unit_law(fit, unit) if unit else fit, unit))
     return out

@@ -57,6 +57,7 @@ class LogLinearFit:
     bootstrap_units: int = 0  # how many runs (or points) there were to resample
     n_bootstrap: int = 0  # resamples drawn
     df: float | None = None  # degrees of freedom of the t intervals; None: n - 2 (prompt as unit: see prompt_unit)
+    fallback: str | None = None  # why the prompt-unit law could not be formed, where it was wanted (fit_laws)
 
     def predict(self, x: float, interval: str = "confidence", level: float = 0.95) -> tuple[float, float, float]:
         """(mean, lo, hi) at ``x``: an interval for the mean of y ("confidence") or for one new observation
@@ -72,24 +73,6 @@ class LogLinearFit:
         var = float(g @ np.asarray(self.cov) @ g) + (self.resid_var if interval == "prediction" else 0.0)
         half = float(stats.t.ppf(0.5 + level / 2, self.df or self.n - 2)) * math.sqrt(max(var, 0.0))
         return mean, mean - half, mean + half
-
-    def to_dict(self) -> dict:
-        return _jsonable(asdict(self))
-
-
-@dataclass
-class JointFit:
-    """y = intercept + sum_i b_i ln(x_i) over all records; dicts are keyed by "intercept" and the x field names
-    (the coefficient of field f multiplies ln f). Standard errors are HC3, intervals t with n - p df."""
-
-    xs: list[str]
-    y: str
-    n: int
-    coefficients: dict[str, float]
-    ses: dict[str, float]
-    ci95: dict[str, tuple[float, float]]
-    r2: float
-    method: str = "ols"
 
     def to_dict(self) -> dict:
         return _jsonable(asdict(self))

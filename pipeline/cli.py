@@ -154,6 +154,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from fit.capacity import run_capacity
+
+    for line in run_capacity(args.run_dir, shape=args.shape, grid_lr=args.lr, json_path=args.json):
+        print(line)
+    return 0
+
+
+def cmd_recipe(args: argparse.Namespace) -> int:
+    from pipeline.recipe import recipe
+
+    for line in recipe(args.capacity, args.cost, args.tokens, args.batch_size, layout=args.layout):
+        print(line)
+    return 0
+
+
 def cmd_figs(args: argparse.Namespace) -> int:
     from paper_figs.all import all_figures, missing_families
     from scylla.records import read_records
@@ -313,7 +329,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from pipeline.select import pays, run_selection
+    from pipeline.select import pays, run_selection, servable_by
     from scylla.records import read_records
     from scylla.timing import Speedup
 
@@ -329,16 +345,18 @@ def cmd_select(args: argparse.Namespace) -> int:
                          args.tasks.split(","), args.token_budget, args.fitted_shape,
                          check=(args.prompts, args.max_new_tokens) if args.check else None)
     chosen, drafts = done.chosen, done.drafts
-    print(f"{'batch':>5}  {'layers':>6}  {'shape':<36} {'dtype':<8}  {'tokens':>8}  {'MAT (95% CI)':<20} {'cost':>5}  "
-          f"predicted speed-up (95% CI) over plain decoding in")
+    print(f"{'batch':>5}  {'layers':>6}  {'width':>5}  {'shape':<36} {'dtype':<8}  {'tokens':>8}  {'MAT (95% CI)':<20} "
+          f"{'cost':>5}  predicted speed-up (95% CI) over plain decoding in")
     for b, c in chosen.items():
         lo, hi = c.predicted_speedup_ci95
-        print(f"{b:>5}  {c.draft_layers:>6}  {c.draft_shape:<36} {c.dtype:<8}  {c.train_tokens:>8}  "
+        print(f"{b:>5}  {c.draft_layers:>6}  {c.draft_width or '-':>5}  {c.draft_shape:<36} {c.dtype:<8}  "
+              f"{c.train_tokens:>8}  "
               f"{c.predicted_mat:.2f} "
               f"[{c.predicted_mat_ci95[0]:.2f}, {c.predicted_mat_ci95[1]:.2f}]   {c.step_cost:5.2f}  "
               f"{c.predicted_speedup:.2f}x [{lo:.2f}, {hi:.2f}] {c.plain_dtype}"
               + ("  (extrapolated)" if c.extrapolated else "")
               + ("" if drafts[b] else "  (no trained draft)")
+              + (f"  ({servable_by(drafts[b])})" if drafts[b] and pays(c) else "")
               + ("" if pays(c) else "  -> plain decoding (lower bound not above 1)"))
     print(f"wrote {args.out} ({len(done.candidates)} candidates)")
     if done.measured is not None:
@@ -465,6 +483,30 @@ def _fit_parser(sub) -> None:
     fit.set_defaults(func=cmd_fit)
 
 
+def _capacity_parser(sub) -> None:
+    cap = sub.add_parser("capacity", help="fit law 2 (MAT against draft parameters) and the joint law of parameters "
+                         "and tokens to a capacity study's records, with the largest size held out (docs/fitting.md)")
+    cap.add_argument("run_dir", metavar="RUN_DIR", help="the study's run folder (experiments/smollm2_capacity.yaml), "
+                     "its checkpoints replayed (scylla eval RUN_DIR --replay --prompt-set fit)")
+    cap.add_argument("--shape", default="chain:3", help="the replayed draft shape the laws are fitted in")
+    cap.add_argument("--lr", type=float, default=0.003, help="the grid's learning rate (other LRs: the LR check)")
+    cap.add_argument("--json", help="also write the laws to this JSON file (scylla recipe reads it)")
+    cap.set_defaults(func=cmd_capacity)
+
+
+def _recipe_parser(sub) -> None:
+    rec = sub.add_parser("recipe", help="recommend a head's width, depth, training tokens and draft shape for a token "
+                         "budget and a serving batch size, from the joint law and the cost model")
+    rec.add_argument("--capacity", required=True, help="scylla capacity --json output")
+    rec.add_argument("--cost", required=True, action="append", help="cost table(s) with heads of the study's widths "
+                     "and depths (scylla costs --head-layers 1,2,4 --head-width 128,256,512); repeat per dtype")
+    rec.add_argument("--tokens", required=True, type=_positive(int), help="the training-token budget")
+    rec.add_argument("--batch-size", required=True, type=_positive(int), help="the serving batch size")
+    rec.add_argument("--layout", default="eagle", choices=("eagle", "eagle3"), help="eagle3: only heads as wide as "
+                     "the target, which EAGLE-3 serving engines (vLLM, SGLang) load")
+    rec.set_defaults(func=cmd_recipe)
+
+
 def _eval_parser(sub) -> None:
     ev = sub.add_parser("eval", parents=[MODEL_ARGS],
                         help="evaluate drafts of a run directory (and baselines) into eval records")
@@ -509,8 +551,9 @@ def _costs_parser(sub) -> None:
     costs.add_argument("--target", default="smollm2-135m", help="HF folder, hub id or alias (smollm2-135m, "
                        "gemma3-270m)")
     costs.add_argument("--draft", action="append", help="truncated:K or draft:PATH (repeat for several)")
-    costs.add_argument("--head-layers", type=_ints, help="also untrained EAGLE heads of these depths (head:L)")
-    costs.add_argument("--head-width", type=int, default=0, help="their width (0: the target's)")
+    costs.add_argument("--head-layers", type=_ints, help="also untrained EAGLE heads of these depths (named head:L@W)")
+    costs.add_argument("--head-width", type=_ints, default=[0], help="their widths, comma-separated: every depth at "
+                       "every width (default 0: the target's)")
     costs.add_argument("--head-vocab", type=int, default=0, help="their draft vocabulary (0: the target's; trained "
                        "heads default to 4096, train/config.py draft_vocab)")
     costs.add_argument("--batch-sizes", type=_ints, default=[1, 4, 16], help="comma-separated batch sizes")
@@ -611,6 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     _generate_parser(sub)
     _sweep_parser(sub)
     _fit_parser(sub)
+    _capacity_parser(sub)
+    _recipe_parser(sub)
     _eval_parser(sub)
     _costs_parser(sub)
     _select_parser(sub)
@@ -626,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-OUTPUTS = {"generate": ("--json", False), "fit": ("--json", False), "costs": ("--out", False),
+OUTPUTS = {"generate": ("--json", False), "fit": ("--json", False), "capacity": ("--json", False), "costs": ("--out", False),
            "select": ("--out", False), "figs": ("--out", True), "tts-bench": ("--out", True),
            "export": ("--out", True), "sweep": ("--run-dir", True), "demo": ("--run-dir", True),
            "eval": ("RUN_DIR", True)}  # command: (its output argument, whether it is a folder)

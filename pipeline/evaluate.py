@@ -348,7 +348,8 @@ def evaluate(config: EvalConfig) -> int:
 
     def identity(method, source):
         base = source or _baseline_identity(method, config.seed)
-        return {k: base.get(k) for k in IDENTITY}  # config_hash: None in records older than it
+        # config_hash: None in records older than it; train_seed: the draft's training seed (lines across sizes)
+        return {**{k: base.get(k) for k in IDENTITY}, "train_seed": source.get("seed") if source else None}
 
     def measure(settings: dict) -> int:
         """Measure every method of ``methods`` not yet recorded at this setting (under its claim), and plain decoding;

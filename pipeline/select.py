@@ -1,10 +1,11 @@
 """Scylla configuration selection: from fitted laws and the cost model, the draft configuration predicted to be
 fastest at each decoding batch size.
 
-A candidate is (draft layers, draft shape, training tokens). Its MAT comes from the log-linear law fitted for its
-group (``scylla fit --by draft_layers[,draft_shape] --json``), with the law's 95% confidence interval; its cost per
-step, relative to one plain target step at the same batch size, from the cost table (``scylla costs
---head-layers ...``): a chain of g tokens costs g head steps of 1 token plus one target call on g+1 tokens, a tree
+A candidate is (draft layers, draft width, draft shape, training tokens). Its MAT comes from the log-linear law
+fitted for its group (``scylla fit --by draft_layers[,draft_width][,draft_shape] --json``: per width too on a
+capacity study's records), with the law's 95% confidence interval; its cost per step, relative to one plain target
+step at the same batch size, from the cost table (``scylla costs --head-layers ... --head-width ...``; heads named
+by depth and width, scylla.costs.head_name): a chain of g tokens costs g head steps of 1 token plus one target call on g+1 tokens, a tree
 costs depth head steps of top_k tokens plus one target call on total_tokens+1 tokens. The predicted speed-up is
 MAT / that cost (scylla.costs.predicted_speedup); its interval maps the MAT interval through the same formula.
 
@@ -27,6 +28,7 @@ from fit.results import LogLinearFit
 from pipeline.evaluate import EvalConfig, evaluate, parse_shape
 from scylla.atomic import atomic_path
 from scylla.costs import CostTable, plain_step_seconds, predicted_speedup, step_cost
+from scylla.drafters.eagle import serving_engines
 from scylla.errors import InputError, ScyllaError
 from scylla.records import find_checkpoints, method_as_read, read_records
 from scylla.config import read_yaml
@@ -51,6 +53,7 @@ class Candidate:
     extrapolated: bool  # train_tokens beyond the largest fitted x
     dtype: str = "float32"  # the target's and draft's, as the cost table it was costed from
     plain_dtype: str = "float32"  # the fastest plain decoding's at this batch size: the speed-up's baseline
+    draft_width: int | None = None  # the head's, where the fits are per width (scylla fit --by ...,draft_width)
 
 
 def load_fits(path: str | Path) -> list[dict]:
@@ -119,9 +122,9 @@ def candidates(fits: list[dict], costs: CostTable | list[CostTable], batch_sizes
         mat, lo, hi = (max(1.0, v) for v in (mat, lo, hi))  # a step always yields at least one token
         for batch, cost in ((b, cost) for b in batch_sizes if b in plain for cost in costs):
             try:
-                c, c_lo, c_hi = (step_cost(cost, f"head:{int(fit['group']['draft_layers'])}", batch,
-                                           shape.verify_tokens, shape.draft_forwards, shape.draft_width, bound=b)
-                                 for b in ("", "min", "max"))
+                head = cost.head(int(fit["group"]["draft_layers"]), fit["group"].get("draft_width"))
+                c, c_lo, c_hi = (step_cost(cost, head, batch, shape.verify_tokens, shape.draft_forwards,
+                                           shape.draft_width, bound=b) for b in ("", "min", "max"))
             except ScyllaError:
                 continue
             plain_dtype, plain_seconds = plain[batch]
@@ -130,7 +133,7 @@ def candidates(fits: list[dict], costs: CostTable | list[CostTable], batch_sizes
             c, c_lo, c_hi = c * rebase, c_lo * rebase, c_hi * rebase
             out.append(Candidate(batch, int(fit["group"]["draft_layers"]), shape_text, tokens, mat, (lo, hi), c,
                                  predicted_speedup(mat, 1, 0.0, c), (lo / c_hi, hi / c_lo),
-                                 tokens > max(law.x_values), cost.dtype, plain_dtype))
+                                 tokens > max(law.x_values), cost.dtype, plain_dtype, fit["group"].get("draft_width")))
     if not out:
         raise InputError("no candidate has measured costs: run scylla costs with --head-layers for the fitted "
                           "depths, the batch sizes and the verify sizes (--tokens) of the shapes")
@@ -158,12 +161,25 @@ def pays(c: Candidate) -> bool:
     return c.predicted_speedup_ci95[0] > 1
 
 
-def checkpoint_for(run_dirs: list[str], layers: int, tokens: int) -> str | None:
-    """The trained draft folder of that depth and token count in these run directories, if one exists."""
+def checkpoint_for(run_dirs: list[str], layers: int, tokens: int, width: int | None = None) -> str | None:
+    """The trained draft folder of that depth (and width, if given) and token count in these run directories, if one
+    exists."""
+    where = dict(draft_layers=layers, train_tokens=tokens, **({"draft_width": width} if width else {}))
     for run_dir in run_dirs:
-        for r in find_checkpoints(run_dir, where=dict(draft_layers=layers, train_tokens=tokens)):
+        for r in find_checkpoints(run_dir, where=where):
             return r["checkpoint"]
     return None
+
+
+def servable_by(folder: str) -> str:
+    """Which engines load the trained draft in ``folder`` (scylla.drafters.eagle.serving_engines; a draft LM: any)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "unknown: no readable config.json"
+    if config.get("scylla_type") != "eagle_head":
+        return "any engine that runs a draft model"
+    return serving_engines(config.get("width", 0), config.get("layout", "eagle"), config.get("target_hidden_size"))
 
 
 def _method(folder: str) -> str:
@@ -285,7 +301,7 @@ def run_selection(fits_path: str | Path, cost_path: str | Path | list, batch_siz
     tables = [CostTable.load(p) for p in paths]
     found = candidates(fits, tables, batch_sizes, token_budget, default_shape=fitted_shape)
     chosen = select(found)
-    drafts = {b: checkpoint_for(run_dirs, c.draft_layers, c.train_tokens) for b, c in chosen.items()}
+    drafts = {b: checkpoint_for(run_dirs, c.draft_layers, c.train_tokens, c.draft_width) for b, c in chosen.items()}
     config = write_config(out, chosen, check_dir, drafts, target, tasks, also, [t.dtype for t in tables])
     checked = regrets = None
     if check is not None:

@@ -58,6 +58,22 @@ class CostTable:
         row = min(rows, key=lambda e: e["context"] if context is None else abs(e["context"] - context))
         return row.get(f"seconds_{bound}", row["seconds"]) if bound else row["seconds"]
 
+    def head(self, layers: int, width: int | None = None) -> str:
+        """The table's name for an EAGLE-style head of this depth and width (``head_name``). Without a width: the
+        one width measured at that depth. Tables written before heads were keyed by width name them ``head:L`` (one
+        width a table), read as any width. InputError if the table has no such head."""
+        names = {e["model"] for e in self.entries if e["model"].startswith(f"head:{layers}@")}
+        if width is not None and head_name(layers, width) in names:
+            return head_name(layers, width)
+        if width is None and len(names) == 1:
+            return names.pop()
+        if not names and any(e["model"] == f"head:{layers}" for e in self.entries):
+            return f"head:{layers}"
+        widths = sorted(int(n.partition("@")[2]) for n in names)
+        raise InputError(f"the cost table has no {layers}-layer head" + (f" of width {width}" if width else "")
+                         + (f" (widths measured: {', '.join(map(str, widths))})" if widths else "")
+                         + f": run scylla costs --head-layers {layers}" + (f" --head-width {width}" if width else ""))
+
     def save(self, path: str | Path) -> None:
         write_json_atomic(path, asdict(self))
 
@@ -67,6 +83,11 @@ class CostTable:
             return cls(**json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, TypeError) as err:
             raise InputError(f"{path} is not a cost table ({type(err).__name__})") from None
+
+
+def head_name(layers: int, width: int) -> str:
+    """A head's name in cost tables: ``head:L@W`` (depth L, width W)."""
+    return f"head:{layers}@{width}"
 
 
 def table_path(out: str | Path, dtype: str) -> Path:
@@ -197,7 +218,8 @@ def _forward_seconds(cost: "CostTable", record: dict) -> float:
     """Seconds of the forwards of one step of this online eval record's method, from the table (step_cost without
     the correction, times one plain step)."""
     bare, b = replace(cost, overhead={}, lag={}), record["batch_size"]
-    draft = f"head:{record['draft_layers']}" if record["drafter_type"] == "eagle" else None
+    draft = (cost.head(record["draft_layers"], record.get("draft_width") or None)
+             if record["drafter_type"] == "eagle" else None)
     forwards = record.get("tree_depth") or record.get("num_draft_tokens") or 0
     verify = (record.get("tree_total_tokens") or record.get("num_draft_tokens") or 0) + 1
     ratio = step_cost(bare, draft, b, verify, forwards, record.get("tree_top_k") or 1)
@@ -243,15 +265,20 @@ def calibrate(cost: "CostTable", records: list[dict]) -> "CostTable":
     return replace(cost, overhead={**cost.overhead, **medians(gaps)}, lag={**cost.lag, **medians(lags)})
 
 
-def untrained_heads(target: torch.nn.Module, layers: list[int], width: int = 0,
+def untrained_heads(target: torch.nn.Module, layers: list[int], width: int | list[int] = 0,
                     draft_vocab: int = 0) -> dict[str, torch.nn.Module]:
-    """EAGLE-style heads of these depths for ``target``, untrained, named ``head:L`` as in cost tables: a head's
-    cost depends on its shape only, so the cost model measures these before any head is trained. width and
-    draft_vocab 0: the target's (a draft vocabulary shrinks the head's LM head, most of a step on a 262k vocabulary)."""
+    """EAGLE-style heads of these depths x widths for ``target``, untrained, named ``head:L@W`` (``head_name``) as
+    in cost tables: a head's cost depends on its shape only, so the cost model measures these before any head is
+    trained. width and draft_vocab 0: the target's (a draft vocabulary shrinks the head's LM head, most of a step on
+    a 262k vocabulary)."""
     param = next(target.parameters())
-    return {f"head:{n}": EagleHead(EagleConfig.for_target(target, num_layers=n, width=width,
-                                                          draft_vocab_size=draft_vocab),
-                                   target.get_input_embeddings()).to(param.device, param.dtype) for n in layers}
+    heads = {}
+    for w in width if isinstance(width, list) else [width]:
+        for n in layers:
+            config = EagleConfig.for_target(target, num_layers=n, width=w, draft_vocab_size=draft_vocab)
+            heads[head_name(n, config.width)] = EagleHead(config, target.get_input_embeddings()).to(param.device,
+                                                                                                   param.dtype)
+    return heads
 
 
 def predicted_speedup(mat: float, g: int, draft_cost: float, verify_cost: float) -> float:

@@ -26,6 +26,7 @@ class SelectionEntry(Config):
     best_draft: str | None = None
     batch_size: int | None = None
     draft_layers: int | None = None
+    draft_width: int | None = None
     train_tokens: int | None = None
     predicted_mat: float | None = None
     predicted_mat_ci95: tuple[float, float] | None = None

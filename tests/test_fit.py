@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from fit import bootstrap_slope, extrapolation_check, fit_joint, fit_log_linear, fit_saturating
+from fit import bootstrap_slope, extrapolation_check, fit_log_linear, fit_saturating
 from fit.cli import parse_where
 from pipeline.cli import main
 from scylla.errors import ScyllaError
@@ -144,22 +144,6 @@ def test_saturating_law_and_extrapolation_check():
     check = extrapolation_check(X[:4], y[:4])  # 3 x left would fit the 3-parameter law exactly: refused
     assert check.preferred is None and "at least 5 distinct" in check.reason
     assert extrapolation_check(X[:5], y[:5]).n_fit == 4
-
-
-def test_joint_fit_recovers_coefficients():
-    rng = np.random.default_rng(3)
-    records = []
-    for layers in (1, 2, 4, 8):
-        y = 0.9 + 0.3 * np.log(X) + 0.25 * math.log(layers) + rng.normal(0, 0.01, len(X))
-        records += points(X, y, draft_layers=layers)
-    joint = fit_joint(records)
-    assert joint.n == 32 and joint.xs == ["train_tokens", "draft_layers"]
-    for term, true in [("intercept", 0.9), ("train_tokens", 0.3), ("draft_layers", 0.25)]:
-        lo, hi = joint.ci95[term]
-        assert abs(joint.coefficients[term] - true) < 0.05 and lo < joint.coefficients[term] < hi
-    assert joint.r2 > 0.99
-    with pytest.raises(ScyllaError, match="single value"):
-        fit_joint(points(X, np.log(X), draft_layers=2))
 
 
 def _write_runs(run_dir, seeds, rng):

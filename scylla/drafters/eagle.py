@@ -38,6 +38,15 @@ from scylla.kv import RaggedKV, realign
 LAYOUTS = ("eagle", "eagle3")
 
 
+def serving_engines(width: int, layout: str, target_width: int | None) -> str:
+    """Which engines load a head of this width and layout: EAGLE-3 serving engines (vLLM, SGLang) take the eagle3
+    layout at the target's width (after ``scylla export``); anything else runs in Scylla's engine only."""
+    if layout == "eagle3" and width == target_width:
+        return "EAGLE-3 engines (vLLM, SGLang, after scylla export) and Scylla"
+    return ("Scylla only: no serving engine loads this layout" + (" or width" if width != target_width else "")
+            + (f"; EAGLE-3 engines need layout eagle3 at the target's width, {target_width}" if target_width else ""))
+
+
 @dataclass
 class EagleConfig:
     """Shape of a head. feature_layers index the target's ``hidden_states`` tuple (0 = embeddings, -1 = the final,
