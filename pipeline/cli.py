@@ -128,7 +128,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.grid, args.run_dir)
-    for line in run_sweep(sweep, dry_run=args.dry_run, rerun_changed=args.rerun_changed, threads=args.threads):
+    # Scripts run elsewhere, later: this machine's free cores say nothing of theirs, only a --threads given does
+    threads = args.threads if sweep.launcher == "local" else args.threads_given
+    for line in run_sweep(sweep, dry_run=args.dry_run, rerun_changed=args.rerun_changed, threads=threads):
         print(line)
     return 0
 
@@ -702,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         from scylla.threads import use_threads
 
+        args.threads_given = args.threads
         args.threads = use_threads(args.threads)  # the verbs' own processes get as many
     try:
         if hasattr(args, "slurm_array"):

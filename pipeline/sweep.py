@@ -44,6 +44,7 @@ from scylla.errors import ConfigError, InputError
 from scylla.models import ALIASES, PACKAGED, packaged_source
 from scylla.ports import free_port
 from scylla.records import read_records, records_path
+from scylla.threads import WAIT_POLICY, thread_env
 from train.config import UNHASHED, TrainConfig
 from train.pretrain_draft import release_shared_memory
 
@@ -226,8 +227,10 @@ def run_sweep(sweep: Sweep, dry_run: bool = False, rerun_changed: bool = False, 
               ) -> Iterator[str]:
     """Launch (local) or write scripts (hostfile, slurm) for every unfinished job, yielding a line for each thing
     done. A job whose folder holds other settings is refused, or renamed with ``rerun_changed``
-    (``guard_changes``). ``threads``: the CPU threads a local job's processes share (OMP_NUM_THREADS, which torch
-    and the feature pass follow); None leaves the environment's."""
+    (``guard_changes``). ``threads``: the CPU threads a job's processes share on each machine (OMP_NUM_THREADS and
+    MKL_NUM_THREADS, which torch, the on-policy generation and the feature pass follow: scylla.threads.thread_env).
+    None: a local job keeps the environment's; the scripts give each process its share of the CPUs it may use, found
+    when they run (each host's, or the Slurm task's), unless OMP_NUM_THREADS is set there."""
     yield from guard_changes(sweep, rerun_changed)
     done = finished(sweep)
     todo = [j for j in sweep.jobs if j.run_id not in done]
@@ -250,9 +253,9 @@ def run_sweep(sweep: Sweep, dry_run: bool = False, rerun_changed: bool = False, 
     path = sweep.run_dir / scripts[sweep.launcher]
     if sweep.launcher == "hostfile":
         (sweep.run_dir / "hostfile").write_text("\n".join(sweep.hosts) + "\n")
-        script = _hostfile_script(sweep, jobs)
+        script = _hostfile_script(sweep, jobs, threads)
     else:
-        script = _sbatch_script(sweep, jobs)
+        script = _sbatch_script(sweep, jobs, threads)
     path.write_text("\n".join(script) + "\n")
     path.chmod(0o755)
     yield f"wrote {path}" + (f" and {sweep.run_dir / 'hostfile'}" if sweep.launcher == "hostfile" else "")
@@ -262,7 +265,7 @@ def _run_local(sweep: Sweep, todo: list[TrainConfig], threads: int | None = None
     """Launch the jobs here, one after another, each job's output into its train.log, each of its processes with
     its share of ``threads``; the terminal shows one bar (jobs done, and the running job's training steps) and a
     line per finished job."""
-    env = {} if threads is None else {"OMP_NUM_THREADS": str(max(1, threads // sweep.processes))}
+    env = {} if threads is None else thread_env(max(1, threads // sweep.processes))
     with tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="job", file=sys.stderr) as bar:
         for job in todo:
             port = free_port()
@@ -331,37 +334,60 @@ def sweep_lock(run_dir: Path) -> Iterator[None]:
 PYTHON = '"${SCYLLA_PYTHON:-python3}"'  # the scripts' interpreter: the environment that has Scylla
 
 
-def _hostfile_script(sweep: Sweep, jobs: list[Path]) -> list[str]:
+def _thread_lines(threads: int | None, per_host: int, cpus: str, whose: str) -> list[str]:
+    """Script lines exporting each job process's CPU threads (as scylla.threads.thread_env): its share of the sweep's
+    ``threads`` where given, else of ``cpus`` (a shell expression counting ``whose`` CPUs) found when the script runs,
+    unless OMP_NUM_THREADS is set there; ``per_host`` processes share a host's."""
+    policy = [f'export OMP_WAIT_POLICY="${{OMP_WAIT_POLICY:-{WAIT_POLICY}}}"'] if WAIT_POLICY else []
+    if threads is not None:
+        share = max(1, threads // per_host)
+        return [f"export OMP_NUM_THREADS={share} MKL_NUM_THREADS={share}  # sweep --threads {threads}, shared by a "
+                f"host's {per_host} process(es)", *policy]
+    return [f"THREADS=$(( {cpus} / {per_host} ))  # {whose} CPUs, shared by a host's {per_host} process(es)",
+            '[ "$THREADS" -ge 1 ] || THREADS=1',
+            'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$THREADS}"',
+            'export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$OMP_NUM_THREADS}"', *policy]
+
+
+def _hostfile_script(sweep: Sweep, jobs: list[Path], threads: int | None = None) -> list[str]:
     """launch.sh: the unfinished jobs one after another on the hosts of ./hostfile, through the DeepSpeed launcher;
-    paths relative to the run folder, the interpreter from ``$SCYLLA_PYTHON``."""
+    paths relative to the run folder, the interpreter from ``$SCYLLA_PYTHON``. Each process's threads: its share of
+    ``threads``, or of the CPUs of the host running the script (hosts alike); the trainer gets them as --threads too,
+    as the launcher passes no OMP_NUM_THREADS to other hosts."""
     launcher = shlex.join(launch_command(sweep, hostfile="hostfile")[1:])
+    per_host = max(int(HOST_LINE.fullmatch(host)[2]) for host in sweep.hosts)
     return ["#!/usr/bin/env bash",
             f"# Sweep {sweep.name}: trains its unfinished jobs on the hosts of ./hostfile (DeepSpeed launcher). Run it",
             "# on the first host: bash RUN_DIR/launch.sh. SCYLLA_PYTHON (default python3) is the interpreter of the",
             "# environment that has Scylla. Each job's output goes to jobs/ID/train.log.",
             "set -eo pipefail",
             'cd "$(dirname "$0")"',
+            *_thread_lines(threads, per_host, "$(nproc)", "this host's"),
             'train() {  # $1: a job.yaml',
             '  echo "training ${1%/job.yaml} (log ${1%/job.yaml}/train.log)"',
-            f'  {PYTHON} {launcher} --config "$1" --run-dir . >> "${{1%/job.yaml}}/train.log" 2>&1 ||',
+            f'  {PYTHON} {launcher} --config "$1" --run-dir . --threads "$OMP_NUM_THREADS" '
+            '>> "${1%/job.yaml}/train.log" 2>&1 ||',
             '    { echo "launch.sh: ${1%/job.yaml} failed: see ${1%/job.yaml}/train.log" >&2; exit 1; }',
             "}",
             *[f"train {shlex.quote(str(job))}" for job in jobs]]
 
 
-def _sbatch_script(sweep: Sweep, jobs: list[Path]) -> list[str]:
+def _sbatch_script(sweep: Sweep, jobs: list[Path], threads: int | None = None) -> list[str]:
     """sweep.sbatch: a Slurm array, one task per unfinished job. Its directives come first (sbatch stops reading them
     at the first command): nodes and GPUs per node from the grid, one launcher task per node. Each task runs torchrun
     on every node of its allocation, the rendezvous (first node, a port from the job id, the node rank) taken from
-    Slurm's environment. Submitted from the run folder; it stops with one line run outside Slurm or elsewhere."""
+    Slurm's environment. Each process's threads: its share of ``threads``, or of the node's launcher task's CPUs
+    (--cpus-per-task, else the CPUs Slurm gave it on the node). Submitted from the run folder; it stops with one line
+    run outside Slurm or elsewhere."""
     slurm = {"nodes": 1, "gpus_per_node": sweep.processes // sweep.slurm.get("nodes", 1), **sweep.slurm}
     per_node = sweep.processes // slurm["nodes"]
     directives = {"job_name": sweep.name, "array": f"0-{max(0, len(jobs) - 1)}", "ntasks_per_node": 1,
                   **{k: v for k, v in slurm.items() if not (k == "gpus_per_node" and v == 0)}}
     torchrun = shlex.join(["-m", "torch.distributed.run", "--nnodes", str(slurm["nodes"]),
                            "--nproc_per_node", str(per_node)])
+    # one per node, under srun; the threads expand there, from the environment srun passes on
     node = (f'{PYTHON} {torchrun} --node_rank "$SLURM_NODEID" --master_addr "$MASTER_ADDR" --master_port '
-            '"$MASTER_PORT" -m train.pretrain_draft --config "$1" --run-dir .')  # one per node, under srun
+            '"$MASTER_PORT" -m train.pretrain_draft --config "$1" --run-dir . --threads "$OMP_NUM_THREADS"')
     return ["#!/usr/bin/env bash",
             *[f"#SBATCH --{k.replace('_', '-')}={v}" for k, v in directives.items()],
             f"# Sweep {sweep.name}: submit from its run folder (cd RUN_DIR && sbatch sweep.sbatch). SCYLLA_PYTHON",
@@ -372,6 +398,7 @@ def _sbatch_script(sweep: Sweep, jobs: list[Path]) -> list[str]:
             '  echo "sweep.sbatch: submit it with sbatch from its run folder: cd RUN_DIR && sbatch sweep.sbatch" >&2',
             "  exit 2",
             "fi",
+            *_thread_lines(threads, per_node, "${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}", "the task's"),
             "JOBS=(" + " ".join(shlex.quote(str(job)) for job in jobs) + ")",
             'JOB="${JOBS[$SLURM_ARRAY_TASK_ID]}"',
             'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',

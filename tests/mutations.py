@@ -144,6 +144,38 @@ MUTATIONS = [
         "train/unroll.py", "[p <= q - step]", "[p <= q - step + (step > 0)]",
         ("tests/test_unroll.py",),
     ),
+    Mutation(
+        "job-folder-not-its-own",
+        "a training job may not replace a checkpoint folder of its own that no marker names (one written before the "
+        "marker existed), so a resumed job fails",
+        "train/pretrain_draft.py", "own = cfg.job_dir.resolve() in Path(folder).resolve().parents", "own = False",
+        ("tests/test_sweep.py::test_draft_lm_trains_without_the_launcher",
+         "tests/test_sweep.py::test_a_job_replaces_its_own_draft_folders_and_no_one_elses"),
+    ),
+    Mutation(
+        "every-folder-its-own",
+        "a training job replaces any folder it is given, a user's too",
+        "train/pretrain_draft.py", "own = cfg.job_dir.resolve() in Path(folder).resolve().parents", "own = True",
+        ("tests/test_sweep.py::test_a_job_replaces_its_own_draft_folders_and_no_one_elses",),
+    ),
+    Mutation(
+        "head-save-unforced",
+        "an EAGLE head's save ignores that the folder is the job's own",
+        "train/pretrain_draft.py", "model.save(folder, card, force=own)", "model.save(folder, card)",
+        ("tests/test_sweep.py::test_a_job_replaces_its_own_draft_folders_and_no_one_elses",),
+    ),
+    Mutation(
+        "script-threads-unshared",
+        "a written script gives every process of a host all of the host's CPUs instead of its share",
+        "pipeline/sweep.py", 'f"THREADS=$(( {cpus} / {per_host} ))', 'f"THREADS=$(( {cpus} ))',
+        ("tests/test_sweep.py::test_the_written_scripts_give_each_process_its_share_of_the_threads",),
+    ),
+    Mutation(
+        "trainer-ignores-threads",
+        "the trainer ignores --threads (the written scripts' way to other hosts) and runs on OMP_NUM_THREADS",
+        "train/pretrain_draft.py", "        use_threads(args.threads)\n", "",
+        ("tests/test_sweep.py::test_draft_lm_trains_without_the_launcher",),
+    ),
 ]
 
 

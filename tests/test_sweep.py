@@ -17,7 +17,10 @@ import yaml
 from scylla import SpeculativeDecoder, load_model
 from pipeline.cli import main
 from scylla.drafters.eagle import EagleDrafter, EagleHead
+from scylla.errors import InputError
 from scylla.records import find_checkpoints, read_records, record_key
+from train.config import TrainConfig
+from train.pretrain_draft import save_draft
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "smoke.yaml"
@@ -271,7 +274,47 @@ def test_a_sweeps_threads_reach_its_jobs(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline.sweep, "_run_logged",
                         lambda argv, log, run_id, status, env=None: envs.append(env) or 0)  # each job "succeeds"
     assert main(["sweep", str(SMOKE), "--run-dir", str(tmp_path), "--threads", "2"]) == 0
-    assert envs == [{"OMP_NUM_THREADS": "2"}] * 2  # smoke.yaml: 2 jobs of one process
+    assert envs == [{"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}] * 2  # smoke.yaml: 2 jobs of one process
+
+
+def fake_commands(folder: Path) -> dict[str, str]:
+    """An environment whose nproc says 8, whose srun and scontrol stand in for Slurm's (srun runs its command here),
+    and whose SCYLLA_PYTHON prints the threads a process would get instead of training: a written script runs
+    through to each job's launch, and each job's train.log says what that launch got."""
+    folder.mkdir()
+    commands = {"nproc": "echo 8", "scontrol": "echo node1", "srun": 'shift 2; exec "$@"',
+                "python": 'echo "OMP=$OMP_NUM_THREADS MKL=$MKL_NUM_THREADS ${*: -2}"'}  # the last 2: --threads N
+    for name, body in commands.items():
+        (folder / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (folder / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "MKL_", "SLURM_"))}
+    return {**env, "PATH": f"{folder}{os.pathsep}{env['PATH']}", "SCYLLA_PYTHON": str(folder / "python")}
+
+
+def test_the_written_scripts_give_each_process_its_share_of_the_threads(tmp_path):
+    """launch.sh and sweep.sbatch export OMP_NUM_THREADS and MKL_NUM_THREADS to every process of a job, and pass
+    them to the trainer (the DeepSpeed launcher takes no OMP_NUM_THREADS to other hosts): a host's or a Slurm task's
+    CPUs shared by its processes, found when the script runs; OMP_NUM_THREADS set there wins; sweep --threads N
+    is N shared by a host's processes (issue 28: the jobs of a written script took every core)."""
+    env = fake_commands(tmp_path / "bin")
+    slurm = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_ID": "7", "SLURM_NODEID": "0",
+             "SLURM_JOB_NUM_NODES": "1"}
+    cases = {  # launcher: [(sweep's --threads, the environment the script runs in, what each process gets)]
+        "hostfile": [(None, {}, 4), (None, {"OMP_NUM_THREADS": "3"}, 3), ("6", {}, 3)],  # 8 CPUs, slots=2
+        "slurm": [(None, {"SLURM_CPUS_PER_TASK": "8", **slurm}, 4), (None, {"SLURM_CPUS_ON_NODE": "3", **slurm}, 1),
+                  (None, {"SLURM_CPUS_PER_TASK": "8", "OMP_NUM_THREADS": "3", **slurm}, 3),
+                  ("6", {"SLURM_CPUS_PER_TASK": "8", **slurm}, 3)]}
+    extra = {"hostfile": {"hosts": ["node1 slots=2"]}, "slurm": {"slurm": {"gpus_per_node": 0}}}
+    for launcher, script in (("hostfile", "launch.sh"), ("slurm", "sweep.sbatch")):
+        grid = multi_node_grid(tmp_path, launcher, grid={"layers": [1]}, **extra[launcher])
+        for i, (threads, there, share) in enumerate(cases[launcher]):
+            run_dir = tmp_path / f"{launcher}{i}"
+            given = ["--threads", threads] if threads else []
+            assert main(["sweep", str(grid), "--run-dir", str(run_dir)] + given) == 0
+            proc = subprocess.run(["bash", script], cwd=run_dir, env={**env, **there}, capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr
+            launched = (run_dir / "jobs" / "eagle-layers1" / "train.log").read_text().splitlines()
+            assert launched == [f"OMP={share} MKL={share} --threads {share}"], (launcher, threads, there)
 
 
 def test_a_job_s_output_goes_to_its_log_and_its_error_to_one_line(tmp_path):
@@ -302,22 +345,60 @@ def test_generate_cli_drafts_with_a_trained_head(smoke_run, capsys):
 
 
 def test_draft_lm_trains_without_the_launcher(tmp_path):
-    """python -m train.pretrain_draft in one process (it sets the distributed env itself); a small draft LM."""
+    """python -m train.pretrain_draft in one process (it sets the distributed env itself); a small draft LM. Its
+    records keep the threads it ran on (--threads over the environment's). A checkpoint folder of its own written
+    before scylla.atomic's marker existed, whose record was lost, is trained again and replaced (issue 28: the
+    resumed job was refused its own folder)."""
     job = {"run_dir": str(tmp_path), "target": "tiny-random-llama", "drafter": "draft-lm", "layers": 1, "width": 32,
            "milestones": [512, 1024], "data": {"source": "gsm", "examples": 60, "block_size": 32},
            "optim": {"batch_blocks": 1}, "eval": {"prompts": 2, "max_new_tokens": 8},
            "wandb": "disabled", "sweep": "unit"}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
+    old = TrainConfig.from_dict(job).job_dir / "tokens-1024"
+    old.mkdir(parents=True)
+    (old / "model.safetensors").write_text("an older run's weights, no marker")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.run([sys.executable, "-m", "train.pretrain_draft", "--config", str(path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "train.pretrain_draft", "--config", str(path), "--threads", "1"],
+                          cwd=ROOT, env={**env, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = find_checkpoints(tmp_path)
     assert [r["train_tokens"] for r in records] == [512, 1024]
     assert records[0]["drafter_type"] == "draft-lm" and records[0]["draft_width"] == 32
+    assert [r["threads"] for r in records] == [1, 1]
     model, _ = load_model(records[-1]["checkpoint"])  # a self-contained HF folder
     assert model.config.num_hidden_layers == 1
+
+
+@pytest.mark.parametrize("drafter", ["eagle", "draft-lm"])
+def test_a_job_replaces_its_own_draft_folders_and_no_one_elses(tmp_path, drafter):
+    """save_draft: a folder inside the job's folder that no marker names (written before the marker existed) is the
+    job's own and is replaced; a user's folder elsewhere is refused and kept as it was (scylla.atomic)."""
+    from conftest import tiny_llama
+    from scylla.drafters.eagle import EagleConfig
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    target = tiny_llama()
+    cfg = TrainConfig.from_dict({"run_dir": str(tmp_path / "run"), "target": "tiny-random-llama", "drafter": drafter,
+                                 "width": 32, "milestones": [640], "data": {"block_size": 32},
+                                 "optim": {"batch_blocks": 2}})
+    if drafter == "eagle":
+        model = EagleHead(EagleConfig.for_target(target, num_layers=1, feature_layers=[-1]),
+                          target.get_input_embeddings())
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=1, num_key_value_heads=1))
+    tokenizer = load_model("tiny-random-llama")[1] if drafter == "draft-lm" else None
+    own, user = cfg.job_dir / "tokens-640", tmp_path / "mine"
+    for folder in (own, user):
+        folder.mkdir(parents=True)
+        (folder / "notes.txt").write_text("kept")
+    save_draft(cfg, model, tokenizer, own, {"train_tokens": 640})
+    assert (own / "config.json").is_file() and not (own / "notes.txt").exists()
+    with pytest.raises(InputError, match="is not empty and is no draft scylla wrote"):
+        save_draft(cfg, model, tokenizer, user, {"train_tokens": 640})
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
 
 
 def test_figs_are_drawn_from_records_alone(smoke_run, tmp_path, capsys):

@@ -36,6 +36,7 @@ from scylla.models import load_model, target_quantization
 from scylla.ports import free_port
 from scylla.prompts import encode_prompts
 from scylla.records import append_record, new_record, read_records
+from scylla.threads import use_threads
 from train.config import TrainConfig
 from train.data import (draft_vocabulary, heldout_prompts, load_corpus, onpolicy_cache, pack_blocks,
                         regenerate_responses, split_heldout, tokenize_examples)
@@ -261,11 +262,14 @@ def measure(cfg: TrainConfig, target, tokenizer, model, objective: Objective, da
 
 
 def save_draft(cfg: TrainConfig, model, tokenizer, folder: Path, card: dict) -> None:
-    """A self-contained draft folder, published atomically."""
+    """A self-contained draft folder, published atomically. A folder inside the job's own folder is the job's to
+    replace (a resumed job rewrites a checkpoint whose record was lost, written before scylla.atomic's marker
+    existed too); anywhere else, one that is not a draft scylla wrote is refused (scylla.atomic.check_replaceable)."""
+    own = cfg.job_dir.resolve() in Path(folder).resolve().parents
     if cfg.drafter == "eagle":
-        model.save(folder, card)
+        model.save(folder, card, force=own)
         return
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, force=own) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str))
@@ -447,6 +451,7 @@ def run(cfg: TrainConfig) -> None:
                 layout=cfg.layout, unroll=cfg.unroll, unroll_decay=cfg.unroll_decay,
                 feature_weight=cfg.optim.feature_weight,
                 dtype=cfg.dtype, cpu_capability=cpu_capability() if cfg.device == "cpu" else None,
+                threads=torch.get_num_threads(),
                 draft_vocab_size=len(data.draft_vocab), unique_tokens=data.unique_tokens,
                 epochs=milestone / data.unique_tokens, truncated_responses=data.truncated_responses,
                 **train_metrics, **metrics,
@@ -482,8 +487,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="job YAML (see train/config.py)")
     parser.add_argument("--run-dir", help="the run folder, instead of the job's run_dir (launch scripts run in the "
                         "run folder and pass '.', so a moved folder still trains)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of this process: training, on-policy "
+                        "generation, feature pass (default: the environment's MKL_NUM_THREADS or OMP_NUM_THREADS, "
+                        "else torch's); the sweep's scripts set it")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        use_threads(args.threads)
     try:
         run(TrainConfig.from_yaml(args.config, {"run_dir": args.run_dir} if args.run_dir else None))
     except ScyllaError as err:

@@ -206,10 +206,11 @@ class EagleHead(nn.Module):
         own = sum(p.numel() for n, p in self.named_parameters() if not n.startswith("embed_tokens."))
         return own + (self.embed_tokens.weight.numel() if with_embeddings else 0)
 
-    def save(self, folder: str | os.PathLike, card: dict | None = None) -> None:
-        """config.json, model.safetensors (no target embedding) and card.json, written atomically as a folder."""
+    def save(self, folder: str | os.PathLike, card: dict | None = None, force: bool = False) -> None:
+        """config.json, model.safetensors (no target embedding) and card.json, written atomically as a folder; an
+        existing folder that is no draft scylla wrote is replaced only with ``force`` (scylla.atomic.atomic_folder)."""
         state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith("embed_tokens.")}
-        with atomic_folder(folder) as tmp:
+        with atomic_folder(folder, force=force) as tmp:
             save_file(state, tmp / "model.safetensors")
             config = {"scylla_type": "eagle_head", **asdict(self.head_config)}
             (tmp / "config.json").write_text(json.dumps(config, indent=2))
