@@ -261,6 +261,30 @@ MUTATIONS += [  # issue 27: the timing and prompt-unit statistics layers
     ),
 ]
 
+MUTATIONS += [  # issue 26: law 2 and the joint law (fit/capacity.py)
+    Mutation(
+        "joint-pair-as-unit",
+        "the joint law takes each (prompt, seed) line as an independent unit instead of averaging a prompt's seeds",
+        "fit/capacity.py", "        prompts.setdefault(key[0], []).append(key)\n",
+        "        prompts.setdefault(key, []).append(key)\n",
+        ("tests/test_capacity.py::test_joint_law_recovers_the_surface_and_its_interval_covers_two_sided",),
+    ),
+    Mutation(
+        "joint-shock-undivided",
+        "the joint law's checkpoint-shock covariance is not divided by the number of seeds",
+        "fit/capacity.py", "        cov_shock = shock * cov_shock / len(shocks) / len(seeds)\n",
+        "        cov_shock = shock * cov_shock / len(shocks)\n",
+        ("tests/test_capacity.py::test_joint_law_recovers_the_surface_and_its_interval_covers_two_sided",),
+    ),
+    Mutation(
+        "cost-head-any-width",
+        "a head's cost is looked up by depth alone, whatever its width",
+        "scylla/costs.py", "        if width is not None and head_name(layers, width) in names:\n",
+        "        if width is not None and names:\n            return sorted(names)[0]\n        if width is not None and head_name(layers, width) in names:\n",
+        ("tests/test_capacity.py::test_head_costs_are_keyed_by_width_and_depth",),
+    ),
+]
+
 
 def check(mutation: Mutation, root: Path = ROOT) -> str:
     """The mutated text of mutation.path; raises ValueError unless ``old`` occurs exactly once."""
