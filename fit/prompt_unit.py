@@ -42,13 +42,19 @@ class MeanSlope:
 def unit_points(records: Sequence[dict], x: str = "train_tokens") -> dict[tuple, list]:
     """Eval records with per-prompt counts -> {(prompt id, run_id): [(x, MAT of that prompt), ...]}: a unit is a
     prompt under one training run (one seed of a draft configuration). A prompt's MAT is its new tokens / its target
-    calls (docs/records.md)."""
+    calls (docs/records.md). Where every record says which template each prompt came from (``prompt_templates``),
+    the keys are (template, run_id, prompt id): ``mean_slope`` takes key[0] as the independent unit, so the prompts
+    of one template, which share its difficulty and slope, count as one."""
     units: dict[tuple, list] = {}
+    by_template = bool(records) and all(r.get("prompt_templates") for r in records)
     for r in records:
         if not r.get("prompt_ids"):
             raise InputError(f"record {r.get('run_id', '?')} has no per-prompt counts (prompt_ids): re-run its eval")
-        for pid, new, calls in zip(r["prompt_ids"], r["prompt_new_tokens"], r["prompt_target_calls"]):
-            units.setdefault((pid, r.get("run_id")), []).append((float(r[x]), new / calls))
+        templates = r["prompt_templates"] if by_template else [None] * len(r["prompt_ids"])
+        for pid, template, new, calls in zip(r["prompt_ids"], templates, r["prompt_new_tokens"],
+                                             r["prompt_target_calls"]):
+            key = (template, r.get("run_id"), pid) if by_template else (pid, r.get("run_id"))
+            units.setdefault(key, []).append((float(r[x]), new / calls))
     return units
 
 
