@@ -4,7 +4,8 @@ the unit of sampling (``scylla capacity``, docs/fitting.md).
 The capacity study (experiments/smollm2_capacity.yaml) trains heads of several widths x depths, each to every
 milestone, under 2+ seeds, and replays every checkpoint on the same prompts. A unit is a prompt under one training
 seed: its line joins the runs of every size trained with that seed (fit.prompt_unit.unit_points), so its own slope
-over sizes exists. The joint law is fitted the same two-stage way as law 1 (fit/prompt_unit.py): each unit's OLS
+over sizes exists; where prompts share templates (eval records' ``prompt_templates``) the template is the independent
+unit, as in law 1. The joint law is fitted the same two-stage way as law 1 (fit/prompt_unit.py): each unit's OLS
 coefficients of
 
     MAT = b0 + bN (ln N - cN) + bD (ln D - cD) + bND (ln N - cN)(ln D - cD)
@@ -95,13 +96,18 @@ def with_train_seeds(evals: Sequence[dict], trains: Sequence[dict]) -> list[dict
 
 
 def _units(records: Sequence[dict]) -> dict[tuple, dict[tuple[float, float], float]]:
-    """{(prompt, seed): {(N, D): MAT of that prompt}}."""
+    """{(prompt, seed): {(N, D): MAT of that prompt}}, or {(template, seed, prompt): ...} where every record says
+    which template each prompt came from (``prompt_templates``): key[0] is the independent unit, key[1] the seed."""
     units: dict[tuple, dict] = {}
+    by_template = bool(records) and all(r.get("prompt_templates") for r in records)
     for r in records:
         if not r.get("prompt_ids") or r.get("train_seed") is None:
             raise InputError(f"record {r.get('run_id', '?')} has no per-prompt counts or train_seed: re-run its eval")
-        for pid, new, calls in zip(r["prompt_ids"], r["prompt_new_tokens"], r["prompt_target_calls"]):
-            units.setdefault((pid, r["train_seed"]), {})[(float(r[N]), float(r[D]))] = new / calls
+        templates = r["prompt_templates"] if by_template else [None] * len(r["prompt_ids"])
+        for pid, template, new, calls in zip(r["prompt_ids"], templates, r["prompt_new_tokens"],
+                                             r["prompt_target_calls"]):
+            key = (template, r["train_seed"], pid) if by_template else (pid, r["train_seed"])
+            units.setdefault(key, {})[(float(r[N]), float(r[D]))] = new / calls
     return units
 
 

@@ -44,12 +44,16 @@ def unit_points(records: Sequence[dict], x: str = "train_tokens") -> dict[tuple,
     its new tokens / its target calls (docs/records.md). Where x changes within a training run (its checkpoints:
     train_tokens) a line is one run, so a unit is a prompt under one training run (one seed of a draft
     configuration). Where x is fixed within each run (draft_params, draft_layers: law 2) a line is a training seed,
-    joining the runs of every size trained with it, so that one line spans every size (the records' ``train_seed``)."""
+    joining the runs of every size trained with it, so that one line spans every size (the records' ``train_seed``).
+    Where every record says which template each prompt came from (``prompt_templates``), the keys are (template,
+    line, prompt id): ``mean_slope`` takes key[0] as the independent unit, so the prompts of one template, which
+    share its difficulty and slope, count as one."""
     per_run: dict = {}
     for r in records:
         per_run.setdefault(r.get("run_id"), set()).add(r[x])
     across_runs = all(len(xs) == 1 for xs in per_run.values()) and len(per_run) > 1
     units: dict[tuple, list] = {}
+    by_template = bool(records) and all(r.get("prompt_templates") for r in records)
     for r in records:
         if not r.get("prompt_ids"):
             raise InputError(f"record {r.get('run_id', '?')} has no per-prompt counts (prompt_ids): re-run its eval")
@@ -57,8 +61,11 @@ def unit_points(records: Sequence[dict], x: str = "train_tokens") -> dict[tuple,
             raise InputError(f"{x} is fixed within each run, so a line joins the runs of one training seed, but record "
                              f"{r.get('run_id', '?')} has no train_seed: re-run its eval")
         line = ("seed", r["train_seed"]) if across_runs else r.get("run_id")
-        for pid, new, calls in zip(r["prompt_ids"], r["prompt_new_tokens"], r["prompt_target_calls"]):
-            units.setdefault((pid, line), []).append((float(r[x]), new / calls))
+        templates = r["prompt_templates"] if by_template else [None] * len(r["prompt_ids"])
+        for pid, template, new, calls in zip(r["prompt_ids"], templates, r["prompt_new_tokens"],
+                                             r["prompt_target_calls"]):
+            key = (template, line, pid) if by_template else (pid, line)
+            units.setdefault(key, []).append((float(r[x]), new / calls))
     return units
 
 

@@ -23,6 +23,7 @@ from pipeline.sweep import load_sweep, run_sweep
 from scylla.atomic import atomic_path
 from scylla.costs import CostTable, calibrate, measure_cost_tables, table_path, untrained_heads
 from scylla.data.prompt_sets import check_disjoint, problem_set
+from scylla.data.tasks import Problem
 from scylla.dtypes import cpu_capability, default_dtype, plain_dtypes
 from scylla.models import load_model, target_quantization
 from scylla.records import find_checkpoints, read_records, records_path
@@ -99,14 +100,14 @@ def _costs(run_dir: Path, target_name: str, layers: list[int], width: int, draft
     return list(paths.values())
 
 
-def demo_prompt_sets(grid: str | Path = "experiments/demo.yaml", task: str = "gsm") -> dict[str, list[str]]:
-    """The demo's prompts by role: every training job's corpus prompts, then the fit, select and confirm sets of
-    ``task`` at the demo's sizes; ``check_disjoint`` of them must pass."""
+def demo_prompt_sets(grid: str | Path = "experiments/demo.yaml", task: str = "gsm") -> dict[str, list[str | Problem]]:
+    """The demo's prompts by role: every training job's corpus prompts (texts), then the fit, select and confirm
+    sets of ``task`` at the demo's sizes (Problems, with their templates); ``check_disjoint`` of them must pass."""
     train: dict[str, None] = {}
     for job in load_sweep(grid).jobs:
         train.update(dict.fromkeys(load_corpus(job.data.source, job.data.examples, seed=0)["prompt"]))
     sizes = {"fit": FIT_PROMPTS, "select": SELECT_PROMPTS, "confirm": max(BATCH_SIZES)}
-    return {"train": list(train), **{name: [p.prompt for p in problem_set(task, name, n)] for name, n in sizes.items()}}
+    return {"train": list(train), **{name: problem_set(task, name, n) for name, n in sizes.items()}}
 
 
 def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/demo.yaml",
@@ -117,7 +118,7 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
     run_dir = Path(run_dir)
     sweep = load_sweep(grid, run_dir)
     prompt_sets = demo_prompt_sets(grid)
-    check_disjoint(prompt_sets)  # before any work: a law, a choice and its report on disjoint prompts
+    check_disjoint(prompt_sets)  # before any work: a law, a choice and its report on disjoint prompts and templates
     banner(f"1/7 train {len(sweep.jobs)} draft heads through DeepSpeed ({grid} -> {run_dir}; dtype "
            f"{sweep.jobs[0].dtype or default_dtype()}, {cpu_capability()})", "train")
     for line in run_sweep(sweep, threads=threads):
@@ -285,9 +286,10 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         "",
         f"Three disjoint sets of held-out GSM-style problems (reasoning-gym gsm_symbolic, evaluation-only "
         f"templates): fit ({set_sizes['fit']} prompts: law 1), select ({set_sizes['select']}: the laws checked on "
-        f"fresh prompts) and confirm ({set_sizes['confirm']}: the Scylla check), each from its own seed and hash "
-        f"bucket; checked disjoint by content hash from each other and from the {set_sizes['train']} training "
-        "prompts before any work (scylla.data.prompt_sets).",
+        f"fresh prompts) and confirm ({set_sizes['confirm']}: the Scylla check), each from its own seed and its own "
+        "templates (question shapes: 8 a set, scylla.data.tasks.SET_TEMPLATES; training has its own), in turn; checked disjoint by content hash and by "
+        f"template from each other and from the {set_sizes['train']} training prompts before any work "
+        "(scylla.data.prompt_sets).",
         "",
         "## Law 1: MAT against training tokens, per depth and draft shape",
         "",

@@ -322,7 +322,11 @@ def evaluate(config: EvalConfig) -> int:
     trained = read_records(run_dir, kind="train") if has_records else []
     target_name = config.target or (trained[0]["target"] if trained else "smollm2-135m")
     cost = CostTable.load(config.cost) if config.cost else None
-    texts = {task: [p.prompt for p in problem_set(task, config.prompt_set, config.prompts)] for task in config.tasks}
+    problems = {task: problem_set(task, config.prompt_set, config.prompts) for task in config.tasks}
+    texts = {task: [p.prompt for p in ps] for task, ps in problems.items()}
+    # each prompt's template where the task has templates (gsm): the fit's independent unit (fit/prompt_unit.py)
+    templates = {task: {"prompt_templates": [p.template for p in ps]} if any(p.template for p in ps) else {}
+                 for task, ps in problems.items()}
     dtype = dtype_name(config.dtype, config.device)
     baseline_dtypes = [dtype_name(d, config.device) for d in config.baseline_dtypes or plain_dtypes(config.device)]
     baseline_dtypes = list(dict.fromkeys(baseline_dtypes + [dtype]))  # plain decoding in the methods' own dtype too
@@ -363,7 +367,8 @@ def evaluate(config: EvalConfig) -> int:
 
         def record(method, source, shape, in_dtype=dtype, **metrics):
             return new_record("eval", **identity(method, source), target=target_name, seed=config.seed,
-                              method=method_as_read(method), **settings, dtype=in_dtype, **shape.fields(), **metrics)
+                              method=method_as_read(method), **settings, dtype=in_dtype, **shape.fields(),
+                              **templates[task], **metrics)
 
         _refuse_changed_settings(run_dir, previous, {**settings, "seed": config.seed})
 

@@ -4,6 +4,9 @@
     python tests/mutations.py                     # inject each into a copy of the repo, run its tests, expect failure
     python tests/mutations.py tree-positions      # one of them
 
+A run where a test that a mutation lists was skipped (a missing optional package) exits 1 and says so: the tests
+that catch it in tests/mutations.md count only where they ran.
+
 Each mutation replaces one exact snippet of one source file. The copy of the repo is made from `git ls-files`, so
 the working tree is never touched; the tests run with the copy first on the import path. A mutation whose snippet
 is no longer in its file fails `tests/test_mutations.py` at once: code that moves takes its mutation along.
@@ -283,6 +286,49 @@ MUTATIONS += [  # issue 26: law 2 and the joint law (fit/capacity.py)
         "        if width is not None and names:\n            return sorted(names)[0]\n        if width is not None and head_name(layers, width) in names:\n",
         ("tests/test_capacity.py::test_head_costs_are_keyed_by_width_and_depth",),
     ),
+    Mutation(
+        "wsd-no-rewind",
+        "a warmup-stable-decay branch is never rewound: the stable run goes on from the cooled-down branch's weights",
+        "train/pretrain_draft.py", "trainer.load_stable()  # back to the stable run", "pass",
+        ("tests/test_wsd.py",),
+    ),
+    Mutation(
+        "wsd-stable-decays",
+        "the stable run's steps take the LR of a plan that ends at the branch point, so it cools down before branching",
+        "train/pretrain_draft.py", "lr = lr_at(self.step, milestone_steps, cfg.optim.lr",
+        "lr = lr_at(self.step, end, cfg.optim.lr", ("tests/test_wsd.py",),
+    ),
+    Mutation(
+        "unroll-weights-reversed",
+        "the unrolled loss weighs step i by unroll_decay**(K-1-i): the last, self-fed step weighs most",
+        "train/pretrain_draft.py", "weights = [self.cfg.unroll_decay ** i for i in range(self.cfg.unroll)]",
+        "weights = [self.cfg.unroll_decay ** (self.cfg.unroll - 1 - i) for i in range(self.cfg.unroll)]",
+        ("tests/test_unroll.py::test_step_i_of_the_unrolled_loss_weighs_unroll_decay_to_the_i",),
+    ),
+    Mutation(
+        "checkpoint-from-cwd-first",
+        "an old record's draft path is resolved from the working directory before the run folder",
+        "scylla/records.py", "    tries.append(path)\n", "    tries.insert(0, path)\n",
+        ("tests/test_records.py::test_a_copy_of_a_folder_with_old_style_paths_finds_its_own_drafts",),
+    ),
+    Mutation(
+        "prompt-sets-share-templates",
+        "gsm's prompt sets are split by question hash, as before issue 27, so every set asks every evaluation template",
+        "scylla/data/prompt_sets.py", "        if templates:\n", "        if False:\n",
+        ("tests/test_prompt_sets.py",),
+    ),
+    Mutation(
+        "template-check-off",
+        "check_disjoint compares questions only, so prompt sets that share templates pass",
+        "scylla/data/prompt_sets.py", "if shared := templates & other_templates:", "if shared := set():",
+        ("tests/test_prompt_sets.py::test_a_shared_template_is_named",),
+    ),
+    Mutation(
+        "template-unit-ignored",
+        "the law's interval takes each prompt as independent even where the records name the prompts' templates",
+        "fit/prompt_unit.py", "by_template = bool(records) and all(r.get(\"prompt_templates\") for r in records)",
+        "by_template = False", ("tests/test_template_unit.py",),
+    ),
 ]
 
 
@@ -296,9 +342,21 @@ def check(mutation: Mutation, root: Path = ROOT) -> str:
     return text.replace(mutation.old, mutation.new)
 
 
-def run(mutation: Mutation) -> tuple[bool, float, str, list[str]]:
-    """Inject into a copy of the working tree (files git tracks or would track) and run the tests; returns
-    (caught: some test failed, seconds, pytest's summary line, the failed tests)."""
+@dataclass(frozen=True)
+class Outcome:
+    """A mutation's run: caught (some test failed), seconds, pytest's summary line, the failed tests, and the skip
+    lines of tests that did not run (a counted test that skips, e.g. tests/test_smollm2.py without the packaged
+    model, checks nothing: the run is then not a check of tests/mutations.md)."""
+
+    caught: bool
+    seconds: float
+    summary: str
+    failed: list[str]
+    skipped: list[str]
+
+
+def run(mutation: Mutation) -> Outcome:
+    """Inject into a copy of the working tree (files git tracks or would track) and run the tests."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True).stdout
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutation.name}-") as tmp:
         copy = Path(tmp)
@@ -313,14 +371,20 @@ def run(mutation: Mutation) -> tuple[bool, float, str, list[str]]:
         if not all(Path(f).is_relative_to(copy) for f in where.split()):
             raise RuntimeError(f"the mutant copy is not what Python imports: {where}")
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", "-W", "ignore",
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider", "-W", "ignore",
                                  *mutation.tests], cwd=copy, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if result.returncode not in (0, 1):  # 1: tests failed, the expected outcome; anything else is an error
             raise RuntimeError(f"{mutation.name}: pytest exited {result.returncode}\n{result.stdout[-3000:]}")
-        lines = result.stdout.strip().splitlines()
-        failed = [line.split()[1] for line in lines if line.startswith("FAILED ")]
-        return result.returncode == 1, seconds, lines[-1].strip("= "), failed
+        return Outcome(result.returncode == 1, seconds, *summarise(result.stdout))
+
+
+def summarise(stdout: str) -> tuple[str, list[str], list[str]]:
+    """pytest -q -rfs's output -> (its summary line, the failed tests, the skip lines: 'N tests/FILE:LINE: reason')."""
+    lines = stdout.strip().splitlines()
+    failed = [line.split()[1] for line in lines if line.startswith("FAILED ")]
+    skipped = [line.removeprefix("SKIPPED ").strip() for line in lines if line.startswith("SKIPPED ")]
+    return lines[-1].strip("= "), failed, skipped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,16 +401,24 @@ def main(argv: list[str] | None = None) -> int:
         for m in chosen:
             print(f"{m.name}: {m.bug} ({m.path}) -> {' '.join(m.tests)}")
         return 0
-    survivors = []
+    survivors, unchecked = [], []
     for m in chosen:
-        caught, seconds, summary, failed = run(m)
-        print(f"{m.name}: {'caught' if caught else 'SURVIVED'} ({summary}) in {seconds:.0f} s", flush=True)
-        for test in failed:
+        out = run(m)
+        print(f"{m.name}: {'caught' if out.caught else 'SURVIVED'} ({out.summary}) in {out.seconds:.0f} s", flush=True)
+        for test in out.failed:
             print(f"    {test}", flush=True)
-        if not caught:
+        for line in out.skipped:
+            print(f"    SKIPPED {line}", flush=True)
+        if not out.caught:
             survivors.append(m.name)
+        if out.skipped:
+            unchecked.append(m.name)
     print(f"{len(chosen) - len(survivors)} of {len(chosen)} mutations caught")
-    return 1 if survivors else 0
+    if unchecked:
+        print(f"NOT CHECKED: {len(unchecked)} mutation(s) ran with tests skipped that tests/mutations.md counts on "
+              f"({', '.join(unchecked)}): install what the skip reasons name (`make test` installs the packaged "
+              "models) and run them again")
+    return 1 if survivors or unchecked else 0
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def test_training_prompts_never_come_from_an_evaluation_set(source, dataset, tas
     """No training prompt is an evaluation question (content) of any of the three evaluation seeds (the fit,
     select and confirm prompt sets), and no gsm template serves both."""
     from scylla.data.prompt_sets import PROMPT_SETS, check_disjoint, problem_set
-    from scylla.data.tasks import EVAL_POOL, EVAL_SEEDS, HELD_OUT_SEED, get_task, rg_items
+    from scylla.data.tasks import EVAL_POOL, EVAL_SEEDS, HELD_OUT_SEED, SET_TEMPLATES, get_task, rg_items
 
     training = load_corpus(source, 600, seed=0)["prompt"]
     pools = [rg_items(dataset, EVAL_POOL, HELD_OUT_SEED + k, evaluation=True) for k in range(EVAL_SEEDS)]
@@ -69,7 +69,9 @@ def test_training_prompts_never_come_from_an_evaluation_set(source, dataset, tas
     if dataset == "gsm_symbolic":
         train_templates = {item["template"] for item in rg_items(dataset, 600, 0, evaluation=False)}
         eval_templates = {item["template"] for item in pool}
-        assert len(train_templates) > 40 and len(eval_templates) > 10 and not train_templates & eval_templates
+        held_out = {t for group in SET_TEMPLATES["gsm_symbolic"] for t in group}  # 8 for each prompt set
+        assert len(held_out) == 24 and eval_templates == held_out
+        assert len(train_templates) > 50 and not train_templates & eval_templates
         assert [item["question"] for item in rg_items(dataset, 600, 0, evaluation=False)] == training
 
 

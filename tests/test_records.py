@@ -258,3 +258,38 @@ def test_a_scylla_configuration_names_its_drafts_relative_to_its_folder(tmp_path
     (run / "scylla.yaml").write_text(yaml.safe_dump(stored))
     shutil.move(run, tmp_path / "moved")
     assert load_selection("moved/scylla.yaml")[1].draft == "draft:moved/jobs/h/tokens-8"
+
+
+def test_a_copy_of_a_folder_with_old_style_paths_finds_its_own_drafts(tmp_path, monkeypatch):
+    """Older records stored a draft folder as typed at launch: relative to the launch directory
+    (``runs/demo/jobs/ID/tokens-N``) or absolute. A copy of such a run folder must resolve them inside itself, also
+    while the original still exists at that path from the working directory (tests/mutations.md:
+    checkpoint-from-cwd-first)."""
+    import shutil
+    from pathlib import Path
+
+    from scylla.records import find_checkpoints
+
+    monkeypatch.chdir(tmp_path)
+    original = Path("runs/demo")
+    lines = []
+    for run_id, absolute in (("a", False), ("b", True)):
+        folder = original / "jobs" / run_id / "tokens-8"
+        folder.mkdir(parents=True)
+        (folder / "card.json").write_text('{"copy": false}')
+        typed = str(folder.resolve()) if absolute else str(folder)  # how the launch named it
+        lines += [train_record(run_id=run_id, train_tokens=8, checkpoint=typed),
+                  eval_record(run_id=run_id, train_tokens=8, method=f"draft:{typed}")]
+    # written as old records were: append_record would store the eval methods relative to the run folder
+    (original / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    copy = Path("elsewhere/copy")
+    shutil.copytree(original, copy)
+    for card in copy.glob("jobs/*/tokens-8/card.json"):
+        card.write_text('{"copy": true}')
+    drafts = find_checkpoints(copy)
+    assert [d["run_id"] for d in drafts] == ["a", "b"]
+    assert all(json.loads((Path(d["checkpoint"]) / "card.json").read_text())["copy"] for d in drafts), drafts
+    methods = [r["method"] for r in read_records(copy, kind="eval")]
+    assert methods == ["draft:elsewhere/copy/jobs/a/tokens-8", "draft:elsewhere/copy/jobs/b/tokens-8"]
+    assert [d["checkpoint"] for d in find_checkpoints(original)] == ["runs/demo/jobs/a/tokens-8",
+                                                                     "runs/demo/jobs/b/tokens-8"]

@@ -54,3 +54,34 @@ def test_unroll_mask_sees_real_keys_up_to_the_anchor_and_its_own_drafts():
     assert seen[q, :5].tolist() == [True, True, True, False, False]
     assert seen[q, 5:10].tolist() == [False, False, False, True, False]
     assert seen[q, 10:].tolist() == [False, False, False, False, True]
+
+
+def test_step_i_of_the_unrolled_loss_weighs_unroll_decay_to_the_i(target, tmp_path):
+    """The objective (train.pretrain_draft.Objective, what DeepSpeed steps) is sum_i decay**i L_i / sum_i decay**i,
+    L_i step i's token loss over the positions with an anchor: the real-feature step weighs most (the mutation
+    unroll-weights-reversed weighs the last step most)."""
+    import torch.nn.functional as F
+    from conftest import lag_sequences
+
+    from train.config import TrainConfig
+    from train.pretrain_draft import Data, Objective
+
+    steps, decay = 3, 0.5
+    cfg = TrainConfig.from_dict(dict(run_dir=str(tmp_path), target="positional", feature_layers=[1, -1],
+                                     draft_vocab=64, unroll=steps, unroll_decay=decay, optim={"feature_weight": 0.0}))
+    head = make_head(target, layers=1, feature_layers=(1, -1), vocab=64)
+    head.draft_to_target.copy_(torch.arange(64))
+    tokens = lag_sequences(4, 24, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        hs = target(tokens, output_hidden_states=True).hidden_states
+        feats = torch.cat([hs[1], hs[-1]], dim=-1)
+        loss, metrics = Objective(cfg, target, Data(tokens, tokens, [], torch.arange(64)))(head, tokens, feats)
+        outs = unrolled_forward(head, tokens[:, 1:], feats[:, :-1], steps)
+    labels = tokens[:, 2:]  # pair q predicts x_{q+2}; step i's first i positions have no anchor
+    per_step = [F.cross_entropy(outs[i].logits[:, i:-1].reshape(-1, 64), labels[:, i:].reshape(-1)).item()
+                for i in range(steps)]
+    weights = [1.0, 0.5, 0.25]
+    assert metrics["loss"] == pytest.approx(per_step[0], rel=1e-5)
+    assert loss.item() == pytest.approx(sum(w * v for w, v in zip(weights, per_step)) / sum(weights), rel=1e-5)
+    reversed_loss = sum(w * v for w, v in zip(weights[::-1], per_step)) / sum(weights)
+    assert abs(reversed_loss - loss.item()) > 0.01  # the steps' losses differ enough to tell the weights apart

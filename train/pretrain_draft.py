@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -378,9 +379,35 @@ class Trainer:
         return summary
 
 
+def train_milestones(cfg: TrainConfig, trainer: Trainer, todo: list[int], objective: Objective, data: Data, log,
+                     fresh: Callable[[], Trainer], finish: Callable[[int, Trainer, dict], None]) -> Trainer:
+    """Train to each milestone of ``todo`` (token counts, increasing) on ``cfg.schedule``'s LR plan and hand each
+    finished draft to ``finish(milestone, trainer holding it, its last steps' mean metrics)``; returns the last trainer.
+
+    wsd: the stable run trains to the milestone's branch point and is saved there (model and optimizer state), the
+    branch cools down to the milestone, and the stable run is restored before the next milestone, so every branch
+    leaves the stable run's own weights and the stable run never goes on from a branch's. separate: a fresh draft
+    (``fresh()``) trains each milestone from step 0 on the same plan."""
+    for milestone in todo:
+        steps = trainer.steps_for(milestone)
+        if cfg.schedule == "wsd" and trainer.step > branch_start(steps, cfg.optim.cooldown):
+            raise InputError(f"{trainer.stable_dir} is past milestone {milestone}'s branch point: delete it to retrain")
+        if cfg.schedule == "separate":
+            trainer = fresh()
+            train_metrics = trainer.train_until(steps, steps, objective, data, f"{cfg.run_id} to {milestone}", log)
+        else:
+            start = branch_start(steps, cfg.optim.cooldown)
+            trainer.train_until(start, steps, objective, data, f"{cfg.run_id} stable", log)
+            trainer.save_stable()  # the branch point: a killed branch restarts here
+            train_metrics = trainer.train_until(steps, steps, objective, data, f"{cfg.run_id} to {milestone}", log)
+        finish(milestone, trainer, train_metrics)
+        if cfg.schedule == "wsd" and milestone != todo[-1]:
+            trainer.load_stable()  # back to the stable run
+    return trainer
+
+
 def run(cfg: TrainConfig) -> None:
     import deepspeed  # heavy (compiles ops, probes accelerators): imported only where a job trains
-
 
     ensure_distributed_env()
     deepspeed.init_distributed(dist_backend="nccl" if cfg.device.startswith("cuda") else "gloo")
@@ -418,52 +445,47 @@ def run(cfg: TrainConfig) -> None:
     resumed = cfg.schedule == "wsd" and trainer.load_stable()
     if rank == 0 and resumed:
         print(f"[{cfg.run_id}] resumed at step {trainer.step}", file=sys.stderr)
-    for milestone in todo:
-        steps = trainer.steps_for(milestone)
-        if cfg.schedule == "wsd" and trainer.step > branch_start(steps, cfg.optim.cooldown):
-            raise InputError(f"{trainer.stable_dir} is past milestone {milestone}'s branch point: delete it to retrain")
-        if cfg.schedule == "separate":
-            trainer = Trainer(cfg, build_draft(cfg, target, data).to(cfg.device), world, rank)
-            train_metrics = trainer.train_until(steps, steps, objective, data, f"{cfg.run_id} to {milestone}", log)
-        else:
-            start = branch_start(steps, cfg.optim.cooldown)
-            trainer.train_until(start, steps, objective, data, f"{cfg.run_id} stable", log)
-            trainer.save_stable()  # the branch point: a killed branch restarts here
-            train_metrics = trainer.train_until(steps, steps, objective, data, f"{cfg.run_id} to {milestone}", log)
-        if rank == 0:
-            model = trainer.engine.module
-            metrics = measure(cfg, target, tokenizer, model, objective, data, heldout_feats)
-            card = {"target": cfg.target, "drafter": cfg.drafter, "train_tokens": milestone, "layers": cfg.layers,
-                    "width": cfg.width or target.config.hidden_size, "draft_params": params, "data": cfg.data.source,
-                    "seed": cfg.seed, "run_id": cfg.run_id, "schedule": cfg.schedule, "loss": cfg.optim.loss,
-                    "layout": cfg.layout, "unroll": cfg.unroll, "dtype": cfg.dtype}
-            folder = cfg.job_dir / f"tokens-{milestone}"
-            save_draft(cfg, model, tokenizer, folder, card)
-            record = new_record(
-                "train", run_id=cfg.run_id, sweep=cfg.sweep, target=cfg.target, drafter_type=cfg.drafter,
-                target_quantization=target_quantization(cfg.target, target),
-                draft_layers=cfg.layers, draft_width=cfg.width or int(target.config.hidden_size),
-                draft_params=params, draft_params_with_embeddings=params_embed, train_tokens=milestone,
-                data=cfg.data.source, seed=cfg.seed, checkpoint=str(folder.relative_to(cfg.run_path)),
-                config_hash=cfg.config_hash(),
-                schedule=cfg.schedule,
-                loss_type=cfg.optim.loss, lr_peak=cfg.optim.lr, feature_layers=list(cfg.feature_layers),
-                layout=cfg.layout, unroll=cfg.unroll, unroll_decay=cfg.unroll_decay,
-                feature_weight=cfg.optim.feature_weight,
-                dtype=cfg.dtype, cpu_capability=cpu_capability() if cfg.device == "cpu" else None,
-                threads=torch.get_num_threads(),
-                draft_vocab_size=len(data.draft_vocab), unique_tokens=data.unique_tokens,
-                epochs=milestone / data.unique_tokens, truncated_responses=data.truncated_responses,
-                **train_metrics, **metrics,
-            )
-            append_record(cfg.run_path, record)
-            if log is not None:
-                log.log({"train/step": trainer.step,
-                         **{f"milestone/{k}": v for k, v in metrics.items() if not isinstance(v, list)}})
-            print(f"[{cfg.run_id}] {milestone} tokens: MAT {metrics['mean_accepted_length']:.3f}, "
-                  f"held-out accuracy {metrics['heldout_accuracy']:.3f}", file=sys.stderr)
-        if cfg.schedule == "wsd" and milestone != todo[-1]:
-            trainer.load_stable()  # back to the stable run
+
+    def finish(milestone: int, trainer: Trainer, train_metrics: dict) -> None:
+        """Measure the draft of a finished milestone, save it and write its train record (rank 0)."""
+        if rank != 0:
+            return
+        model = trainer.engine.module
+        metrics = measure(cfg, target, tokenizer, model, objective, data, heldout_feats)
+        card = {"target": cfg.target, "drafter": cfg.drafter, "train_tokens": milestone, "layers": cfg.layers,
+                "width": cfg.width or target.config.hidden_size, "draft_params": params, "data": cfg.data.source,
+                "seed": cfg.seed, "run_id": cfg.run_id, "schedule": cfg.schedule, "loss": cfg.optim.loss,
+                "layout": cfg.layout, "unroll": cfg.unroll, "dtype": cfg.dtype}
+        folder = cfg.job_dir / f"tokens-{milestone}"
+        save_draft(cfg, model, tokenizer, folder, card)
+        record = new_record(
+            "train", run_id=cfg.run_id, sweep=cfg.sweep, target=cfg.target, drafter_type=cfg.drafter,
+            target_quantization=target_quantization(cfg.target, target),
+            draft_layers=cfg.layers, draft_width=cfg.width or int(target.config.hidden_size),
+            draft_params=params, draft_params_with_embeddings=params_embed, train_tokens=milestone,
+            data=cfg.data.source, seed=cfg.seed, checkpoint=str(folder.relative_to(cfg.run_path)),
+            config_hash=cfg.config_hash(),
+            schedule=cfg.schedule,
+            loss_type=cfg.optim.loss, lr_peak=cfg.optim.lr, feature_layers=list(cfg.feature_layers),
+            layout=cfg.layout, unroll=cfg.unroll, unroll_decay=cfg.unroll_decay,
+            feature_weight=cfg.optim.feature_weight,
+            dtype=cfg.dtype, cpu_capability=cpu_capability() if cfg.device == "cpu" else None,
+            threads=torch.get_num_threads(),
+            draft_vocab_size=len(data.draft_vocab), unique_tokens=data.unique_tokens,
+            epochs=milestone / data.unique_tokens, truncated_responses=data.truncated_responses,
+            **train_metrics, **metrics,
+        )
+        append_record(cfg.run_path, record)
+        if log is not None:
+            log.log({"train/step": trainer.step,
+                     **{f"milestone/{k}": v for k, v in metrics.items() if not isinstance(v, list)}})
+        print(f"[{cfg.run_id}] {milestone} tokens: MAT {metrics['mean_accepted_length']:.3f}, "
+              f"held-out accuracy {metrics['heldout_accuracy']:.3f}", file=sys.stderr)
+
+    def fresh() -> Trainer:
+        return Trainer(cfg, build_draft(cfg, target, data).to(cfg.device), world, rank)
+
+    trainer = train_milestones(cfg, trainer, todo, objective, data, log, fresh, finish)
     if log is not None:
         log.finish()
     if rank == 0:

@@ -25,14 +25,25 @@ CODE_TIMEOUT = 5.0  # seconds for one HumanEval test run
 HELD_OUT_SEED = 20261123  # problems for evaluation; the training corpora are drawn with seed 0
 EVAL_SEEDS = 3  # evaluation draws from seeds HELD_OUT_SEED .. + 2: the fit, select and confirm sets (prompt_sets.py)
 EVAL_POOL = 1000  # per seed, the first EVAL_POOL held-out problems; training drops their questions
-HELD_OUT_TEMPLATES = 4  # gsm_symbolic: templates whose number is a multiple of 4 are for evaluation only
+# Reasoning-gym datasets whose questions come from a few templates (question shapes) hold templates out, not only
+# questions: the templates of the fit, select and confirm prompt sets (scylla.data.prompt_sets), in that order, each
+# template in exactly one set, so that a fresh prompt set asks fresh question shapes. gsm_symbolic has 85 templates
+# that generate (0-99 less 32, 35, 37, 61, 63, 65, 74, 76, 77, 79, 86, 87, 90, 97, 98): evaluation holds out the 23
+# multiples of 4 among them and 2 (moved from training so that each set has 8); training draws from the other 61.
+SET_TEMPLATES: dict[str, tuple[tuple[int, ...], ...]] = {
+    "gsm_symbolic": ((0, 12, 24, 40, 52, 64, 80, 92), (4, 16, 28, 44, 56, 68, 84, 96), (2, 8, 20, 36, 48, 60, 72, 88)),
+}
 
 
 def evaluation_template(dataset: str, template: int | None) -> bool:
-    """Whether a reasoning-gym template is held out for evaluation: gsm_symbolic has only ~70 usable templates
-    (question shapes), so evaluation uses a quarter of them and training the rest; other datasets hold out
-    instances (EVAL_POOL), not templates."""
-    return dataset == "gsm_symbolic" and template is not None and template % HELD_OUT_TEMPLATES == 0
+    """Whether a reasoning-gym template is held out for evaluation (one of its SET_TEMPLATES); other datasets hold
+    out instances (EVAL_POOL), not templates."""
+    return template is not None and any(template in group for group in SET_TEMPLATES.get(dataset, ()))
+
+
+def template_id(dataset: str, template: int | None) -> str | None:
+    """How records name a reasoning-gym template: ``DATASET:NUMBER`` (None: the dataset has no templates)."""
+    return None if template is None else f"{dataset}:{template}"
 
 
 def rg_items(dataset: str, n: int, seed: int, evaluation: bool) -> list[dict]:
@@ -78,11 +89,13 @@ def _seed(seed: int | None) -> int:
 
 @dataclass
 class Problem:
-    """A prompt (the user turn as given to the model), its reference answer (None: unscored) and task metadata."""
+    """A prompt (the user turn as given to the model), its reference answer (None: unscored), task metadata and the
+    template (question shape) it was generated from (``template_id``; None where the task has none)."""
 
     prompt: str
     reference: str | None
     meta: dict = field(default_factory=dict)
+    template: str | None = None
 
 
 def _tagged(text: str) -> str | None:
@@ -153,7 +166,8 @@ class ReasoningGymTask(Task):
 
     def problems(self, n: int, seed: int | None = None) -> list[Problem]:
         items = rg_items(self.dataset, n, _seed(seed), evaluation=True)
-        return [Problem(item["question"] + ANSWER_FORMAT, str(item["answer"]), {"entry": item}) for item in items]
+        return [Problem(item["question"] + ANSWER_FORMAT, str(item["answer"]), {"entry": item},
+                        template_id(self.dataset, item["template"])) for item in items]
 
     def extract(self, text: str) -> str | None:
         answer = _tagged(text)
