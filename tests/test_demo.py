@@ -54,7 +54,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     report = run_demo(run_dir, "experiments/smoke.yaml")
     text = report.read_text()
     assert "## Law 1" in text and "R^2" in text and "95% CI" in text and "## Prompt sets" in text
-    assert "| select set | fit set | inside |" in text and "## In plain words" in text
+    assert "| select set | confirm set | fit set | inside |" in text and "## In plain words" in text
+    assert "error on fresh templates (law / measured - 1) over every row and both sets: mean" in text
     assert "| batch | Scylla's choice | its speed-up | best measured | its speed-up | regret [95% CI] |" in text
     assert "## The Scylla configuration" in text and "| 16 |" in text
     assert (run_dir / "scylla.yaml").exists() and (run_dir / "fits.json").exists()
