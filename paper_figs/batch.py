@@ -143,7 +143,11 @@ def law3_fit_figure(law: "BatchLaw", out_dir: Path) -> list[Path]:
         _log2_axis(ax, batches)
         ax.set_xlabel("decoding batch size")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, frameon=False)
+    if not law.laws:
+        ax_k.text(0.5, 0.5, "no family of 3+ draft lengths:\nno law of the best length", ha="center", va="center",
+                  transform=ax_k.transAxes, fontsize=9)
     if law.laws:
         _log2_axis(ax_k, sorted({n for f in law.laws for n in f.lengths}), "y")
     ax_k.set_ylabel("best draft length k* (draft tokens per step)")
