@@ -240,8 +240,48 @@ def cmd_costs(args: argparse.Namespace) -> int:
         for e in table.entries:
             relative = f"  ({e['seconds'] / one[e['batch']]:.2f}x a 1-token target step)" if e["batch"] in one else ""
             print(f"[{dtype}] {e['model'][-24:]:>24}  batch {e['batch']:>3}  tokens {e['tokens']:>3}  context "
-                  f"{e['context']:>5}  {1000 * e['seconds']:.2f} ms{relative}")
+                  f"{e['context']:>5}  {1000 * e['seconds']:.2f} ms [{1000 * e['seconds_min']:.2f}, "
+                  f"{1000 * e['seconds_max']:.2f}]{relative}")
         print(f"wrote {out} ({dtype}, {table.cpu_capability or table.device})")
+    return 0
+
+
+def cmd_law3(args: argparse.Namespace) -> int:
+    from fit.batch_law import fit_batch_law, online_check, table_lines
+    from fit.cli import parse_where
+    from paper_figs.batch import law3_fit_figure
+    from scylla.costs import CostTable
+    from scylla.records import read_records
+
+    if args.online and args.leave_out is None:
+        raise ConfigError("--online checks the prediction at a left-out batch size: add --leave-out B")
+    if not Path(args.cost).is_file():
+        raise InputError(f"cost table {args.cost} does not exist: measure one with scylla costs (docs/fitting.md, "
+                         "law 3)")
+    cost = CostTable.load(args.cost)
+    where = {"mode": "replay", "temperature": "0", **parse_where(args.where)}
+    records = [r for d in args.run_dirs for r in read_records(d, kind="eval", where=where)]
+    law = fit_batch_law(records, cost, args.batch_sizes, args.leave_out, args.resamples, args.seed)
+    online = None
+    if args.online:
+        online = online_check([r for d in args.online for r in read_records(d, kind="eval")], law)
+    first = Path(args.run_dirs[0])
+    out = Path(args.out) if args.out else (first.parent if first.is_file() else first) / "law3"
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"run_dirs": list(args.run_dirs), "cost": str(args.cost), "where": where, **law.to_dict(),
+               "online_check": online}
+    write_json_atomic(out / "law3.json", payload)
+    lines = table_lines(law)
+    if online:
+        lines += ["", f"online at batch {online['batch']} ({online['draft']}): predicted {online['predicted']} "
+                  f"measured {online['predicted_speedup']:.2f}x [{online['predicted_ci95'][0]:.2f}, "
+                  f"{online['predicted_ci95'][1]:.2f}]; best measured {online['best']} {online['best_speedup']:.2f}x "
+                  f"[{online['best_ci95'][0]:.2f}, {online['best_ci95'][1]:.2f}]; regret {online['regret']:.2f} "
+                  f"[{online['regret_ci95'][0]:.2f}, {online['regret_ci95'][1]:.2f}]"]
+    for line in lines:
+        print(line)
+    for path in [out / "law3.json", *law3_fit_figure(law, out)]:
+        print(f"wrote {path}")
     return 0
 
 
@@ -563,11 +603,33 @@ def _costs_parser(sub) -> None:
                        help="new tokens per forward (verify sizes, tree widths)")
     costs.add_argument("--contexts", type=_ints, default=[128, 512], help="tokens already in the KV cache")
     costs.add_argument("--reps", type=_positive(int), default=10,
-                       help="timed repeats per forward (median, min and max kept)")
+                       help="timed repeats per forward (each kept, in round order, with their median, min and max)")
     costs.add_argument("--out", default="costs.json", help="the cost table (JSON)")
     costs.add_argument("--calibrate", action="append", metavar="RUN_DIR", help="fit the per-step correction from the "
                        "online eval records of this run directory (repeat for several; scylla.costs.calibrate)")
     costs.set_defaults(func=cmd_costs)
+
+
+def _law3_parser(sub) -> None:
+    law3 = sub.add_parser("law3", help="law 3: the best draft length against the batch size, from a cost table and "
+                          "replayed shapes")
+    law3.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (or records .jsonl files) with "
+                      "replay eval records of one draft at several shapes (e.g. chain:1, 2, 4, 8, 16)")
+    law3.add_argument("--cost", required=True, help="a cost table (scylla costs) of the target at every batch size "
+                      "and verify size, and the draft (e.g. costs.bfloat16.json)")
+    law3.add_argument("--where", action="append", help="keep records with these fields, e.g. "
+                      "draft_layers=1,train_tokens=65536,prompt_set=select (always mode=replay, temperature=0)")
+    law3.add_argument("--batch-sizes", type=_ints, help="comma-separated (default: every batch size of the table)")
+    law3.add_argument("--leave-out", type=_positive(int), metavar="B", help="fit the law without batch size B and "
+                      "print the shape it predicts there (check it online: docs/fitting.md, law 3)")
+    law3.add_argument("--online", action="append", metavar="RUN_DIR", help="with --leave-out: online eval records at "
+                      "batch B of the law's shapes and plain decoding; prints the predicted shape against the "
+                      "best measured, with the regret")
+    law3.add_argument("--resamples", type=_positive(int), default=1000, help="bootstrap resamples of prompts and "
+                      "timing rounds")
+    law3.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    law3.add_argument("--out", help="folder for law3.json and the figure (default RUN_DIR/law3)")
+    law3.set_defaults(func=cmd_law3)
 
 
 def _select_parser(sub) -> None:
@@ -660,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_parser(sub)
     _eval_parser(sub)
     _costs_parser(sub)
+    _law3_parser(sub)
     _select_parser(sub)
     _demo_parser(sub)
     _export_parser(sub)
@@ -673,9 +736,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-OUTPUTS = {"generate": ("--json", False), "fit": ("--json", False), "capacity": ("--json", False), "costs": ("--out", False),
-           "select": ("--out", False), "figs": ("--out", True), "tts-bench": ("--out", True),
-           "export": ("--out", True), "sweep": ("--run-dir", True), "demo": ("--run-dir", True),
+OUTPUTS = {"generate": ("--json", False), "fit": ("--json", False), "capacity": ("--json", False),
+           "costs": ("--out", False), "select": ("--out", False), "law3": ("--out", True), "figs": ("--out", True),
+           "tts-bench": ("--out", True), "export": ("--out", True), "sweep": ("--run-dir", True),
+           "demo": ("--run-dir", True),
            "eval": ("RUN_DIR", True)}  # command: (its output argument, whether it is a folder)
 
 

@@ -9,6 +9,9 @@ place of the i.i.d. model and the verify cost measured rather than assumed to be
 outside the forwards (sampling, acceptance, cache bookkeeping, Python) enters as a correction per step for plain
 decoding, chains and trees, fitted from online runs (``calibrate``); docs/benchmarks.md gives the model's measured
 error.
+
+The cost model itself (CostTable, step_cost, plain_step_seconds, calibrate) needs no torch: torch and the models load
+only where costs are measured, so fit/batch_law.py (law 3, pure) reuses it.
 """
 
 from __future__ import annotations
@@ -18,20 +21,20 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from scylla.atomic import write_json_atomic
-from scylla.drafters.eagle import EagleConfig, EagleHead
-from scylla.dtypes import cpu_capability
 from scylla.errors import InputError
-from scylla.threads import warn_if_busy
-from scylla.kv import RaggedKV
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
 class CostTable:
-    """Measured forward costs: entries of {model, batch, tokens, context, seconds}."""
+    """Measured forward costs: entries of {model, batch, tokens, context, seconds (the median of the repeats),
+    seconds_min, seconds_max, repeats (every timed repeat, in the order of the interleaved rounds; absent in tables
+    written before they were kept)}."""
 
     device: str
     dtype: str
@@ -106,37 +109,47 @@ class _Forwards:
     """One model's KV cache (RaggedKV) holding ``context`` random tokens per row of a batch: ``seconds(n)`` times one
     forward of n new tokens per row and trims them off again, so one cache serves every timing."""
 
-    @torch.inference_mode()
     def __init__(self, model: torch.nn.Module, batch: int, context: int, **kwargs):
+        import torch
+
+        from scylla.kv import RaggedKV
+
         param = next(model.parameters())
         self.device, self.dtype, self.batch, self.kwargs = param.device, param.dtype, batch, kwargs
         self.g = torch.Generator().manual_seed(0)
         self.head = getattr(model, "head_config", None)  # an EAGLE head reads target features with each token
         self.vocab = self.head.target_vocab_size if self.head else int(model.get_input_embeddings().weight.shape[0])
-        self.kv = RaggedKV(model)
-        self.kv.forward(self._tokens(context), **self._extra(context))
+        with torch.inference_mode():
+            self.kv = RaggedKV(model)
+            self.kv.forward(self._tokens(context), **self._extra(context))
 
     def _tokens(self, n: int) -> torch.Tensor:
+        import torch
+
         return torch.randint(0, self.vocab, (1, n), generator=self.g).to(self.device).expand(self.batch, -1)
 
     def _extra(self, n: int) -> dict:
+        import torch
+
         if self.head is None:
             return self.kwargs
         width = len(self.head.feature_layers) * self.head.target_hidden_size
         return {**self.kwargs, "features": torch.randn(self.batch, n, width, generator=self.g).to(self.device,
                                                                                                   self.dtype)}
 
-    @torch.inference_mode()
     def seconds(self, n: int) -> float:
-        new, extra = self._tokens(n), self._extra(n)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        self.kv.forward(new, **extra)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        self.kv.trim(self.kv.lengths - n)
+        import torch
+
+        with torch.inference_mode():
+            new, extra = self._tokens(n), self._extra(n)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            start = time.perf_counter()
+            self.kv.forward(new, **extra)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            elapsed = time.perf_counter() - start
+            self.kv.trim(self.kv.lengths - n)
         return elapsed
 
 
@@ -162,7 +175,13 @@ def measure_cost_tables(models: dict[str, dict[str, torch.nn.Module]], batch_siz
     tokens, context) combination. Interleaved across models and dtypes: per (batch, context), each repetition times
     every model of every dtype on every token count once, so a machine that slows down for a while slows the target
     and the drafts, and float32 and bfloat16, alike rather than whichever was being timed (their ratios are the cost
-    model, and the choice of dtype per batch size)."""
+    model, and the choice of dtype per batch size). Each entry keeps its repeats in round order (``repeats``), so that
+    a resample of the rounds keeps what a round shared (fit/batch_law.py)."""
+    import torch
+
+    from scylla.dtypes import cpu_capability
+    from scylla.threads import warn_if_busy
+
     param = next(next(iter(next(iter(models.values())).values())).parameters())
     timed = dict(threads=torch.get_num_threads(), busy_cores=warn_if_busy(),
                  cpu_capability=cpu_capability() if param.device.type == "cpu" else None)
@@ -180,7 +199,7 @@ def measure_cost_tables(models: dict[str, dict[str, torch.nn.Module]], batch_siz
                 kept = found[warmup:]
                 tables[d].entries.append(dict(model=name, batch=b, tokens=n, context=c,
                                               seconds=statistics.median(kept), seconds_min=min(kept),
-                                              seconds_max=max(kept)))
+                                              seconds_max=max(kept), repeats=kept))
     for d, table in tables.items():
         table.entries.sort(key=lambda e: list(models[d]).index(e["model"]))  # the target's entries first
     return tables
@@ -214,12 +233,21 @@ def plain_step_seconds(cost: CostTable, batch: int, bound: str = "") -> float:
     return step * cost.lag.get(str(batch), {}).get("plain", 1.0)
 
 
+def draft_cost_name(record: dict, cost: CostTable | None = None) -> str | None:
+    """The cost table's name of an eval record's draft model: an EAGLE head by its depth and width (``head_name``;
+    with ``cost``, as that table names it: CostTable.head), a truncated target or draft LM by its spec (as ``scylla
+    costs --draft`` names it), None for plain decoding and prompt lookup (no model forward)."""
+    if record["drafter_type"] == "eagle":
+        width = record.get("draft_width") or None
+        return cost.head(record["draft_layers"], width) if cost else head_name(record["draft_layers"], width or 0)
+    return None if record["drafter_type"] in ("none", "prompt-lookup") else record["method"]
+
+
 def _forward_seconds(cost: "CostTable", record: dict) -> float:
     """Seconds of the forwards of one step of this online eval record's method, from the table (step_cost without
     the correction, times one plain step)."""
     bare, b = replace(cost, overhead={}, lag={}), record["batch_size"]
-    draft = (cost.head(record["draft_layers"], record.get("draft_width") or None)
-             if record["drafter_type"] == "eagle" else None)
+    draft = draft_cost_name(record, cost)
     forwards = record.get("tree_depth") or record.get("num_draft_tokens") or 0
     verify = (record.get("tree_total_tokens") or record.get("num_draft_tokens") or 0) + 1
     ratio = step_cost(bare, draft, b, verify, forwards, record.get("tree_top_k") or 1)
@@ -271,6 +299,8 @@ def untrained_heads(target: torch.nn.Module, layers: list[int], width: int | lis
     in cost tables: a head's cost depends on its shape only, so the cost model measures these before any head is
     trained. width and draft_vocab 0: the target's (a draft vocabulary shrinks the head's LM head, most of a step on
     a 262k vocabulary)."""
+    from scylla.drafters.eagle import EagleConfig, EagleHead
+
     param = next(target.parameters())
     heads = {}
     for w in width if isinstance(width, list) else [width]:

@@ -329,6 +329,18 @@ MUTATIONS += [  # issue 26: law 2 and the joint law (fit/capacity.py)
         "fit/prompt_unit.py", "by_template = bool(records) and all(r.get(\"prompt_templates\") for r in records)",
         "by_template = False", ("tests/test_template_unit.py",),
     ),
+    Mutation(
+        "law3-verify-tokens",
+        "law 3 costs a draft of g tokens at a verify of g tokens instead of g + 1 (c(b, t) of the wrong t)",
+        "fit/batch_law.py", "verify_tokens=int(length) + 1)", "verify_tokens=int(length))",
+        ("tests/test_batch_law.py::test_the_verify_costs_the_draft_length_plus_one_token",),
+    ),
+    Mutation(
+        "law3-plain-percentile",
+        "law 3's intervals are plain bootstrap percentiles, not expanded for few prompts",
+        "fit/batch_law.py", "    if units and units > 1:\n", "    if False:\n",
+        ("tests/test_batch_law.py::test_the_speedup_interval_covers_the_truth_at_its_level_and_is_not_too_wide",),
+    ),
 ]
 
 

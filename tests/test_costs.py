@@ -13,6 +13,9 @@ def test_measure_save_load(target, tmp_path):
                           tokens=[1, 3], contexts=[16], reps=3)
     assert table.device == "cpu" and table.dtype == "float32" and len(table.entries) == 8
     assert all(e["seconds"] > 0 for e in table.entries)
+    # every repeat is kept, in round order, beside its median and extremes (law 3 resamples the rounds)
+    assert all(len(e["repeats"]) == 3 and e["seconds"] == sorted(e["repeats"])[1] and e["seconds_min"] ==
+               min(e["repeats"]) and e["seconds_max"] == max(e["repeats"]) for e in table.entries)
     table.save(tmp_path / "costs.json")
     loaded = CostTable.load(tmp_path / "costs.json")
     assert loaded == table
