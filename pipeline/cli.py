@@ -167,7 +167,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 def cmd_recipe(args: argparse.Namespace) -> int:
     from pipeline.recipe import recipe
 
-    for line in recipe(args.capacity, args.cost, args.tokens, args.batch_size, layout=args.layout):
+    for line in recipe(args.capacity, args.cost, args.tokens, args.batch_size, layout=args.layout, law3=args.law3):
         print(line)
     return 0
 
@@ -544,6 +544,7 @@ def _recipe_parser(sub) -> None:
                      "and depths (scylla costs --head-layers 1,2,4 --head-width 128,256,512); repeat per dtype")
     rec.add_argument("--tokens", required=True, type=_positive(int), help="the training-token budget")
     rec.add_argument("--batch-size", required=True, type=_positive(int), help="the serving batch size")
+    rec.add_argument("--law3", help="scylla law3's law3.json: also recommend its draft shape at this batch size")
     rec.add_argument("--layout", default="eagle", choices=("eagle", "eagle3"), help="eagle3: only heads as wide as "
                      "the target, which EAGLE-3 serving engines (vLLM, SGLang) load")
     rec.set_defaults(func=cmd_recipe)

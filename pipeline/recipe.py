@@ -34,9 +34,34 @@ def load_capacity(path: str | Path) -> dict:
     return payload
 
 
+def law3_shape(path: str | Path, batch: int) -> str:
+    """The draft shape law 3 (``scylla law3``'s law3.json) recommends at this batch size: its best shape where the
+    batch size was measured, else the chain of the grid length nearest (in ln length) to its law k*(b)."""
+    import math
+
+    try:
+        payload = json.loads(Path(path).read_text())
+        choices = {c["batch"]: c for c in payload["choices"]}
+        law = next((law for law in payload["laws"] if law["family"] == "chain"), None)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise InputError(f"{path} is not a law-3 file: write one with scylla law3 RUN_DIR --cost TABLE") from None
+    if batch in choices:
+        c = choices[batch]
+        return (f"{c['best']} at batch {batch}, law 3's best measured-cost shape there (tied: "
+                f"{', '.join(c['tied']) or 'none'}; {payload.get('draft')}, {payload.get('prompt_set')} set)")
+    if not law:
+        raise InputError(f"{path} has no law of the best length and no choice at batch {batch}: measure batch {batch} "
+                         "with scylla costs and re-run scylla law3")
+    k = law["intercept"] + law["slope"] * math.log(batch)
+    length = min(law["lengths"], key=lambda g: abs(math.log(g) - math.log(max(k, 0.5))))
+    return (f"{law['family']}:{length} at batch {batch}, law 3's k*(b) = {law['intercept']:.2f} + {law['slope']:.2f} "
+            f"ln b = {k:.2f} (fitted at batch sizes {', '.join(map(str, law['batches']))})")
+
+
 def recipe(capacity_path: str | Path, cost_paths: list[str], tokens: int, batch: int,
-           layout: str = "eagle") -> list[str]:
-    """The lines ``scylla recipe`` prints: every candidate's predicted MAT and speed-up, then the recommendation."""
+           layout: str = "eagle", law3: str | Path | None = None) -> list[str]:
+    """The lines ``scylla recipe`` prints: every candidate's predicted MAT and speed-up, then the recommendation (and
+    with ``law3``, law 3's draft shape at this batch size)."""
     payload = load_capacity(capacity_path)
     law: JointLaw = payload["law"]
     shape_text, target_width = payload["shape"], payload.get("target_hidden_size")
@@ -89,6 +114,9 @@ def recipe(capacity_path: str | Path, cost_paths: list[str], tokens: int, batch:
         lines.append(f"Recommended: plain decoding in {plain_dtype}. No head's predicted speed-up has its lower 95% "
                      f"bound above 1 at batch {batch} (best: width {best['width']} x {best['layers']}, "
                      f"{best['speedup'][0]:.2f}x [{best['speedup'][1]:.2f}, {best['speedup'][2]:.2f}]).")
+    if law3:
+        lines.append(f"Draft shape: {law3_shape(law3, batch)}. The speed-ups above are for {shape_text}, the shape "
+                     "the joint law was fitted in.")
     lines.append(f"Extrapolation: {far}." if far else
                  f"Inside the fitted ranges ({law.sizes[0]:.3g}-{law.sizes[1]:.3g} parameters, "
                  f"{law.tokens[0]:.3g}-{law.tokens[1]:.3g} tokens).")

@@ -188,3 +188,17 @@ def test_recipe_prefers_the_cheaper_head_when_the_law_gives_sizes_the_same_mat(t
     main(["recipe", "--capacity", capacity_file(tmp_path, records), "--cost", str(table), "--tokens", "65536",
           "--batch-size", "1"])
     assert "Recommended: width 128 x 1 layer(s)" in capsys.readouterr().out
+
+
+def test_recipe_takes_law3s_shape_measured_or_from_its_law(tmp_path):
+    from pipeline.recipe import law3_shape
+
+    path = tmp_path / "law3.json"
+    path.write_text(json.dumps(dict(draft="head:1@256", prompt_set="select", choices=[
+        dict(batch=1, best="chain:4", tied=["chain:2"])], laws=[dict(
+            family="chain", lengths=[1, 2, 4, 8, 16], batches=[1, 2, 4], intercept=4.0, slope=-1.0)])))
+    assert law3_shape(path, 1).startswith("chain:4 at batch 1")
+    assert law3_shape(path, 32).startswith("chain:1 at batch 32")  # k* = 4 - ln 32 = 0.53: the shortest chain
+    assert law3_shape(path, 5).startswith("chain:2 at batch 5")  # k* = 2.39: nearest in ln length is 2
+    with pytest.raises(InputError, match="not a law-3 file"):
+        law3_shape(tmp_path / "missing.json", 1)
