@@ -2,9 +2,9 @@
 (docs/fitting.md). Fitting, bootstrap and (elsewhere) plotting are kept apart."""
 
 from fit.bootstrap import bootstrap_slope
-from fit.capacity import JointLaw, fit_joint_law
+from fit.capacity import fit_joint_law
 from fit.loglinear import fit_log_linear
-from fit.results import ExtrapolationCheck, LogLinearFit, SaturatingFit
+from fit.results import ExtrapolationCheck, JointLaw, LogLinearFit, SaturatingFit
 from fit.saturating import extrapolation_check, fit_saturating
 
 __all__ = [

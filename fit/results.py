@@ -78,6 +78,63 @@ class LogLinearFit:
         return _jsonable(asdict(self))
 
 
+JOINT_TERMS = ("intercept", "draft_params", "train_tokens", "draft_params:train_tokens")
+JOINT_METHOD = ("prompt as unit: each (prompt, seed) line's OLS over sizes x milestones, averaged over seeds then "
+                "prompts; t intervals from their spread over prompts plus the runs' checkpoint shocks")
+
+
+@dataclass
+class JointLaw:
+    """MAT = b0 + bN (ln N - cN) + bD (ln D - cD) + bND (ln N - cN)(ln D - cD): ``coefficients`` and ``ci95`` are keyed
+    by JOINT_TERMS, ``cov`` is their 4 x 4 covariance in that order, ``centre`` = (cN, cD), ``shock_var`` the variance of
+    one training run's checkpoint shock on the prompt-pooled MAT, ``sizes`` and ``tokens`` the fitted ranges."""
+
+    coefficients: dict[str, float]
+    ci95: dict[str, tuple[float, float]]
+    cov: list[list[float]]
+    centre: tuple[float, float]
+    df: float
+    shock_var: float
+    prompts: int
+    seeds: int
+    points: int
+    sizes: tuple[float, float]
+    tokens: tuple[float, float]
+    method: str = JOINT_METHOD
+
+    def row(self, params: float, tokens: float) -> np.ndarray:
+        ln_n, ln_d = math.log(params) - self.centre[0], math.log(tokens) - self.centre[1]
+        return np.array([1.0, ln_n, ln_d, ln_n * ln_d])
+
+    def predict(self, params: float, tokens: float, interval: str = "confidence", runs: int = 1,
+                level: float = 0.95) -> tuple[float, float, float]:
+        """(mean, lo, hi) of the prompt-pooled MAT of a head of ``params`` parameters trained on ``tokens``: an
+        interval for the law's mean ("confidence"), or for what ``runs`` new training runs of that size measure on
+        these prompts, averaged ("prediction": adds their checkpoint shocks)."""
+        if interval not in INTERVALS:
+            raise InputError(f"interval must be one of {', '.join(INTERVALS)}, got {interval!r}")
+        if params <= 0 or tokens <= 0:
+            raise InputError(f"parameters and tokens must be > 0, got {params} and {tokens}")
+        g = self.row(params, tokens)
+        mean = float(g @ np.array([self.coefficients[t] for t in JOINT_TERMS]))
+        var = float(g @ np.asarray(self.cov) @ g) + (self.shock_var / runs if interval == "prediction" else 0.0)
+        half = float(stats.t.ppf(0.5 + level / 2, self.df)) * math.sqrt(max(var, 0.0))
+        return mean, mean - half, mean + half
+
+    def extrapolation(self, params: float, tokens: float) -> str | None:
+        """None inside the fitted ranges, else how far outside, in decades."""
+        out = []
+        for name, value, (lo, hi) in (("parameters", params, self.sizes), ("tokens", tokens, self.tokens)):
+            if value < lo or value > hi:
+                beyond = math.log10(lo / value) if value < lo else math.log10(value / hi)
+                out.append(f"{name} {value:.3g} is {beyond:.2f} decades {'below' if value < lo else 'above'} the "
+                           f"fitted {lo:.3g}-{hi:.3g}")
+        return "; ".join(out) or None
+
+    def to_dict(self) -> dict:
+        return _jsonable(asdict(self))
+
+
 @dataclass
 class SaturatingFit:
     """y = y_max - k * x^(-beta), the best of ``n_starts`` Huber-loss least-squares fits.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fit.capacity import JointLaw
+from fit.results import JointLaw
 from pipeline.evaluate import parse_shape
 from pipeline.select import fastest_plain
 from scylla.costs import CostTable, plain_step_seconds, step_cost

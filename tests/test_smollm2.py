@@ -60,24 +60,20 @@ def test_alias_loads_and_chains_equal_greedy(smollm2):
         assert torch.equal(decode(model, tokenizer, drafter_from_spec(spec, model), ids, mask, new=12).sequences, ref)
 
 
-@pytest.mark.parametrize("rows", [1, 3])
-def test_tree_greedy_identity(smollm2, rows):
-    model, tokenizer = smollm2
-    ids, mask = batch(tokenizer, rows)
-    ref = reference(model, tokenizer, ids, mask)
-    drafters = {"truncated tree": DraftModel(truncated_draft(model, 4), tree=TreeShape(top_k=3, depth=3, total_tokens=8)),
-                "prompt-lookup tree": PromptLookup(max_ngram=2, num_draft_tokens=4, branches=3)}
-    for name, drafter in drafters.items():
-        out = decode(model, tokenizer, drafter, ids, mask)
-        assert torch.equal(out.sequences, ref), name
-        assert out.stats.accepted > 0, name  # the tree paths were taken, so reordering was exercised
-
-
-def test_tree_replay_equals_online(smollm2):
+def test_tree_greedy_identity_and_replay(smollm2):
+    """Trees on a ragged batch of 3 equal the target's greedy output (the tree paths were taken, so reordering was
+    exercised), and replaying the truncated tree against that output counts exactly what the online run did."""
     model, tokenizer = smollm2
     ids, mask = batch(tokenizer, 3)
+    ref = reference(model, tokenizer, ids, mask)
     make = lambda: DraftModel(truncated_draft(model, 4), tree=TreeShape(top_k=3, depth=3, total_tokens=8))  # noqa: E731
-    online = decode(model, tokenizer, make(), ids, mask)
+    drafters = {"truncated tree": make(), "prompt-lookup tree": PromptLookup(max_ngram=2, num_draft_tokens=4, branches=3)}
+    outputs = {}
+    for name, drafter in drafters.items():
+        outputs[name] = out = decode(model, tokenizer, drafter, ids, mask)
+        assert torch.equal(out.sequences, ref), name
+        assert out.stats.accepted > 0, name
+    online = outputs["truncated tree"]
     replayed = replay(model, make(), ids, mask, max_new_tokens=NEW, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id, references=online.generated)
     for field in ("new_tokens", "target_calls", "drafted", "accepted", "accepted_at"):
