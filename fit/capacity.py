@@ -231,12 +231,13 @@ def run_capacity(run_dir: str, shape: str = "chain:3", grid_lr: float = 0.003,
     lr_of = {r["run_id"]: float(r.get("lr_peak", grid_lr)) for r in trains}
     records = [r for r in evals if lr_of.get(r["run_id"]) == grid_lr]  # the LR check's other runs left out
     sizes = sorted({(r[N], r["draft_width"], r["draft_layers"]) for r in records})
+    unit_name = "templates" if all(r.get("prompt_templates") for r in records) else "prompts"  # the independent unit
     milestones = sorted({r[D] for r in records})
     lines = [f"Capacity study {run_dir}: {len(sizes)} sizes ({sizes[0][0]:.3g}-{sizes[-1][0]:.3g} parameters, "
              f"{math.log10(sizes[-1][0] / sizes[0][0]):.2f} decades) x {len(milestones)} milestones, {shape}, "
              f"{len(records)} records", "", "Law 2: MAT = a + b ln(draft_params) at each milestone, (prompt, seed) "
-             "lines across sizes as the units:"]
-    rows = [["tokens", "b [95% CI]", "MAT at smallest / largest", "prompts x seeds", "df"]]
+             "lines across sizes, the template as the unit where prompts share one:"]
+    rows = [["tokens", "b [95% CI]", "MAT at smallest / largest", f"{unit_name} x seeds", "df"]]
     laws = {}
     for tokens in milestones:
         law, unit = law2(records, tokens)
@@ -247,7 +248,7 @@ def run_capacity(run_dir: str, shape: str = "chain:3", grid_lr: float = 0.003,
     lines += _table(rows)
     joint = fit_joint_law(records)
     lines += ["", f"Joint law: MAT = b0 + bN (ln N - {joint.centre[0]:.2f}) + bD (ln D - {joint.centre[1]:.2f}) + bND "
-              f"(ln N - cN)(ln D - cD); {joint.prompts} prompts x {joint.seeds} seeds, {joint.points} sizes x "
+              f"(ln N - cN)(ln D - cD); {joint.prompts} {unit_name} x {joint.seeds} seeds, {joint.points} sizes x "
               f"milestones, {joint.df:.0f} df"]
     lines += _table([["term", "coefficient [95% CI]"]] + [[t, f"{_g(joint.coefficients[t])} {_interval(joint.ci95[t])}"]
                                                           for t in TERMS])
