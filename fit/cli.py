@@ -115,13 +115,14 @@ def run_fit(
         counts = ", ".join(f"{sum(r['kind'] == k for r in records)} {k}" for k in kinds)
         lines.append(f"warning: the fits pool records of {len(kinds)} kinds ({counts}): give --kind {kinds[0]} (or "
                      "--by kind) unless that is meant")
+    unit_name = "templates" if all(r.get("prompt_templates") for r in records) else "prompts"  # the independent unit
     rows = [["group", "n", "estimator", "slope b [95% CI]", "pooled-points b [95% CI]", "b bootstrap 95% CI",
              "intercept a", "R^2", "|error| at largest x"]]
     for f, p, u, check in zip(fits, pooled, units, checks):
         boot = _interval(f.slope_ci95_bootstrap)
         if f.bootstrap_unit:
             boot += f" ({f.bootstrap_units} {f.bootstrap_unit}s)"
-        estimator = f"prompt as unit ({u.prompts} prompts x {u.runs} runs, {u.df:.0f} df)" if u else p.method
+        estimator = f"prompt as unit ({u.prompts} {unit_name} x {u.runs} runs, {u.df:.0f} df)" if u else p.method
         rows.append([group_label(f.group), str(f.n), estimator, f"{_g(f.slope)} {_interval(f.slope_ci95)}",
                      f"{_g(p.slope)} {_interval(p.slope_ci95)} ({p.method})" if f is not p else "(same)", boot,
                      _g(f.intercept), _g(f.r2), _extrapolation(check)])

@@ -318,7 +318,8 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         "## Law 1: MAT against training tokens, per depth and draft shape",
         "",
         f"Exact replay at T=0 on the fit set ({set_sizes['fit']} prompts x {REPLAY_TOKENS} new tokens). The law's "
-        "slope is the mean of per-unit slopes, a unit being one prompt under one seed, with a t interval over units "
+        "slope is the mean of per-unit slopes, a unit being one prompt under one seed, with a t interval over the "
+        "independent units, the templates the prompts come from (8 a set), "
         "(\"prompt as unit\"); the line passes through the pooled points; \"pooled-points b\" is OLS on the "
         "pooled MAT per checkpoint, for comparison (its interval never sees the prompts' spread of slopes); the "
         "bootstrap resamples runs; the last column compares the log-linear law with a saturating one fitted without "
