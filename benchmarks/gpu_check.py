@@ -83,7 +83,7 @@ def surface_lines(alias: str, table) -> list[str]:
         one = table.nearest("target", b, 1)
         cells = [f"{table.nearest('target', b, t) / one:.2f} [{table.nearest('target', b, t, bound='min') / one:.2f}, "
                  f"{table.nearest('target', b, t, bound='max') / one:.2f}]" for t in tokens[1:]]
-        lines.append(f"| {b} | {1e3 * one:.2f} | {1e3 * table.nearest('head:1', b, 1):.2f} | " + " | ".join(cells)
+        lines.append(f"| {b} | {1e3 * one:.2f} | {1e3 * table.nearest(table.head(1), b, 1):.2f} | " + " | ".join(cells)
                      + " |")
     return lines + [""]
 

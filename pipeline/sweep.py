@@ -44,7 +44,7 @@ from scylla.errors import ConfigError, InputError
 from scylla.models import ALIASES, PACKAGED, packaged_source
 from scylla.ports import free_port
 from scylla.records import read_records, records_path
-from scylla.threads import WAIT_POLICY, thread_env
+from scylla.threads import thread_env
 from train.config import UNHASHED, TrainConfig
 from train.pretrain_draft import release_shared_memory
 
@@ -338,15 +338,14 @@ def _thread_lines(threads: int | None, per_host: int, cpus: str, whose: str) -> 
     """Script lines exporting each job process's CPU threads (as scylla.threads.thread_env): its share of the sweep's
     ``threads`` where given, else of ``cpus`` (a shell expression counting ``whose`` CPUs) found when the script runs,
     unless OMP_NUM_THREADS is set there; ``per_host`` processes share a host's."""
-    policy = [f'export OMP_WAIT_POLICY="${{OMP_WAIT_POLICY:-{WAIT_POLICY}}}"'] if WAIT_POLICY else []
     if threads is not None:
         share = max(1, threads // per_host)
         return [f"export OMP_NUM_THREADS={share} MKL_NUM_THREADS={share}  # sweep --threads {threads}, shared by a "
-                f"host's {per_host} process(es)", *policy]
+                f"host's {per_host} process(es)"]
     return [f"THREADS=$(( {cpus} / {per_host} ))  # {whose} CPUs, shared by a host's {per_host} process(es)",
             '[ "$THREADS" -ge 1 ] || THREADS=1',
             'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$THREADS}"',
-            'export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$OMP_NUM_THREADS}"', *policy]
+            'export MKL_NUM_THREADS="${MKL_NUM_THREADS:-$OMP_NUM_THREADS}"']
 
 
 def _hostfile_script(sweep: Sweep, jobs: list[Path], threads: int | None = None) -> list[str]:

@@ -14,10 +14,6 @@ import time
 import torch
 
 BUSY_WINDOW_S = 0.5  # how long the other processes' use of the cores is watched
-# OMP_WAIT_POLICY given to the processes a study starts (unless their environment sets one): None leaves OpenMP's
-# default (spin a while, then sleep). PASSIVE would make idle threads sleep at once instead of spinning against
-# other work on a crowded machine; whether that helps is measured by benchmarks/crowded.py (docs/benchmarks.md).
-WAIT_POLICY: str | None = None
 
 
 def _cores() -> int:
@@ -73,10 +69,10 @@ def use_threads(threads: int | None = None) -> int:
 
 def thread_env(threads: int) -> dict[str, str]:
     """The environment that gives a process ``threads`` CPU threads: OMP_NUM_THREADS (torch's threads, the on-policy
-    generation's and the feature pass's), MKL_NUM_THREADS, and OMP_WAIT_POLICY where WAIT_POLICY is set and this
-    environment sets none."""
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    return env | ({"OMP_WAIT_POLICY": WAIT_POLICY} if WAIT_POLICY and "OMP_WAIT_POLICY" not in os.environ else {})
+    generation's and the feature pass's) and MKL_NUM_THREADS. OpenMP's wait policy stays its default: PASSIVE made
+    on-policy generation 23% slower quiet and no faster beside busy processes (benchmarks/crowded.py,
+    docs/benchmarks.md)."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def warn_if_busy() -> float:

@@ -36,7 +36,7 @@ def test_gpu_check_runs_its_path_on_the_cpu(tmp_path):
         table = CostTable.load(tmp_path / f"costs-{alias}.bfloat16.json")
         assert table.dtype == "bfloat16" and table.device == "cpu" and alias in surface
         assert {(e["model"], e["batch"], e["tokens"]) for e in table.entries} == {
-            (m, b, t) for m in ("target", "head:1") for b in check.CPU["batches"] for t in check.CPU["tokens"]}
+            (m, b, t) for m in ("target", "head:1@256") for b in check.CPU["batches"] for t in check.CPU["tokens"]}
         assert all(len(e["repeats"]) == check.CPU["reps"] for e in table.entries)
 
 
