@@ -202,3 +202,23 @@ def test_recipe_takes_law3s_shape_measured_or_from_its_law(tmp_path):
     assert law3_shape(path, 5).startswith("chain:2 at batch 5")  # k* = 2.39: nearest in ln length is 2
     with pytest.raises(InputError, match="not a law-3 file"):
         law3_shape(tmp_path / "missing.json", 1)
+
+
+def test_scylla_capacity_reads_a_run_folder_and_writes_what_recipe_reads(tmp_path, capsys):
+    """The verb end to end on a study's records (the LR check's extra runs left out of the laws)."""
+    records, _ = simulate(np.random.default_rng(6), prompts=8)
+    extra = dict(schema_version=1, sweep="s", target="t", drafter_type="eagle", draft_params_with_embeddings=1, data="d",
+                 git_commit="x", time="2026-12-06T00:00:00Z")
+    evals = [{**r, **extra, "seed": 0, "mode": "replay", "prompt_set": "fit", "draft_shape": "chain:3",
+              "temperature": 0.0} for r in records]
+    trains = [{**extra, "kind": "train", "run_id": r["run_id"], "seed": r["train_seed"], "lr_peak": 0.003,
+               "train_tokens": r["train_tokens"], "draft_params": r["draft_params"], "draft_width": r["draft_width"],
+               "draft_layers": r["draft_layers"], "heldout_accuracy": 0.5} for r in records]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trains + evals))
+    out = tmp_path / "capacity.json"
+    assert main(["capacity", str(tmp_path), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Law 2" in text and "Joint law" in text and "left out of the joint law" in text
+    payload = json.loads(out.read_text())
+    assert len(payload["sizes"]) == 9 and payload["joint"]["prompts"] == 8 and payload["lr_check"] == []
+    assert main(["capacity", str(tmp_path / "none")]) == 2  # no records: one line, exit 2
