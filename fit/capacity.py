@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 
 from fit.loglinear import fit_log_linear
-from fit.prompt_unit import MeanSlope, mean_slope, prompt_unit_law, unit_points
+from fit.prompt_unit import MeanSlope, mean_slope, prompt_mats, prompt_unit_law, unit_points
 from fit.results import JOINT_TERMS as TERMS
 from fit.results import JointLaw, LogLinearFit
 from scylla.errors import InputError
@@ -49,11 +49,9 @@ def _units(records: Sequence[dict]) -> dict[tuple, dict[tuple[float, float], flo
     for r in records:
         if not r.get("prompt_ids") or r.get("train_seed") is None:
             raise InputError(f"record {r.get('run_id', '?')} has no per-prompt counts or train_seed: re-run its eval")
-        templates = r["prompt_templates"] if by_template else [None] * len(r["prompt_ids"])
-        for pid, template, new, calls in zip(r["prompt_ids"], templates, r["prompt_new_tokens"],
-                                             r["prompt_target_calls"]):
+        for template, pid, mat in prompt_mats(r, by_template):
             key = (template, r["train_seed"], pid) if by_template else (pid, r["train_seed"])
-            units.setdefault(key, {})[(float(r[N]), float(r[D]))] = new / calls
+            units.setdefault(key, {})[(float(r[N]), float(r[D]))] = mat
     return units
 
 

@@ -11,7 +11,7 @@ a run share (``mean_slope``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -61,12 +61,19 @@ def unit_points(records: Sequence[dict], x: str = "train_tokens") -> dict[tuple,
             raise InputError(f"{x} is fixed within each run, so a line joins the runs of one training seed, but record "
                              f"{r.get('run_id', '?')} has no train_seed: re-run its eval")
         line = ("seed", r["train_seed"]) if across_runs else r.get("run_id")
-        templates = r["prompt_templates"] if by_template else [None] * len(r["prompt_ids"])
-        for pid, template, new, calls in zip(r["prompt_ids"], templates, r["prompt_new_tokens"],
-                                             r["prompt_target_calls"]):
+        for template, pid, mat in prompt_mats(r, by_template):
             key = (template, line, pid) if by_template else (pid, line)
-            units.setdefault(key, []).append((float(r[x]), new / calls))
+            units.setdefault(key, []).append((float(r[x]), mat))
     return units
+
+
+def prompt_mats(record: dict, by_template: bool) -> Iterator[tuple[str | None, str, float]]:
+    """(template, prompt id, MAT of that prompt: its new tokens / its target calls) of an eval record with per-prompt
+    counts; the template is None unless ``by_template`` (every record names its prompts' templates)."""
+    templates = record["prompt_templates"] if by_template else [None] * len(record["prompt_ids"])
+    for pid, template, new, calls in zip(record["prompt_ids"], templates, record["prompt_new_tokens"],
+                                         record["prompt_target_calls"]):
+        yield template, pid, new / calls
 
 
 def _line(points: list) -> tuple[float, float, float, float, int]:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from fit.results import JointLaw
 from pipeline.evaluate import parse_shape
-from pipeline.select import fastest_plain
-from scylla.costs import CostTable, plain_step_seconds, step_cost
+from pipeline.select import fastest_plain, rebased_step_cost
+from scylla.costs import CostTable
 from scylla.drafters.eagle import serving_engines
 from scylla.errors import InputError, ScyllaError
 
@@ -79,13 +79,10 @@ def recipe(capacity_path: str | Path, cost_paths: list[str], tokens: int, batch:
             law.row(params, tokens)[1])
         for cost in costs:
             try:
-                head = cost.head(layers, width)
-                c, c_lo, c_hi = (step_cost(cost, head, batch, shape.verify_tokens, shape.draft_forwards,
-                                           shape.draft_width, bound=b) for b in ("", "min", "max"))
+                c, c_lo, c_hi = rebased_step_cost(cost, layers, width, shape, batch, plain_seconds)
             except ScyllaError:
                 continue
-            rebase = plain_step_seconds(cost, batch) / plain_seconds
-            speed = (mat / (c * rebase), lo / (c_hi * rebase), hi / (c_lo * rebase))
+            speed = (mat / c, lo / c_hi, hi / c_lo)
             row = dict(width=width, layers=layers, params=params, dtype=cost.dtype, mat=(mat, lo, hi), speedup=speed,
                        more_tokens_help=slope_d > 0)
             rows.append(row)

@@ -92,6 +92,18 @@ def fastest_plain(costs: list[CostTable], batch: int) -> tuple[str, float]:
     return dtype, seconds
 
 
+def rebased_step_cost(cost: CostTable, layers: int, width: int | None, shape, batch: int,
+                      plain_seconds: float) -> tuple[float, float, float]:
+    """(median, lowest, highest) seconds of one speculative step of a head of this depth and width drafting ``shape``
+    at this batch size (scylla.costs.step_cost with its repeat bounds), over ``plain_seconds``, the fastest plain
+    decoding's step of all the tables (``fastest_plain``): step_cost is relative to its own dtype's plain step, so it
+    is re-based. ScyllaError if the table lacks the head or the sizes."""
+    head = cost.head(layers, width)
+    rebase = plain_step_seconds(cost, batch) / plain_seconds
+    return tuple(step_cost(cost, head, batch, shape.verify_tokens, shape.draft_forwards, shape.draft_width,
+                           bound=b) * rebase for b in ("", "min", "max"))
+
+
 def candidates(fits: list[dict], costs: CostTable | list[CostTable], batch_sizes: list[int],
                token_budget: int | None = None, shapes: list[str] | None = None,
                default_shape: str = "chain:2") -> list[Candidate]:
@@ -121,16 +133,12 @@ def candidates(fits: list[dict], costs: CostTable | list[CostTable], batch_sizes
         mat, lo, hi = law.predict(tokens)
         mat, lo, hi = (max(1.0, v) for v in (mat, lo, hi))  # a step always yields at least one token
         for batch, cost in ((b, cost) for b in batch_sizes if b in plain for cost in costs):
+            plain_dtype, plain_seconds = plain[batch]
             try:
-                head = cost.head(int(fit["group"]["draft_layers"]), fit["group"].get("draft_width"))
-                c, c_lo, c_hi = (step_cost(cost, head, batch, shape.verify_tokens, shape.draft_forwards,
-                                           shape.draft_width, bound=b) for b in ("", "min", "max"))
+                c, c_lo, c_hi = rebased_step_cost(cost, int(fit["group"]["draft_layers"]),
+                                                  fit["group"].get("draft_width"), shape, batch, plain_seconds)
             except ScyllaError:
                 continue
-            plain_dtype, plain_seconds = plain[batch]
-            # step_cost is relative to this dtype's plain step: re-based on the fastest plain decoding's
-            rebase = plain_step_seconds(cost, batch) / plain_seconds
-            c, c_lo, c_hi = c * rebase, c_lo * rebase, c_hi * rebase
             out.append(Candidate(batch, int(fit["group"]["draft_layers"]), shape_text, tokens, mat, (lo, hi), c,
                                  predicted_speedup(mat, 1, 0.0, c), (lo / c_hi, hi / c_lo),
                                  tokens > max(law.x_values), cost.dtype, plain_dtype, fit["group"].get("draft_width")))
