@@ -10,6 +10,9 @@ chi-square tests, which need flat distributions.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -108,3 +111,29 @@ def train_positional(model: torch.nn.Module, steps: int = 300) -> torch.nn.Modul
 @pytest.fixture(scope="session")
 def target():
     return positional_llama()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+
+
+def sweep_process(run_dir: Path, grid: Path = SMOKE, **popen) -> subprocess.Popen:
+    """`scylla sweep GRID --run-dir RUN_DIR` in a new process (the real DeepSpeed launch), its output piped."""
+    argv = [sys.executable, "-m", "pipeline.cli", "sweep", str(grid), "--run-dir", str(run_dir)]
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory) -> Path:
+    """The smoke grid swept once per session (about 30 s: 2 DeepSpeed jobs); tests work on copies of it
+    (tests/test_sweep.py's smoke_run, the demo's training stage), never on this folder."""
+    run_dir = tmp_path_factory.mktemp("smoke")
+    shared = set(Path("/dev/shm").glob("deepspeed_*"))
+    proc = sweep_process(run_dir)
+    out, _ = proc.communicate(timeout=480)
+    assert proc.returncode == 0, out[-3000:]
+    # the terminal: one bar and a line per job; DeepSpeed's and wandb's output goes to each job's train.log
+    assert "finished eagle-layers2" in out and not any(s in out for s in ("[INFO]", "wandb:", "Traceback")), out
+    # DeepSpeed's CPU all-reduce buffers (67 MB a process) are removed after each job, not left in /dev/shm
+    assert not set(Path("/dev/shm").glob("deepspeed_*")) - shared
+    return run_dir

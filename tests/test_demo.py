@@ -1,4 +1,5 @@
-"""`make demo` end to end on the tiny target (the smoke grid): every stage runs, the report's numbers are those of the
+"""`make demo` end to end on the tiny target (the smoke grid): every stage runs (training on the session's smoke sweep,
+which the demo finds finished), the report's numbers are those of the
 records (laws refitted from the eval records, measured MAT and speed-up from the check's records), and a re-run
 reuses all finished work."""
 
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 
@@ -49,8 +51,9 @@ def check_report_against_records(run_dir, text: str) -> None:
         assert (chosen["draft"] != "none") == (lower > 1)  # never a draft whose lower bound is below plain
 
 
-def test_demo_runs_every_stage_and_resumes(tmp_path):
+def test_demo_runs_every_stage_and_resumes(smoke_sweep, tmp_path):
     run_dir = tmp_path / "demo"
+    shutil.copytree(smoke_sweep, run_dir)  # the training stage's jobs, finished (tests/test_sweep.py trains them)
     report = run_demo(run_dir, "experiments/smoke.yaml")
     text = report.read_text()
     assert "## Law 1" in text and "R^2" in text and "95% CI" in text and "## Prompt sets" in text

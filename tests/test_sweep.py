@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import ROOT, SMOKE, sweep_process
 from scylla import SpeculativeDecoder, load_model
 from pipeline.cli import main
 from scylla.drafters.eagle import EagleDrafter, EagleHead
@@ -22,14 +24,7 @@ from scylla.records import find_checkpoints, read_records, record_key
 from train.config import TrainConfig
 from train.pretrain_draft import save_draft
 
-ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ROOT / "experiments" / "smoke.yaml"
 EXPECTED = {("train", f"eagle-layers{d}", m) for d in (1, 2) for m in (1024, 2048, 4096)}
-
-
-def sweep(run_dir: Path, **popen) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "pipeline.cli", "sweep", str(SMOKE), "--run-dir", str(run_dir)]
-    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
 def keys(run_dir: Path) -> set:
@@ -37,16 +32,10 @@ def keys(run_dir: Path) -> set:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("smoke")
-    shared = set(Path("/dev/shm").glob("deepspeed_*"))
-    proc = sweep(run_dir)
-    out, _ = proc.communicate(timeout=480)
-    assert proc.returncode == 0, out[-3000:]
-    # the terminal: one bar and a line per job; DeepSpeed's and wandb's output goes to each job's train.log
-    assert "finished eagle-layers2" in out and not any(s in out for s in ("[INFO]", "wandb:", "Traceback")), out
-    # DeepSpeed's CPU all-reduce buffers (67 MB a process) are removed after each job, not left in /dev/shm
-    assert not set(Path("/dev/shm").glob("deepspeed_*")) - shared
+def smoke_run(smoke_sweep, tmp_path_factory) -> Path:
+    """A copy of the session's smoke sweep (conftest.smoke_sweep), which this module's tests add records to."""
+    run_dir = tmp_path_factory.mktemp("sweep") / "smoke"
+    shutil.copytree(smoke_sweep, run_dir)
     return run_dir
 
 
@@ -89,23 +78,34 @@ def test_rerun_skips_finished_jobs(smoke_run, capsys):
 
 
 def test_sigkill_mid_sweep_then_rerun_loses_and_doubles_nothing(smoke_run, tmp_path):
+    """A sweep killed (SIGKILL, its whole process group) after its job's first milestone, then re-run: the job
+    resumes, every milestone has exactly one record and the checkpoints are those of an unkilled sweep. One job
+    (layers 1) of the smoke grid: the kill lands inside a job, the case a resume must get right."""
+    grid = yaml.safe_load(SMOKE.read_text())
+    grid["grid"] = {"layers": [1]}
+    path = tmp_path / "one-job.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    expected = {k for k in EXPECTED if k[1] == "eagle-layers1"}
     run_dir = tmp_path / "killed"
-    proc = sweep(run_dir, start_new_session=True)
+    proc = sweep_process(run_dir, path, start_new_session=True)
     records = run_dir / "records.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if records.exists() and len(records.read_text().splitlines()) >= 2:
+        if records.exists() and records.read_text().splitlines():
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     assert proc.poll() is None, "the sweep finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 2 <= len(keys(run_dir)) < len(EXPECTED)
-    again = sweep(run_dir)
+    assert 1 <= len(keys(run_dir)) < len(expected)
+    again = sweep_process(run_dir, path)
     out, _ = again.communicate(timeout=480)
     assert again.returncode == 0, out[-3000:]
-    assert keys(run_dir) == keys(smoke_run) == EXPECTED
-    assert len(read_records(run_dir)) == len(EXPECTED)  # read_records also rejects duplicate keys
+    assert keys(run_dir) == expected and expected < keys(smoke_run)
+    assert len(read_records(run_dir)) == len(expected)  # read_records also rejects duplicate keys
+    unkilled = {r["train_tokens"]: r["heldout_loss"] for r in read_records(smoke_run, kind="train", where=dict(
+        draft_layers=1))}
+    assert {r["train_tokens"]: r["heldout_loss"] for r in read_records(run_dir, kind="train")} == unkilled
 
 
 @pytest.mark.parametrize(
@@ -174,10 +174,11 @@ def sbatch_directives(text: str) -> list[str]:
     return read
 
 
-def multi_node_grid(tmp_path: Path, launcher: str, **extra) -> Path:
+def multi_node_grid(tmp_path: Path, launcher: str, milestones: list[int] | None = None, **extra) -> Path:
     """The smoke grid for 2 processes (64 tokens a step), written for ``launcher``."""
     grid = yaml.safe_load(SMOKE.read_text())
     grid["base"]["data"]["block_size"] = 32
+    grid["base"]["milestones"] = milestones or grid["base"]["milestones"]
     path = tmp_path / f"{launcher}.yaml"
     path.write_text(yaml.safe_dump({**grid, "launcher": launcher, "processes": 2, **extra}))
     return path
@@ -235,7 +236,7 @@ def test_an_evaluation_is_written_as_a_slurm_array_not_run(smoke_run, capsys):
 def test_hostfile_launcher_trains_on_localhost_with_2_processes(tmp_path):
     """launch.sh with the hostfile 'localhost slots=2' trains here, without ssh: 2 processes (gloo), run from
     another directory, one line per job on the terminal and the launchers' logs in each job's train.log."""
-    grid = multi_node_grid(tmp_path, "hostfile", hosts=["localhost slots=2"], grid={"layers": [1]})
+    grid = multi_node_grid(tmp_path, "hostfile", hosts=["localhost slots=2"], grid={"layers": [1]}, milestones=[1024])
     run_dir = tmp_path / "run"
     assert main(["sweep", str(grid), "--run-dir", str(run_dir)]) == 0
     env = {**os.environ, "SCYLLA_PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
@@ -245,7 +246,7 @@ def test_hostfile_launcher_trains_on_localhost_with_2_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr + log.read_text()[-3000:]
     assert proc.stdout.splitlines() == ["training jobs/eagle-layers1 (log jobs/eagle-layers1/train.log)"]
     assert "dist_world_size=2" in log.read_text() and "wandb:" in log.read_text()
-    assert keys(run_dir) == {k for k in EXPECTED if k[1] == "eagle-layers1"}
+    assert keys(run_dir) == {("train", "eagle-layers1", 1024)}
 
 
 def test_an_evaluation_shards_its_settings_over_a_hostfile_launch(tmp_path):
@@ -416,8 +417,6 @@ def test_figs_are_drawn_from_records_alone(smoke_run, tmp_path, capsys):
 def test_a_copied_run_folder_uses_its_own_drafts_from_any_directory(smoke_run, tmp_path, monkeypatch):
     """Records name draft folders relative to the run folder: a copy, read from another working directory,
     evaluates its own drafts and fits the same laws (issue 16)."""
-    import shutil
-
     from fit.cli import run_fit
 
     copy = tmp_path / "elsewhere" / "copy"
