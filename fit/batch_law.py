@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy import stats
 
 from fit.results import _jsonable
-from scylla.costs import CostTable, draft_cost_name, step_cost
+from scylla.costs import CostTable, draft_cost_name, resampled_costs, step_cost
 from scylla.errors import InputError
 from scylla.timing import chunked, regret
 
@@ -206,24 +206,6 @@ def shape_counts(records: Sequence[dict]) -> tuple[dict[str, dict], list[str], n
     new = np.array([[counts[s][p][0] for p in prompts] for s in order], dtype=float)
     calls = np.array([[counts[s][p][1] for p in prompts] for s in order], dtype=float)
     return {s: geometry[s] for s in order}, prompts, new, calls
-
-
-def resampled_costs(cost: CostTable, resamples: int, rng: np.random.Generator) -> CostTable:
-    """The table as ``resamples`` bootstrap draws at once: every entry's ``seconds`` an array (resamples,) of medians
-    of its repeats drawn with replacement by round (per batch size and context, one draw of rounds serves every entry
-    there, as they were timed interleaved). scylla.costs.step_cost takes it as it is and returns an array. Entries
-    without repeats (tables older than them) keep their median."""
-    entries, picks = [], {}
-    for e in cost.entries:
-        repeats = e.get("repeats")
-        if not repeats:
-            entries.append({**e, "seconds": np.full(resamples, float(e["seconds"]))})
-            continue
-        key = (e["batch"], e["context"], len(repeats))
-        if key not in picks:
-            picks[key] = rng.integers(len(repeats), size=(resamples, len(repeats)))
-        entries.append({**e, "seconds": np.median(np.asarray(repeats, dtype=float)[picks[key]], axis=1)})
-    return replace(cost, entries=entries)
 
 
 def best_length(lengths: Sequence[int], speedups: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fit.results import JointLaw
 from pipeline.evaluate import parse_shape
-from pipeline.select import fastest_plain, rebased_step_cost
+from pipeline.select import fastest_plain, rebased_step_cost, speedup_interval
 from scylla.costs import CostTable
 from scylla.drafters.eagle import serving_engines
 from scylla.errors import InputError, ScyllaError
@@ -82,7 +82,7 @@ def recipe(capacity_path: str | Path, cost_paths: list[str], tokens: int, batch:
                 c, c_lo, c_hi = rebased_step_cost(cost, layers, width, shape, batch, plain_seconds)
             except ScyllaError:
                 continue
-            speed = (mat / c, lo / c_hi, hi / c_lo)
+            speed = (mat / c, *speedup_interval((mat, lo, hi), (c, c_lo, c_hi)))
             row = dict(width=width, layers=layers, params=params, dtype=cost.dtype, mat=(mat, lo, hi), speedup=speed,
                        more_tokens_help=slope_d > 0)
             rows.append(row)

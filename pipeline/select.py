@@ -19,6 +19,7 @@ dtype (the MAT of a head served in the other dtype is measured in docs/benchmark
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import yaml
 from fit.results import LogLinearFit
 from pipeline.evaluate import EvalConfig, evaluate, parse_shape
 from scylla.atomic import atomic_path
-from scylla.costs import CostTable, plain_step_seconds, predicted_speedup, step_cost
+from scylla.costs import CostTable, plain_step_seconds, predicted_speedup, step_cost_interval
 from scylla.drafters.eagle import serving_engines
 from scylla.errors import InputError, ScyllaError
 from scylla.records import find_checkpoints, method_as_read, read_records
@@ -94,14 +95,25 @@ def fastest_plain(costs: list[CostTable], batch: int) -> tuple[str, float]:
 
 def rebased_step_cost(cost: CostTable, layers: int, width: int | None, shape, batch: int,
                       plain_seconds: float) -> tuple[float, float, float]:
-    """(median, lowest, highest) seconds of one speculative step of a head of this depth and width drafting ``shape``
-    at this batch size (scylla.costs.step_cost with its repeat bounds), over ``plain_seconds``, the fastest plain
-    decoding's step of all the tables (``fastest_plain``): step_cost is relative to its own dtype's plain step, so it
-    is re-based. ScyllaError if the table lacks the head or the sizes."""
+    """(median, low, high: its 95% interval) seconds of one speculative step of a head of this depth and width
+    drafting ``shape`` at this batch size (scylla.costs.step_cost_interval: paired by timing round), over
+    ``plain_seconds``, the fastest plain decoding's step of all the tables (``fastest_plain``): step_cost is relative
+    to its own dtype's plain step, so it is re-based (by the medians). ScyllaError if the table lacks the head or
+    the sizes."""
     head = cost.head(layers, width)
     rebase = plain_step_seconds(cost, batch) / plain_seconds
-    return tuple(step_cost(cost, head, batch, shape.verify_tokens, shape.draft_forwards, shape.draft_width,
-                           bound=b) * rebase for b in ("", "min", "max"))
+    found = step_cost_interval(cost, head, batch, shape.verify_tokens, shape.draft_forwards, shape.draft_width)
+    return tuple(v * rebase for v in found)
+
+
+def speedup_interval(mat: tuple[float, float, float], step: tuple[float, float, float]) -> tuple[float, float]:
+    """The 95% interval of MAT / step from MAT's (point, low, high) and the step cost's: the two are independent
+    (prompts against timing rounds), so their relative half-widths add in quadrature on the log scale, each side
+    separately."""
+    (m, m_lo, m_hi), (c, c_lo, c_hi) = mat, step
+    down = math.hypot(math.log(m / m_lo), math.log(c_hi / c))
+    up = math.hypot(math.log(m_hi / m), math.log(c / c_lo))
+    return m / c * math.exp(-down), m / c * math.exp(up)
 
 
 def candidates(fits: list[dict], costs: CostTable | list[CostTable], batch_sizes: list[int],
@@ -140,7 +152,7 @@ def candidates(fits: list[dict], costs: CostTable | list[CostTable], batch_sizes
             except ScyllaError:
                 continue
             out.append(Candidate(batch, int(fit["group"]["draft_layers"]), shape_text, tokens, mat, (lo, hi), c,
-                                 predicted_speedup(mat, 1, 0.0, c), (lo / c_hi, hi / c_lo),
+                                 predicted_speedup(mat, 1, 0.0, c), speedup_interval((mat, lo, hi), (c, c_lo, c_hi)),
                                  tokens > max(law.x_values), cost.dtype, plain_dtype, fit["group"].get("draft_width")))
     if not out:
         raise InputError("no candidate has measured costs: run scylla costs with --head-layers for the fitted "
@@ -150,7 +162,8 @@ def candidates(fits: list[dict], costs: CostTable | list[CostTable], batch_sizes
 
 def select(found: list[Candidate]) -> dict[int, Candidate]:
     """The best draft at each batch size: the candidate whose predicted speed-up has the highest lower 95% bound
-    (the law's interval, which carries the prompts' spread, through the cost table's fastest and slowest repeats),
+    (the law's interval, which carries the prompts' spread, with the step cost's over timing rounds:
+    ``speedup_interval``),
     ties going to the higher point prediction. Deciding on the lower bound rather than the point keeps the argmax
     over many candidates from choosing on its own noise (the winner's curse)."""
     best: dict[int, Candidate] = {}

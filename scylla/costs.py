@@ -27,6 +27,7 @@ from scylla.atomic import write_json_atomic
 from scylla.errors import InputError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 
@@ -223,6 +224,45 @@ def step_cost(cost: CostTable, draft: str | None, batch: int, verify_tokens: int
     lag = cost.lag.get(str(batch), {})
     speculative = drafting + cost.nearest("target", batch, verify_tokens, bound=bound) + extra.get(kind, 0.0)
     return speculative * lag.get(kind, 1.0) / plain_step_seconds(cost, batch, flip)
+
+
+def step_cost_interval(cost: CostTable, draft: str | None, batch: int, verify_tokens: int, draft_forwards: int = 0,
+                       draft_width: int = 1, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """``step_cost`` with its 95% interval: (median, low, high). The interval is the percentile bootstrap of
+    step_cost over the table's timing rounds (``resampled_costs``): a drawn round brings the speculative forwards
+    and the plain step it is divided by together, so load that slowed a whole round cancels in the ratio, as in an
+    online run's paired ratios (scylla.timing). Tables written before repeats were kept get the widest ratios their
+    fastest and slowest repeats allow (``bound``)."""
+    args = (draft, batch, verify_tokens, draft_forwards, draft_width)
+    point = step_cost(cost, *args)
+    here = [e for e in cost.entries if e["batch"] == batch]
+    if not all(e.get("repeats") for e in here):
+        return point, step_cost(cost, *args, bound="min"), step_cost(cost, *args, bound="max")
+    import numpy as np
+
+    draws = step_cost(resampled_costs(replace(cost, entries=here), resamples, np.random.default_rng(seed)), *args)
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def resampled_costs(cost: CostTable, resamples: int, rng: "np.random.Generator") -> CostTable:
+    """The table as ``resamples`` bootstrap draws at once: every entry's ``seconds`` an array (resamples,) of medians
+    of its repeats drawn with replacement by round (per batch size and context, one draw of rounds serves every entry
+    there, as they were timed interleaved). ``step_cost`` takes it as it is and returns an array. Entries without
+    repeats (tables older than them) keep their median."""
+    import numpy as np
+
+    entries, picks = [], {}
+    for e in cost.entries:
+        repeats = e.get("repeats")
+        if not repeats:
+            entries.append({**e, "seconds": np.full(resamples, float(e["seconds"]))})
+            continue
+        key = (e["batch"], e["context"], len(repeats))
+        if key not in picks:
+            picks[key] = rng.integers(len(repeats), size=(resamples, len(repeats)))
+        entries.append({**e, "seconds": np.median(np.asarray(repeats, dtype=float)[picks[key]], axis=1)})
+    return replace(cost, entries=entries)
 
 
 def plain_step_seconds(cost: CostTable, batch: int, bound: str = "") -> float:

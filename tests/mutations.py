@@ -341,6 +341,27 @@ MUTATIONS += [  # issue 26: law 2 and the joint law (fit/capacity.py)
         "fit/batch_law.py", "    if units and units > 1:\n", "    if False:\n",
         ("tests/test_batch_law.py::test_the_speedup_interval_covers_the_truth_at_its_level_and_is_not_too_wide",),
     ),
+    Mutation(
+        "cost-rounds-unpaired",
+        "the step cost's interval draws the timing rounds of each entry on its own, so a round's load does not cancel",
+        "scylla/costs.py", 'key = (e["batch"], e["context"], len(repeats))',
+        'key = (e["model"], e["tokens"], e["batch"], e["context"], len(repeats))',
+        ("tests/test_cost_interval.py::test_a_rounds_load_cancels_in_the_step_cost_interval",
+         "tests/test_cost_interval.py::test_a_draft_timed_on_a_busy_machine_is_still_chosen_when_it_pays"),
+    ),
+    Mutation(
+        "cost-interval-minmax",
+        "the step cost's interval is the fastest speculative repeats over the slowest plain step and the reverse",
+        "scylla/costs.py", '    if not all(e.get("repeats") for e in here):\n', "    if True:\n",
+        ("tests/test_cost_interval.py",),
+    ),
+    Mutation(
+        "speedup-interval-linear",
+        "the law's and the step cost's relative half-widths are added instead of combined in quadrature",
+        "pipeline/select.py", "down = math.hypot(math.log(m / m_lo), math.log(c_hi / c))",
+        "down = math.log(m / m_lo) + math.log(c_hi / c)",
+        ("tests/test_cost_interval.py::test_the_speedup_interval_combines_the_two_at_95_percent",),
+    ),
 ]
 
 
