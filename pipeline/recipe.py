@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fit.results import JointLaw
 from pipeline.evaluate import parse_shape
-from pipeline.select import fastest_plain, rebased_step_cost, speedup_interval
+from pipeline.select import fastest_plain, rebased_step_cost, speedup_interval, uncalibrated_note
 from scylla.costs import CostTable
 from scylla.drafters.eagle import serving_engines
 from scylla.errors import InputError, ScyllaError
@@ -117,4 +117,5 @@ def recipe(capacity_path: str | Path, cost_paths: list[str], tokens: int, batch:
     lines.append(f"Extrapolation: {far}." if far else
                  f"Inside the fitted ranges ({law.sizes[0]:.3g}-{law.sizes[1]:.3g} parameters, "
                  f"{law.tokens[0]:.3g}-{law.tokens[1]:.3g} tokens).")
-    return lines
+    note = uncalibrated_note(costs)
+    return lines + ([note] if note else [])

@@ -160,6 +160,16 @@ def candidates(fits: list[dict], costs: CostTable | list[CostTable], batch_sizes
     return out
 
 
+def uncalibrated_note(tables: list[CostTable]) -> str | None:
+    """A line for ``scylla select`` and ``scylla recipe`` where no table carries the per-step correction (forwards
+    only: the engine's own work per step is left out, so every predicted speed-up is optimistic); None otherwise."""
+    if any(t.overhead for t in tables):
+        return None
+    return ("note: the cost table is uncalibrated (forwards only, without the engine's per-step work), so these "
+            "speed-ups are optimistic, most at larger batch sizes; calibrate it with scylla costs ... --calibrate "
+            "RUN_DIR (a run with online eval records)")
+
+
 def select(found: list[Candidate]) -> dict[int, Candidate]:
     """The best draft at each batch size: the candidate whose predicted speed-up has the highest lower 95% bound
     (the law's interval, which carries the prompts' spread, with the step cost's over timing rounds:

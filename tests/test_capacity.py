@@ -162,6 +162,12 @@ def test_recipe_recommends_the_size_with_the_best_lower_bound_and_says_when_it_e
     assert main(["recipe", "--capacity", capacity, "--cost", str(table), "--tokens", "65536", "--batch-size", "1"]) == 0
     out = capsys.readouterr().out
     assert "Recommended: width" in out and "Inside the fitted ranges" in out and "Scylla only" in out
+    assert "uncalibrated" in out  # forwards only: the speed-ups are optimistic, and the recipe says so
+    calibrated = cost_table()
+    calibrated.overhead = {"1": {"plain": 0.001, "chain": 0.002, "tree": 0.003}}
+    calibrated.save(table)
+    assert main(["recipe", "--capacity", capacity, "--cost", str(table), "--tokens", "65536", "--batch-size", "1"]) == 0
+    assert "uncalibrated" not in capsys.readouterr().out
     # the same MAT surface, but every head costs 50x: drafting cannot pay, plain decoding is recommended
     expensive = cost_table()
     expensive.entries = [{**e, **{k: e[k] * 50 for k in ("seconds", "seconds_min", "seconds_max")}}
