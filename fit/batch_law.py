@@ -41,6 +41,7 @@ from scylla.timing import chunked, regret
 
 LEVEL = 95  # percent: every interval here
 ONE_PER_LAW = ("target", "task", "prompt_set", "temperature", "dtype")  # fields the records of one law share
+LAW3 = "law-3 fit"  # the kind of output folder (scylla.atomic) `scylla law3 --out` writes: only a law-3 fit replaces it
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import scylla
-from scylla.atomic import atomic_path, check_replaceable, write_json_atomic
+from scylla.atomic import atomic_folder, atomic_path, check_replaceable, write_json_atomic
 from scylla.data.prompt_sets import PROMPT_SETS
 from scylla.errors import ConfigError, InputError, ScyllaError
 from scylla.records import RECORDS_FILE
@@ -247,7 +247,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
 
 
 def cmd_law3(args: argparse.Namespace) -> int:
-    from fit.batch_law import fit_batch_law, online_check, table_lines
+    from fit.batch_law import LAW3, fit_batch_law, online_check, table_lines
     from fit.cli import parse_where
     from paper_figs.batch import law3_fit_figure
     from scylla.costs import CostTable
@@ -259,18 +259,20 @@ def cmd_law3(args: argparse.Namespace) -> int:
         raise InputError(f"cost table {args.cost} does not exist: measure one with scylla costs (docs/fitting.md, "
                          "law 3)")
     cost = CostTable.load(args.cost)
+    first = Path(args.run_dirs[0])
+    out = Path(args.out) if args.out else (first.parent if first.is_file() else first) / "law3"
+    check_replaceable(out, LAW3, args.force)  # before the fit: a user's folder is never replaced
     where = {"mode": "replay", "temperature": "0", **parse_where(args.where)}
     records = [r for d in args.run_dirs for r in read_records(d, kind="eval", where=where)]
     law = fit_batch_law(records, cost, args.batch_sizes, args.leave_out, args.resamples, args.seed)
     online = None
     if args.online:
         online = online_check([r for d in args.online for r in read_records(d, kind="eval")], law)
-    first = Path(args.run_dirs[0])
-    out = Path(args.out) if args.out else (first.parent if first.is_file() else first) / "law3"
-    out.mkdir(parents=True, exist_ok=True)
     payload = {"run_dirs": list(args.run_dirs), "cost": str(args.cost), "where": where, **law.to_dict(),
                "online_check": online}
-    write_json_atomic(out / "law3.json", payload)
+    with atomic_folder(out, kind=LAW3, force=args.force) as tmp:
+        write_json_atomic(tmp / "law3.json", payload)
+        figures = [out / p.relative_to(tmp) for p in law3_fit_figure(law, tmp)]
     lines = table_lines(law)
     if online:
         lines += ["", f"online at batch {online['batch']} ({online['draft']}): predicted {online['predicted']} "
@@ -280,7 +282,7 @@ def cmd_law3(args: argparse.Namespace) -> int:
                   f"[{online['regret_ci95'][0]:.2f}, {online['regret_ci95'][1]:.2f}]"]
     for line in lines:
         print(line)
-    for path in [out / "law3.json", *law3_fit_figure(law, out)]:
+    for path in [out / "law3.json", *figures]:
         print(f"wrote {path}")
     return 0
 
@@ -631,7 +633,9 @@ def _law3_parser(sub) -> None:
     law3.add_argument("--resamples", type=_positive(int), default=1000, help="bootstrap resamples of prompts and "
                       "timing rounds")
     law3.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    law3.add_argument("--out", help="folder for law3.json and the figure (default RUN_DIR/law3)")
+    law3.add_argument("--out", help="folder for law3.json and the figure (default RUN_DIR/law3); replaced only if "
+                      "scylla law3 wrote it or it is empty")
+    law3.add_argument("--force", action="store_true", help="replace an --out folder that scylla law3 did not write")
     law3.set_defaults(func=cmd_law3)
 
 

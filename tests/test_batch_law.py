@@ -167,6 +167,13 @@ def test_scylla_law3_prints_writes_and_checks_the_left_out_batch_online(tmp_path
         assert says in capsys.readouterr().err
     assert main(["law3", str(run), "--cost", str(tmp_path / "none.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # a user's folder is never replaced (the re-runs above replaced law3's own); --force does
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "law3.json").write_text("my notes")
+    assert main(argv[:-1] + [str(mine)]) == 2
+    assert "no law-3 fit scylla wrote" in capsys.readouterr().err and (mine / "law3.json").read_text() == "my notes"
+    assert main(argv[:-1] + [str(mine), "--force"]) == 0 and "choices" in json.loads((mine / "law3.json").read_text())
 
 
 def test_the_law_loads_no_torch():
