@@ -173,9 +173,8 @@ def uncalibrated_note(tables: list[CostTable]) -> str | None:
 def select(found: list[Candidate]) -> dict[int, Candidate]:
     """The best draft at each batch size: the candidate whose predicted speed-up has the highest lower 95% bound
     (the law's interval, which carries the prompts' spread, with the step cost's over timing rounds:
-    ``speedup_interval``),
-    ties going to the higher point prediction. Deciding on the lower bound rather than the point keeps the argmax
-    over many candidates from choosing on its own noise (the winner's curse)."""
+    ``speedup_interval``), ties going to the higher point prediction. Deciding on the lower bound rather than the
+    point keeps the argmax over many candidates from choosing on its own noise (the winner's curse)."""
     best: dict[int, Candidate] = {}
     for c in found:
         key = (c.predicted_speedup_ci95[0], c.predicted_speedup)
