@@ -64,17 +64,19 @@ class PromptLookup(Drafter):
     def propose(self, ctx: DraftContext) -> Draft:
         tokens = ctx.tokens.cpu().numpy()
         T = tokens.shape[1]
-        if self.branches > 1:  # several matches: a tree draft, one branch per distinct continuation
-            rows = []
-            for row, length, budget in zip(tokens, ctx.lengths.tolist(), ctx.budget.tolist()):
-                limit = min(self.num_draft_tokens, budget)
-                rows.append(lookup_branches(row[T - length :], self.max_ngram, self.min_ngram, limit, self.branches)
-                            if limit > 0 else [])
-            return trie_draft(rows, ctx.tokens.device)
+        find = lookup if self.branches == 1 else lookup_branches  # several matches: a tree, a branch per continuation
+        extra = () if self.branches == 1 else (self.branches,)
+        found: dict[tuple[bytes, int], np.ndarray | list[list[int]]] = {}  # rows alike (Best-of-N) are looked up once
         drafts = []
         for row, length, budget in zip(tokens, ctx.lengths.tolist(), ctx.budget.tolist()):
-            limit = min(self.num_draft_tokens, budget)
-            drafts.append(lookup(row[T - length :], self.max_ngram, self.min_ngram, limit) if limit > 0 else row[:0])
+            seq, limit = row[T - length :], min(self.num_draft_tokens, budget)
+            key = (seq.tobytes(), limit)
+            if key not in found:
+                found[key] = (find(seq, self.max_ngram, self.min_ngram, limit, *extra) if limit > 0
+                              else seq[:0] if self.branches == 1 else [])
+            drafts.append(found[key])
+        if self.branches > 1:
+            return trie_draft(drafts, ctx.tokens.device)
         g = max(len(d) for d in drafts)
         out = np.zeros((len(drafts), g), dtype=np.int64)
         for i, d in enumerate(drafts):
