@@ -125,7 +125,7 @@ def sweep_process(run_dir: Path, grid: Path = SMOKE, **popen) -> subprocess.Pope
 
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory) -> Path:
-    """The smoke grid swept once per session (about 30 s: 2 DeepSpeed jobs); tests work on copies of it
+    """The smoke grid swept once per session (about 35 s: 2 DeepSpeed jobs); tests work on copies of it
     (tests/test_sweep.py's smoke_run, the demo's training stage), never on this folder."""
     run_dir = tmp_path_factory.mktemp("smoke")
     shared = set(Path("/dev/shm").glob("deepspeed_*"))

@@ -1,7 +1,7 @@
-"""`make demo` end to end on the tiny target (the smoke grid): every stage runs (training on the session's smoke sweep,
-which the demo finds finished), the report's numbers are those of the
-records (laws refitted from the eval records, measured MAT and speed-up from the check's records), and a re-run
-reuses all finished work."""
+"""`make demo` end to end on the tiny target (the smoke grid): every stage runs (the training stage on a copy of the
+session's smoke sweep, tests/conftest.py, whose jobs it finds finished), the report's numbers are those of the records
+(laws refitted from the eval records, measured MAT and speed-up from the check's records), and a re-run reuses all
+finished work."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def check_report_against_records(run_dir, text: str) -> None:
 
 def test_demo_runs_every_stage_and_resumes(smoke_sweep, tmp_path):
     run_dir = tmp_path / "demo"
-    shutil.copytree(smoke_sweep, run_dir)  # the training stage's jobs, finished (tests/test_sweep.py trains them)
+    shutil.copytree(smoke_sweep, run_dir)  # the training stage's jobs, finished (conftest.smoke_sweep)
     report = run_demo(run_dir, "experiments/smoke.yaml")
     text = report.read_text()
     assert "## Law 1" in text and "R^2" in text and "95% CI" in text and "## Prompt sets" in text
