@@ -20,7 +20,7 @@ from paper_figs.laws import REPLAY_WHERE
 from pipeline.evaluate import EvalConfig, evaluate, parse_shape
 from pipeline.select import checkpoint_for, law_of, load_fits, pays, run_selection
 from pipeline.sweep import load_sweep, run_sweep
-from scylla.atomic import atomic_path
+from scylla.atomic import atomic_path, write_json_atomic
 from scylla.costs import CostTable, calibrate, measure_cost_tables, table_path, untrained_heads
 from scylla.data.prompt_sets import check_disjoint, problem_set
 from scylla.data.tasks import Problem
@@ -39,6 +39,7 @@ SELECT_PROMPTS = 16  # the select prompt set: the top-milestone heads replayed o
 REPLAY_TOKENS = 24
 NEW_TOKENS = 20  # the check's, on the confirm prompt set (max(BATCH_SIZES) prompts)
 CALIBRATION_TOKENS = 16  # the cost model's overhead calibration, on the select set
+STAGE_MINUTES = "stage_minutes.json"  # in the run folder: each stage's minutes summed over invocations (_Stages)
 
 
 CAPACITY_STUDY = [  # the commands of law 2's study (docs/fitting.md "Law 2 and the joint law")
@@ -54,12 +55,18 @@ CAPACITY_STUDY = [  # the commands of law 2's study (docs/fitting.md "Law 2 and 
 
 
 class _Stages:
-    """The demo's stage banners (elapsed minutes on stderr) and each stage's minutes, for the report."""
+    """The demo's stage banners (elapsed minutes on stderr) and each stage's minutes, for the report. The minutes are
+    also summed over every invocation on the run folder (RUN_DIR/stage_minutes.json), so that a demo killed and
+    resumed, or re-run with everything reused, still reports what its stages took."""
 
-    def __init__(self):
+    def __init__(self, run_dir: Path):
         self.start = self.last = time.perf_counter()
         self.minutes: dict[str, float] = {}
         self.name = ""
+        self.path = run_dir / STAGE_MINUTES
+        earlier = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.earlier: dict[str, float] = earlier.get("minutes", {})
+        self.invocations: int = earlier.get("invocations", 0) + 1
 
     def __call__(self, text: str, name: str) -> None:
         self._close()
@@ -67,15 +74,22 @@ class _Stages:
         print(f"\n=== [{(time.perf_counter() - self.start) / 60:5.1f} min] {text}", file=sys.stderr, flush=True)
 
     def _close(self) -> None:
+        """End the current stage: its minutes, and the sums saved at once (a killed demo keeps what it spent)."""
         now = time.perf_counter()
         if self.name:
             self.minutes[self.name] = (now - self.last) / 60
+            write_json_atomic(self.path, {"invocations": self.invocations, "minutes": self.summed()})
         self.last = now
 
     def total(self) -> float:
+        """This invocation's minutes so far, the current stage closed."""
         self._close()
         self.name = ""
         return (time.perf_counter() - self.start) / 60
+
+    def summed(self) -> dict[str, float]:
+        """Each stage's minutes over every invocation on the run folder, this one included."""
+        return {k: self.earlier.get(k, 0.0) + self.minutes.get(k, 0.0) for k in {**self.earlier, **self.minutes}}
 
 
 def _costs(run_dir: Path, target_name: str, layers: list[int], width: int, draft_vocab: int,
@@ -126,8 +140,8 @@ def run_demo(run_dir: str | Path = "runs/demo", grid: str | Path = "experiments/
              threads: int | None = None) -> Path:
     """Run every stage (the training jobs on ``threads`` CPU threads; None: the environment's); returns the report's
     path."""
-    banner = _Stages()
     run_dir = Path(run_dir)
+    banner = _Stages(run_dir)
     sweep = load_sweep(grid, run_dir)
     prompt_sets = demo_prompt_sets(grid)
     check_disjoint(prompt_sets)  # before any work: a law, a choice and its report on disjoint prompts and templates
@@ -285,6 +299,7 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         run_dir / "check", kind="eval", where=dict(method="none", mode="online", prompt_set="confirm"))
         if r.get("prefill_share") is not None and r.get("dtype") == r.get("baseline_dtype", r.get("dtype"))}
     minutes = stages.total()
+    summed = stages.summed()
     tokens = sorted({r["train_tokens"] for r in train})
     replayed = {r.get("dtype", "float32") for r in read_records(run_dir, kind="eval", where=dict(mode="replay"))}
     lines = [
@@ -295,7 +310,9 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         f"costs measured in {', '.join(c.dtype for c in costs)}, and the Scylla configuration picks the dtype per "
         f"batch size; CPU capability {costs[0].cpu_capability or costs[0].device} (scylla.dtypes). Law 1 spans "
         f"{math.log10(tokens[-1] / tokens[0]):.2f} decades of training tokens ({tokens[0]} to {tokens[-1]}). Stage "
-        "times (min): " + ", ".join(f"{name} {m:.1f}" for name, m in stages.minutes.items()) + ".",
+        "times (min" + (f", summed over the {stages.invocations} invocations on this run folder" if
+                        stages.invocations > 1 else "") + "): "
+        + ", ".join(f"{name} {m:.1f}" for name, m in summed.items()) + ".",
         "",
         f"Target {train[0]['target']} (weights: {train[0].get('target_quantization', 'quantisation not recorded')}); "
         f"{len({r['run_id'] for r in train})} EAGLE-style heads "
@@ -304,7 +321,9 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         f"on the target's own GSM-style answers to {sorted({r['train_tokens'] for r in train})} tokens, seeds "
         f"{sorted({r['seed'] for r in train})}, at most {max(r.get('epochs', 0) for r in train):.2f} epochs of "
         f"{max(r.get('unique_tokens', 0) for r in train)} unique tokens; "
-        f"this run took {minutes:.1f} min (stages that were already done are reused).",
+        f"this run took {sum(summed.values()):.1f} min" + (
+            f" in all, this invocation {minutes:.1f} (stages that were already done are reused)."
+            if stages.invocations > 1 else "."),
         "",
         "## Prompt sets",
         "",

@@ -66,6 +66,11 @@ def test_demo_runs_every_stage_and_resumes(smoke_sweep, tmp_path):
     check_report_against_records(run_dir, text)
     counts = len(read_records(run_dir)), len(read_records(run_dir / "check"))
     mtime = (run_dir / "costs.float32.json").stat().st_mtime  # one table per dtype: float32 alone in the suite
-    run_demo(run_dir, "experiments/smoke.yaml")  # everything is reused: no new records, no new cost table
-    assert (len(read_records(run_dir)), len(read_records(run_dir / "check"))) == counts
+    first = json.loads((run_dir / "stage_minutes.json").read_text())
+    assert first["invocations"] == 1 and first["minutes"]["replay"] > 0
+    again = run_demo(run_dir, "experiments/smoke.yaml").read_text()  # everything is reused: no new records, no new
+    assert (len(read_records(run_dir)), len(read_records(run_dir / "check"))) == counts  # cost table
     assert (run_dir / "costs.float32.json").stat().st_mtime == mtime
+    summed = json.loads((run_dir / "stage_minutes.json").read_text())  # the report keeps what the first run spent
+    assert summed["invocations"] == 2 and summed["minutes"]["replay"] >= first["minutes"]["replay"]
+    assert "summed over the 2 invocations on this run folder" in again and "this invocation" in again
