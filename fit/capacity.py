@@ -30,6 +30,7 @@ from fit.prompt_unit import MeanSlope, mean_slope, prompt_mats, prompt_unit_law,
 from fit.results import JOINT_TERMS as TERMS
 from fit.results import JointLaw, LogLinearFit
 from scylla.errors import InputError
+from scylla.metrics import pooled_mat
 
 N, D, Y = "draft_params", "train_tokens", "mean_accepted_length"
 
@@ -122,11 +123,6 @@ def law2(records: Sequence[dict], tokens: float) -> tuple[LogLinearFit, MeanSlop
     pooled = fit_log_linear(at, x=N, y=Y, by=())[0]
     unit = mean_slope(unit_points(at, N))
     return prompt_unit_law(pooled, unit), unit
-
-
-def pooled_mat(records: Sequence[dict]) -> float:
-    """New tokens / target calls over records (their prompts and seeds pooled)."""
-    return sum(r["new_tokens"] for r in records) / sum(r["target_calls"] for r in records)
 
 
 @dataclass

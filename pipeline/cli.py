@@ -373,8 +373,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from pipeline.select import pays, run_selection, servable_by, uncalibrated_note
-    from scylla.costs import CostTable
+    from pipeline.select import pays, run_selection, servable_by
     from scylla.records import read_records
     from scylla.timing import Speedup
 
@@ -403,8 +402,7 @@ def cmd_select(args: argparse.Namespace) -> int:
               + ("" if drafts[b] else "  (no trained draft)")
               + (f"  ({servable_by(drafts[b])})" if drafts[b] and pays(c) else "")
               + ("" if pays(c) else "  -> plain decoding (lower bound not above 1)"))
-    note = uncalibrated_note([CostTable.load(p) for p in args.cost])
-    print(f"wrote {args.out} ({len(done.candidates)} candidates)" + (f"\n{note}" if note else ""))
+    print(f"wrote {args.out} ({len(done.candidates)} candidates)" + (f"\n{done.note}" if done.note else ""))
     if done.measured is not None:
         print("check on the confirm prompt set: predicted vs measured speed-up of the best draft (online, T=0)")
         for b, c in chosen.items():

@@ -25,6 +25,7 @@ from scylla.costs import CostTable, calibrate, measure_cost_tables, table_path, 
 from scylla.data.prompt_sets import check_disjoint, problem_set
 from scylla.data.tasks import Problem
 from scylla.dtypes import cpu_capability, default_dtype, plain_dtypes
+from scylla.metrics import pooled_mat
 from scylla.models import load_model, target_quantization
 from scylla.records import find_checkpoints, read_records, records_path
 from scylla.timing import MIN_RATIOS, Speedup, rounds_for
@@ -226,8 +227,7 @@ def _law_on_fresh_templates(run_dir: Path, fits_path: Path, top: int) -> tuple[l
         measured = {}
         for name in ("select", "confirm", "fit"):
             found = [r for r in top_records if r.get("prompt_set") == name and all(r[k] == v for k, v in group.items())]
-            calls = sum(r["target_calls"] for r in found)
-            measured[name] = sum(r["new_tokens"] for r in found) / calls if calls else None
+            measured[name] = pooled_mat(found) if found else None
         mean, lo, hi = law.predict(top)
         _, plo, phi = law.predict(top, interval="prediction")
         inside = measured["select"] is not None and plo <= measured["select"] <= phi
@@ -330,8 +330,8 @@ def _report(run_dir: Path, train: list[dict], mat_table: list[str], acc_table: l
         f"Three disjoint sets of held-out GSM-style problems (reasoning-gym gsm_symbolic, evaluation-only "
         f"templates): fit ({set_sizes['fit']} prompts: law 1), select ({set_sizes['select']}: the laws checked on "
         f"fresh prompts) and confirm ({set_sizes['confirm']}: the Scylla check), each from its own seed and its own "
-        "templates (question shapes: 8 a set, scylla.data.tasks.SET_TEMPLATES; training has its own), in turn; checked disjoint by content hash and by "
-        f"template from each other and from the {set_sizes['train']} training prompts before any work "
+        "templates (question shapes: 8 a set, scylla.data.tasks.SET_TEMPLATES; training has its own), in turn; "
+        f"checked disjoint by content hash and by template from each other and from the {set_sizes['train']} training prompts before any work "
         "(scylla.data.prompt_sets).",
         "",
         "## Law 1: MAT against training tokens, per depth and draft shape",

@@ -316,6 +316,7 @@ class Selection:
     config: dict
     measured: dict | None
     regrets: dict | None = None  # per batch size: confirmation(...)
+    note: str | None = None  # uncalibrated_note of the cost tables
 
 
 def run_selection(fits_path: str | Path, cost_path: str | Path | list, batch_sizes: list[int], run_dirs: list[str],
@@ -345,4 +346,4 @@ def run_selection(fits_path: str | Path, cost_path: str | Path | list, batch_siz
                                    "batch_sizes": sizes}))
         checked = measured(check_dir, chosen, drafts)
         regrets = confirmation(check_dir, chosen, drafts)
-    return Selection(found, chosen, drafts, config, checked, regrets)
+    return Selection(found, chosen, drafts, config, checked, regrets, uncalibrated_note(tables))

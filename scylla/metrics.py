@@ -157,3 +157,8 @@ class DecodeStats(Counts):
         out = super().summary()
         out["mean_row_tokens_per_second"] = _ratio(sum(r.tokens_per_second for r in self.rows), len(self.rows))
         return out
+
+
+def pooled_mat(records: list[dict]) -> float:
+    """The mean accepted length of records pooled (their prompts and seeds): their new tokens / their target calls."""
+    return sum(r["new_tokens"] for r in records) / sum(r["target_calls"] for r in records)

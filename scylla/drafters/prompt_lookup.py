@@ -61,19 +61,22 @@ class PromptLookup(Drafter):
         self.max_ngram, self.min_ngram, self.num_draft_tokens = max_ngram, min_ngram, num_draft_tokens
         self.branches = branches
 
+    def _lookup(self, seq: np.ndarray, limit: int) -> np.ndarray | list[list[int]]:
+        """One row's draft: up to ``limit`` tokens, or with several branches, a tree's continuations."""
+        if self.branches > 1:  # several matches: a tree draft, one branch per distinct continuation
+            return lookup_branches(seq, self.max_ngram, self.min_ngram, limit, self.branches) if limit > 0 else []
+        return lookup(seq, self.max_ngram, self.min_ngram, limit) if limit > 0 else seq[:0]
+
     def propose(self, ctx: DraftContext) -> Draft:
         tokens = ctx.tokens.cpu().numpy()
         T = tokens.shape[1]
-        find = lookup if self.branches == 1 else lookup_branches  # several matches: a tree, a branch per continuation
-        extra = () if self.branches == 1 else (self.branches,)
         found: dict[tuple[bytes, int], np.ndarray | list[list[int]]] = {}  # rows alike (Best-of-N) are looked up once
         drafts = []
         for row, length, budget in zip(tokens, ctx.lengths.tolist(), ctx.budget.tolist()):
             seq, limit = row[T - length :], min(self.num_draft_tokens, budget)
             key = (seq.tobytes(), limit)
             if key not in found:
-                found[key] = (find(seq, self.max_ngram, self.min_ngram, limit, *extra) if limit > 0
-                              else seq[:0] if self.branches == 1 else [])
+                found[key] = self._lookup(seq, limit)
             drafts.append(found[key])
         if self.branches > 1:
             return trie_draft(drafts, ctx.tokens.device)
